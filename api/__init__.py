@@ -1,0 +1,1 @@
+"""The REST API: a thin Flask app where every write enters the system."""

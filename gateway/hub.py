@@ -1,0 +1,155 @@
+"""The hub: one Redis pub/sub connection per process fanning events out to local connections.
+
+Channels are reference-counted: the first local subscriber subscribes upstream (and waits for
+Redis to confirm, so nothing published after that point can be missed), the last one
+unsubscribes. Each message is split once into (id, frame) and the same frame string goes to
+every subscriber's queue; nobody waits on a slow socket here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, Protocol
+
+import gevent
+import redis
+from gevent.event import Event as GEvent
+from loguru import logger
+
+from common.errors import Unavailable
+from common.events import REDIS_PREFIX
+
+
+class Subscriber(Protocol):
+    def deliver(self, channel: str, event_id: int | None, frame: str) -> None: ...
+
+
+class Hub:
+    def __init__(self, redis_client: redis.Redis, *, confirm_timeout_s: float = 5.0,
+                 reconnect_backoff_s: float = 0.5) -> None:
+        self.redis = redis_client
+        self.confirm_timeout_s = confirm_timeout_s
+        self.reconnect_backoff_s = reconnect_backoff_s
+        self.channels: dict[str, set[Subscriber]] = {}
+        self._confirmed: dict[str, GEvent] = {}
+        self._pubsub: Any = None
+        self._reader: gevent.Greenlet | None = None
+        self._running = False
+        self.healthy = GEvent()
+        self.messages_in = 0
+        self.frames_out = 0
+        self.on_reconnect: Callable[[], None] | None = None
+
+    # -- lifecycle -----------------------------------------------------------------------------
+    def start(self) -> None:
+        self._running = True
+        self._reader = gevent.spawn(self._read_forever)
+
+    def stop(self) -> None:
+        self._running = False
+        if self._reader is not None:
+            self._reader.kill(block=True, timeout=2)
+        self._close_pubsub()
+
+    def _close_pubsub(self) -> None:
+        if self._pubsub is not None:
+            try:
+                self._pubsub.close()
+            except (redis.RedisError, OSError):
+                pass
+            self._pubsub = None
+
+    # -- subscriptions -------------------------------------------------------------------------
+    def add(self, subscriber: Subscriber, channel: str) -> None:
+        """Register locally; return once Redis has confirmed the upstream subscription."""
+        local = self.channels.setdefault(channel, set())
+        local.add(subscriber)
+        confirmed = self._confirmed.get(channel)
+        if confirmed is None:
+            confirmed = self._confirmed[channel] = GEvent()
+            if self.healthy.is_set() and self._pubsub is not None:
+                try:
+                    self._pubsub.subscribe(REDIS_PREFIX + channel)
+                except (redis.RedisError, OSError) as exc:
+                    logger.warning("upstream subscribe failed: {}", exc)
+        if not confirmed.wait(timeout=self.confirm_timeout_s):
+            raise Unavailable("the event stream is unavailable, retry shortly")
+
+    def remove(self, subscriber: Subscriber, channel: str) -> None:
+        local = self.channels.get(channel)
+        if local is None:
+            return
+        local.discard(subscriber)
+        if not local:
+            del self.channels[channel]
+            self._confirmed.pop(channel, None)
+            if self._pubsub is not None and self.healthy.is_set():
+                try:
+                    self._pubsub.unsubscribe(REDIS_PREFIX + channel)
+                except (redis.RedisError, OSError) as exc:
+                    logger.warning("upstream unsubscribe failed: {}", exc)
+
+    def publish_ephemeral(self, channel: str, frame: str) -> None:
+        """Events that are not stored (locations, stats) go straight to Redis with no id."""
+        self.redis.publish(REDIS_PREFIX + channel, f"-|{frame}")
+
+    # -- the reader ----------------------------------------------------------------------------
+    def _connect(self) -> None:
+        self._close_pubsub()
+        pubsub = self.redis.pubsub(ignore_subscribe_messages=False)
+        # The reader blocks in get_message, so it must not time out on a quiet line.
+        pubsub.ping()
+        self._pubsub = pubsub
+        for confirmed in self._confirmed.values():
+            confirmed.clear()
+        if self.channels:
+            pubsub.subscribe(*[REDIS_PREFIX + channel for channel in self.channels])
+        else:
+            # redis-py needs one subscription before it will read; a private no-op channel.
+            pubsub.subscribe(REDIS_PREFIX + "-hub-idle")
+        self.healthy.set()
+
+    def _read_forever(self) -> None:
+        first = True
+        while self._running:
+            try:
+                self._connect()
+                if not first:
+                    logger.info("hub reconnected to Redis; resynchronising subscribers")
+                    if self.on_reconnect is not None:
+                        gevent.spawn(self._await_then_resync)
+                first = False
+                while self._running:
+                    message = self._pubsub.get_message(timeout=1.0)
+                    if message is not None:
+                        self._dispatch(message)
+            except (redis.RedisError, OSError, AttributeError) as exc:
+                self.healthy.clear()
+                logger.warning("hub lost Redis: {}: {}", type(exc).__name__, exc)
+                gevent.sleep(self.reconnect_backoff_s)
+
+    def _await_then_resync(self) -> None:
+        for confirmed in list(self._confirmed.values()):
+            confirmed.wait(timeout=self.confirm_timeout_s)
+        assert self.on_reconnect is not None
+        self.on_reconnect()
+
+    def _dispatch(self, message: dict[str, Any]) -> None:
+        kind = message.get("type")
+        raw_channel = message.get("channel")
+        if not isinstance(raw_channel, str) or not raw_channel.startswith(REDIS_PREFIX):
+            return
+        channel = raw_channel[len(REDIS_PREFIX):]
+        if kind == "subscribe":
+            confirmed = self._confirmed.get(channel)
+            if confirmed is not None:
+                confirmed.set()
+            return
+        if kind != "message":
+            return
+        self.messages_in += 1
+        head, _, frame = str(message["data"]).partition("|")
+        event_id = None if head == "-" else int(head)
+        for subscriber in list(self.channels.get(channel, ())):
+            subscriber.deliver(channel, event_id, frame)
+            self.frames_out += 1

@@ -1,0 +1,104 @@
+"""Driver GPS: durable, batched writes of location points, acknowledged after commit."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import gevent
+import psycopg
+from gevent.event import Event as GEvent
+from loguru import logger
+from psycopg_pool import ConnectionPool
+
+MAX_PENDING_POINTS = 50_000
+
+
+@dataclass(frozen=True)
+class Point:
+    driver_id: str
+    lat: float
+    lng: float
+    heading: float | None
+    speed: float | None
+    accuracy: float | None
+    recorded_at: datetime
+
+
+class LocationWriter:
+    """Collects points and writes them every `flush_interval_s` or `batch_size` points."""
+
+    def __init__(self, pool: ConnectionPool[Any], *, flush_interval_s: float = 0.2, batch_size: int = 500) -> None:
+        self.pool = pool
+        self.flush_interval_s = flush_interval_s
+        self.batch_size = batch_size
+        self._pending: list[tuple[Point, Callable[[bool], None]]] = []
+        self._wake = GEvent()
+        self._running = False
+        self._loop: gevent.Greenlet | None = None
+        self.written_total = 0
+
+    def start(self) -> None:
+        self._running = True
+        self._loop = gevent.spawn(self._flush_forever)
+
+    def accept(self, point: Point, done: Callable[[bool], None]) -> bool:
+        """Queue a point; `done(True)` runs once it is committed. False when the buffer is full."""
+        if len(self._pending) >= MAX_PENDING_POINTS:
+            return False
+        self._pending.append((point, done))
+        if len(self._pending) >= self.batch_size:
+            self._wake.set()
+        return True
+
+    def stop(self) -> None:
+        """Write everything accepted so far, then stop (graceful shutdown loses nothing)."""
+        self._running = False
+        self._wake.set()
+        if self._loop is not None:
+            self._loop.join(timeout=30)
+        while self._pending:
+            if not self.flush():
+                break
+
+    def _flush_forever(self) -> None:
+        while self._running:
+            self._wake.wait(timeout=self.flush_interval_s)
+            self._wake.clear()
+            self.flush()
+
+    def flush(self) -> bool:
+        if not self._pending:
+            return True
+        batch, self._pending = self._pending[: self.batch_size], self._pending[self.batch_size:]
+        try:
+            self._write([point for point, _ in batch])
+        except (psycopg.Error, OSError) as exc:
+            logger.warning("location write failed, will retry: {}", exc)
+            self._pending = batch + self._pending
+            return False
+        self.written_total += len(batch)
+        for _, done in batch:
+            done(True)
+        return True
+
+    def _write(self, points: list[Point]) -> None:
+        latest: dict[str, Point] = {}
+        for point in points:
+            if point.driver_id not in latest or point.recorded_at >= latest[point.driver_id].recorded_at:
+                latest[point.driver_id] = point
+        with self.pool.connection() as conn, conn.transaction(), conn.cursor() as cur:
+            with cur.copy(
+                "COPY driver_locations (driver_id, lat, lng, heading, speed, accuracy, recorded_at) FROM STDIN"
+            ) as copy:
+                for p in points:
+                    copy.write_row((p.driver_id, p.lat, p.lng, p.heading, p.speed, p.accuracy, p.recorded_at))
+            cur.executemany(
+                "UPDATE drivers SET lat = %s, lng = %s, heading = %s, speed = %s, accuracy = %s,"
+                " location_recorded_at = %s, updated_at = now()"
+                " WHERE id = %s AND (location_recorded_at IS NULL OR location_recorded_at <= %s)",
+                [(p.lat, p.lng, p.heading, p.speed, p.accuracy, p.recorded_at, p.driver_id, p.recorded_at)
+                 for p in latest.values()],
+            )

@@ -1,0 +1,248 @@
+"""The client protocol with no I/O: parse frames, track subscriptions, decide replies and closes.
+
+Data comes in through `Session.receive(text, now)`; what to do comes out as a list of actions
+(`Reply`, `Subscribe`, `Unsubscribe`, `Location`, `Close`). Nothing here touches a socket,
+Redis or PostgreSQL, so every rule is unit-tested without a server.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from common.access import InvalidChannel, parse_channel
+
+# Close codes (RFC 6455 and the contract's private range).
+CLOSE_NORMAL = 1000
+CLOSE_GOING_AWAY = 1001
+CLOSE_POLICY = 1008
+CLOSE_TOO_BIG = 1009
+CLOSE_INTERNAL = 1011
+CLOSE_TOKEN_EXPIRED = 4001
+CLOSE_SLOW_CONSUMER = 4008
+
+MAX_REF_CHARS = 64
+RATE_PER_S = 20.0
+RATE_BURST = 40.0
+# Frames refused for rate while already limited; past this the client is closed with 1008.
+MAX_RATE_VIOLATIONS = 20
+MAX_LOCATION_AGE = timedelta(days=1)
+MAX_LOCATION_SKEW = timedelta(minutes=5)
+
+
+@dataclass(frozen=True)
+class Reply:
+    body: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Subscribe:
+    channel: str
+    since: int | None
+    ref: str | None
+
+
+@dataclass(frozen=True)
+class Unsubscribe:
+    channel: str
+    ref: str | None
+
+
+@dataclass(frozen=True)
+class Location:
+    lat: float
+    lng: float
+    heading: float | None
+    speed: float | None
+    accuracy: float | None
+    recorded_at: datetime
+    ref: str | None
+
+
+@dataclass(frozen=True)
+class Close:
+    code: int
+    reason: str
+
+
+Action = Reply | Subscribe | Unsubscribe | Location | Close
+
+
+def error(code: str, message: str, ref: str | None = None) -> Reply:
+    return Reply({"type": "error", "code": code, "message": message, "ref": ref})
+
+
+def now_iso(now: datetime) -> str:
+    return now.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def welcome(*, connection_id: str, user_id: str, role: str, ping_interval_s: float, max_subscriptions: int,
+            now: datetime) -> dict[str, Any]:
+    return {
+        "type": "welcome",
+        "connection_id": connection_id,
+        "user": {"id": user_id, "role": role},
+        "ping_interval": ping_interval_s,
+        "max_subscriptions": max_subscriptions,
+        "server_time": now_iso(now),
+    }
+
+
+def subscribed(channel: str, ref: str | None, last_event_id: int | None, recovered: bool) -> dict[str, Any]:
+    return {"type": "subscribed", "channel": channel, "ref": ref, "last_event_id": last_event_id,
+            "recovered": recovered}
+
+
+class TokenBucket:
+    """`rate_per_s` tokens a second up to `burst`; `take()` says whether a frame may pass."""
+
+    def __init__(self, *, rate_per_s: float = RATE_PER_S, burst: float = RATE_BURST) -> None:
+        self.rate_per_s = rate_per_s
+        self.burst = burst
+        self.tokens = burst
+        self.updated: float | None = None
+
+    def take(self, now_s: float) -> bool:
+        if self.updated is not None:
+            self.tokens = min(self.burst, self.tokens + (now_s - self.updated) * self.rate_per_s)
+        self.updated = now_s
+        if self.tokens >= 1.0:
+            self.tokens -= 1.0
+            return True
+        return False
+
+
+@dataclass
+class Session:
+    """One connection's protocol state."""
+
+    role: str
+    max_subscriptions: int = 50
+    subscriptions: set[str] = field(default_factory=set)
+    pending: set[str] = field(default_factory=set)
+    rate: TokenBucket = field(default_factory=TokenBucket)
+    rate_violations: int = 0
+
+    def receive(self, text: str | bytes, *, now_s: float, now: datetime) -> list[Action]:
+        """Decide what one client frame leads to."""
+        if not self.rate.take(now_s):
+            self.rate_violations += 1
+            if self.rate_violations > MAX_RATE_VIOLATIONS:
+                return [Close(CLOSE_POLICY, "too many frames")]
+            return [error("rate_limited", f"at most {RATE_PER_S:g} frames per second (burst {RATE_BURST:g})")]
+        if isinstance(text, bytes):
+            return [error("bad_request", "frames are JSON text, not binary")]
+        try:
+            frame = json.loads(text)
+        except (ValueError, RecursionError):
+            return [error("bad_request", "the frame is not valid JSON")]
+        if not isinstance(frame, dict):
+            return [error("bad_request", "a frame is a JSON object")]
+        ref = frame.get("ref")
+        if ref is not None and (not isinstance(ref, str) or len(ref) > MAX_REF_CHARS):
+            return [error("bad_request", f"ref must be a string of at most {MAX_REF_CHARS} characters")]
+        kind = frame.get("type")
+        if kind == "ping":
+            return [Reply({"type": "pong", "ref": ref, "server_time": now_iso(now)})]
+        if kind == "subscribe":
+            return self._subscribe(frame, ref)
+        if kind == "unsubscribe":
+            return self._unsubscribe(frame, ref)
+        if kind == "location":
+            return self._location(frame, ref, now)
+        if not isinstance(kind, str):
+            return [error("bad_request", "a frame needs a string 'type'", ref)]
+        return [error("unknown_type", f"unknown frame type {kind[:40]!r}", ref)]
+
+    def _channel(self, frame: dict[str, Any], ref: str | None) -> str | Reply:
+        channel = frame.get("channel")
+        if not isinstance(channel, str):
+            return error("bad_request", "'channel' must be a string", ref)
+        try:
+            kind, key = parse_channel(channel)
+        except InvalidChannel as exc:
+            return error("invalid_channel", exc.message, ref)
+        return kind if key is None else f"{kind}:{key}"
+
+    def _subscribe(self, frame: dict[str, Any], ref: str | None) -> list[Action]:
+        channel = self._channel(frame, ref)
+        if isinstance(channel, Reply):
+            return [channel]
+        since = frame.get("since")
+        if since is not None and (isinstance(since, bool) or not isinstance(since, int) or since < 0):
+            return [error("bad_request", "'since' must be a non-negative integer event id", ref)]
+        held = channel in self.subscriptions or channel in self.pending
+        if not held and len(self.subscriptions) + len(self.pending) >= self.max_subscriptions:
+            return [error("subscription_limit", f"at most {self.max_subscriptions} subscriptions", ref)]
+        if channel in self.pending:
+            return [error("bad_request", f"a subscribe to {channel} is already in progress", ref)]
+        self.pending.add(channel)
+        return [Subscribe(channel, since, ref)]
+
+    def subscribe_done(self, channel: str, *, ok: bool) -> None:
+        """The server finished (or refused) a subscribe this session asked for."""
+        self.pending.discard(channel)
+        if ok:
+            self.subscriptions.add(channel)
+
+    def _unsubscribe(self, frame: dict[str, Any], ref: str | None) -> list[Action]:
+        channel = self._channel(frame, ref)
+        if isinstance(channel, Reply):
+            return [channel]
+        self.subscriptions.discard(channel)
+        return [Unsubscribe(channel, ref)]
+
+    def _location(self, frame: dict[str, Any], ref: str | None, now: datetime) -> list[Action]:
+        if self.role != "driver":
+            return [error("forbidden", "only drivers send locations", ref)]
+        problems: list[str] = []
+        lat = _number(frame, "lat", -90.0, 90.0, problems, required=True)
+        lng = _number(frame, "lng", -180.0, 180.0, problems, required=True)
+        heading = _number(frame, "heading", 0.0, 359.999999, problems)
+        speed = _number(frame, "speed", 0.0, 1000.0, problems)
+        accuracy = _number(frame, "accuracy", 0.0, 100000.0, problems)
+        recorded_at = now
+        raw_time = frame.get("recorded_at")
+        if raw_time is not None:
+            parsed = _timestamp(raw_time)
+            if parsed is None:
+                problems.append("recorded_at must be an ISO-8601 time with a zone")
+            elif parsed > now + MAX_LOCATION_SKEW or parsed < now - MAX_LOCATION_AGE:
+                problems.append("recorded_at is too far from the server's time")
+            else:
+                recorded_at = parsed
+        if problems:
+            return [error("bad_request", "; ".join(problems), ref)]
+        assert lat is not None and lng is not None
+        return [Location(lat, lng, heading, speed, accuracy, recorded_at, ref)]
+
+
+def _number(frame: dict[str, Any], name: str, low: float, high: float, problems: list[str], *,
+            required: bool = False) -> float | None:
+    value = frame.get(name)
+    if value is None:
+        if required:
+            problems.append(f"{name} is required")
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        problems.append(f"{name} must be a finite number")
+        return None
+    if not low <= value <= high:
+        problems.append(f"{name} must be within {low:g}..{high:g}")
+        return None
+    return float(value)
+
+
+def _timestamp(value: Any) -> datetime | None:
+    if not isinstance(value, str):
+        return None
+    try:
+        moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    if moment.tzinfo is None:
+        return None
+    return moment.astimezone(UTC)

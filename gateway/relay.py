@@ -1,0 +1,248 @@
+"""The relay: PostgreSQL outbox -> Redis, in event-id order, exactly one active across gateways.
+
+NOTIFY is only a wake-up; the outbox table is the truth. Ids are drawn before commit, so a
+transaction that drew id 10 may commit after the one that drew 11. The relay therefore never
+publishes past a gap until the gap is *settled*: every transaction that was in progress when the
+gap was first seen has ended. Ids still missing then were rolled back and are skipped. Published
+events are strictly increasing per channel, so subscribers and recovery never skip an id.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg
+import redis
+from loguru import logger
+
+from common.db import connect
+from common.events import NOTIFY_CHANNEL, REDIS_PREFIX, RELAY_WATERMARK_KEY, Event
+
+LEADER_LOCK_KEY = 0x646D735F72656C  # "dms_rel"
+CURSOR_NAME = "relay"
+PURGED_NAME = "purged"
+
+
+@dataclass
+class _Gap:
+    first_missing: int
+    waiting_on: frozenset[int]
+
+
+def settle(rows: list[dict[str, Any]], *, last_id: int, in_progress: frozenset[int], gap: _Gap | None
+           ) -> tuple[list[dict[str, Any]], _Gap | None]:
+    """Pick the rows that may be published now, in order, and the gap that blocks the rest.
+
+    `in_progress` is the snapshot's list of running transaction ids taken in the same snapshot
+    that read `rows`. A gap is settled when none of the transactions running at first sight of it
+    is running any more (or none was running then).
+    """
+    ready: list[dict[str, Any]] = []
+    expected = last_id + 1
+    for row in rows:
+        row_id = int(row["id"])
+        if row_id != expected:
+            if gap is None or gap.first_missing != expected:
+                gap = _Gap(expected, in_progress)
+            if gap.waiting_on and not gap.waiting_on.isdisjoint(in_progress):
+                return ready, gap
+            gap = None  # settled: the missing ids were rolled back
+        ready.append(row)
+        expected = row_id + 1
+    return ready, gap
+
+
+class Relay:
+    """Runs while `should_run()` is true; leads when it holds the PostgreSQL advisory lock."""
+
+    def __init__(
+        self,
+        *,
+        listen_url: str,
+        redis_client: redis.Redis,
+        poll_interval_s: float = 1.0,
+        batch_size: int = 500,
+        retention_hours: float = 24.0,
+        retention_every_s: float = 60.0,
+        standby_retry_s: float = 1.0,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.listen_url = listen_url
+        self.redis = redis_client
+        self.poll_interval_s = poll_interval_s
+        self.batch_size = batch_size
+        self.retention_hours = retention_hours
+        self.retention_every_s = retention_every_s
+        self.standby_retry_s = standby_retry_s
+        self.sleep = sleep
+        self.last_id = 0
+        self.is_leader = False
+        self.published_total = 0
+        self._gap: _Gap | None = None
+        self._conn: psycopg.Connection[dict[str, Any]] | None = None
+
+    def run(self, should_run: Callable[[], bool]) -> None:
+        """Lead or stand by until `should_run()` turns false; survive database and Redis loss."""
+        backoff = self.standby_retry_s
+        while should_run():
+            try:
+                self._conn = connect(self.listen_url, autocommit=True)
+                if self._try_lead(self._conn):
+                    backoff = self.standby_retry_s
+                    self._lead(self._conn, should_run)
+                else:
+                    self._conn.close()
+                    self._conn = None
+                    self.sleep(self.standby_retry_s)
+            except (psycopg.Error, redis.RedisError, OSError) as exc:
+                logger.bind(leader=self.is_leader).warning("relay lost a connection: {}: {}",
+                                                           type(exc).__name__, exc)
+                self.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+            finally:
+                self._release()
+
+    def _release(self) -> None:
+        if self.is_leader:
+            logger.info("relay stepping down at event {}", self.last_id)
+        self.is_leader = False
+        if self._conn is not None:
+            try:
+                self._conn.close()  # closing the session frees the advisory lock
+            except psycopg.Error:
+                pass
+            self._conn = None
+
+    def _try_lead(self, conn: psycopg.Connection[dict[str, Any]]) -> bool:
+        row = conn.execute("SELECT pg_try_advisory_lock(%s) AS locked", (LEADER_LOCK_KEY,)).fetchone()
+        if not row or not row["locked"]:
+            return False
+        cursor = conn.execute("SELECT last_id FROM relay_cursor WHERE name = %s", (CURSOR_NAME,)).fetchone()
+        self.last_id = int(cursor["last_id"]) if cursor else 0
+        self._gap = None
+        self.is_leader = True
+        conn.execute(f"LISTEN {NOTIFY_CHANNEL}")
+        self.redis.set(RELAY_WATERMARK_KEY, self.last_id)
+        logger.info("relay leading from event {}", self.last_id)
+        return True
+
+    def _lead(self, conn: psycopg.Connection[dict[str, Any]], should_run: Callable[[], bool]) -> None:
+        next_retention = time.monotonic()
+        while should_run():
+            self.catch_up(conn)
+            # Redis may have restarted and lost the watermark: put it back.
+            self.redis.set(RELAY_WATERMARK_KEY, self.last_id, nx=True)
+            if time.monotonic() >= next_retention:
+                self.purge_old_events(conn)
+                next_retention = time.monotonic() + self.retention_every_s
+            wait_s = 0.02 if self._gap is not None else self.poll_interval_s
+            for _ in conn.notifies(timeout=wait_s, stop_after=1):
+                pass
+
+    def catch_up(self, conn: psycopg.Connection[dict[str, Any]]) -> int:
+        """Publish every settled event after `last_id`; return how many."""
+        published = 0
+        while True:
+            rows, in_progress = self._read(conn)
+            ready, self._gap = settle(rows, last_id=self.last_id, in_progress=in_progress, gap=self._gap)
+            if ready:
+                self._publish(ready)
+                self._save_cursor(conn)
+                published += len(ready)
+            if len(rows) < self.batch_size or not ready:
+                return published
+
+    def _read(self, conn: psycopg.Connection[dict[str, Any]]) -> tuple[list[dict[str, Any]], frozenset[int]]:
+        # One REPEATABLE READ snapshot for both queries, so the running-transaction list
+        # describes exactly the rows we saw.
+        with conn.transaction():
+            conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+            snap = conn.execute(
+                "SELECT coalesce(array_agg(x::text::bigint), '{}') AS xip"
+                " FROM pg_snapshot_xip(pg_current_snapshot()) AS x"
+            ).fetchone()
+            rows = conn.execute(
+                "SELECT id, channels, event, data, created_at FROM events WHERE id > %s ORDER BY id LIMIT %s",
+                (self.last_id, self.batch_size),
+            ).fetchall()
+        return rows, frozenset(snap["xip"] if snap else ())
+
+    def _publish(self, rows: list[dict[str, Any]]) -> None:
+        # One MULTI/EXEC: a gateway that subscribes and then reads the watermark sees either
+        # the whole batch live or a watermark that covers it, never neither.
+        pipe = self.redis.pipeline(transaction=True)
+        for row in rows:
+            event = Event.from_row(row)
+            for channel in event.channels:
+                pipe.publish(REDIS_PREFIX + channel, f"{event.id}|{event.frame(channel)}")
+        last = int(rows[-1]["id"])
+        pipe.set(RELAY_WATERMARK_KEY, last)
+        pipe.execute()
+        self.last_id = last
+        self.published_total += len(rows)
+
+    def _save_cursor(self, conn: psycopg.Connection[dict[str, Any]]) -> None:
+        conn.execute(
+            "INSERT INTO relay_cursor (name, last_id) VALUES (%s, %s)"
+            " ON CONFLICT (name) DO UPDATE SET last_id = excluded.last_id, updated_at = now()",
+            (CURSOR_NAME, self.last_id),
+        )
+
+    def purge_old_events(self, conn: psycopg.Connection[dict[str, Any]], *, batch: int = 5000) -> int:
+        """Delete published events older than retention in small batches (row locks only)."""
+        deleted_total = 0
+        while True:
+            row = conn.execute(
+                "WITH doomed AS (SELECT id FROM events WHERE created_at < now() - make_interval(secs => %s)"
+                " AND id <= %s ORDER BY id LIMIT %s),"
+                " gone AS (DELETE FROM events WHERE id IN (SELECT id FROM doomed) RETURNING id)"
+                " SELECT count(*) AS n, max(id) AS max_id FROM gone",
+                (self.retention_hours * 3600, self.last_id, batch),
+            ).fetchone()
+            if not row or not row["n"]:
+                return deleted_total
+            deleted_total += int(row["n"])
+            conn.execute(
+                "INSERT INTO relay_cursor (name, last_id) VALUES (%s, %s) ON CONFLICT (name) DO UPDATE"
+                " SET last_id = greatest(relay_cursor.last_id, excluded.last_id), updated_at = now()",
+                (PURGED_NAME, int(row["max_id"])),
+            )
+            logger.info("purged {} events up to {}", row["n"], row["max_id"])
+
+
+def main() -> int:
+    """`python -m gateway.relay`: a relay with no gateway (plain blocking I/O, no gevent needed)."""
+    import signal
+    import sys
+
+    from common.config import Config, ConfigError
+    from common.logging import setup_logging
+    from common.redis_client import make_redis
+    from common.sentry import init_sentry
+
+    try:
+        config = Config.from_env()
+    except ConfigError as exc:
+        print(f"relay: {exc}", file=sys.stderr)
+        return 2
+    setup_logging(level=config.log_level, fmt=config.log_format, service="relay")
+    init_sentry(config, service="relay")
+    running = True
+
+    def stop(*_: object) -> None:
+        nonlocal running
+        running = False
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    relay = Relay(listen_url=config.database_listen_url, redis_client=make_redis(config.redis_url),
+                  retention_hours=config.event_retention_hours)
+    relay.run(lambda: running)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
