@@ -83,6 +83,17 @@ class Event:
         return cls(int(row["id"]), tuple(row["channels"]), row["event"], row["data"], iso(row["created_at"]))
 
 
+def ephemeral_frame(channel: str, event: str, data: dict[str, Any], ts: str) -> str:
+    """A server frame for an event that is not stored (`id` null, never replayed)."""
+    return json.dumps({"type": "event", "channel": channel, "id": None, "event": event, "data": data, "ts": ts},
+                      separators=(",", ":"))
+
+
+def publish_ephemeral(client: Any, channel: str, frame: str) -> None:
+    """Send a stored-nowhere frame to every gateway; `-` in place of an id marks it ephemeral."""
+    client.publish(REDIS_PREFIX + channel, f"-|{frame}")
+
+
 def write_event(
     conn: psycopg.Connection[Any], *, event: str, channels: list[str], data: dict[str, Any]
 ) -> int:

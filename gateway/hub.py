@@ -17,7 +17,7 @@ from gevent.event import Event as GEvent
 from loguru import logger
 
 from common.errors import Unavailable
-from common.events import REDIS_PREFIX
+from common.events import REDIS_PREFIX, publish_ephemeral
 
 
 class Subscriber(Protocol):
@@ -91,7 +91,7 @@ class Hub:
 
     def publish_ephemeral(self, channel: str, frame: str) -> None:
         """Events that are not stored (locations, stats) go straight to Redis with no id."""
-        self.redis.publish(REDIS_PREFIX + channel, f"-|{frame}")
+        publish_ephemeral(self.redis, channel, frame)
 
     # -- the reader ----------------------------------------------------------------------------
     def _connect(self) -> None:

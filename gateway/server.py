@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import socket
 import time
@@ -25,7 +24,14 @@ from common.auth import Identity, verify_token
 from common.config import Config
 from common.db import make_pool
 from common.errors import DmsError, Forbidden, Unauthorized, Unavailable
-from common.events import ADMIN_CONNECTIONS, CONNECTIONS_STATS, DRIVER_LOCATION, RELAY_WATERMARK_KEY, Event
+from common.events import (
+    ADMIN_CONNECTIONS,
+    CONNECTIONS_STATS,
+    DRIVER_LOCATION,
+    RELAY_WATERMARK_KEY,
+    Event,
+    ephemeral_frame,
+)
 from common.redis_client import make_redis
 from gateway.connection import MAX_QUEUED_FRAMES, Connection, Subscription
 from gateway.hub import Hub
@@ -307,13 +313,10 @@ class Gateway:
         point = Point(driver_id, action.lat, action.lng, action.heading, action.speed, action.accuracy,
                       action.recorded_at)
         channel = f"driver:{driver_id}"
-        frame = json.dumps({
-            "type": "event", "channel": channel, "id": None, "event": DRIVER_LOCATION,
-            "data": {"driver_id": driver_id, "lat": point.lat, "lng": point.lng, "heading": point.heading,
-                     "speed": point.speed, "accuracy": point.accuracy,
-                     "recorded_at": now_iso(point.recorded_at)},
-            "ts": now_iso(datetime.now(UTC)),
-        }, separators=(",", ":"))
+        frame = ephemeral_frame(channel, DRIVER_LOCATION, {
+            "driver_id": driver_id, "lat": point.lat, "lng": point.lng, "heading": point.heading,
+            "speed": point.speed, "accuracy": point.accuracy, "recorded_at": now_iso(point.recorded_at),
+        }, now_iso(datetime.now(UTC)))
         try:
             self.hub.publish_ephemeral(channel, frame)
         except redis.RedisError as exc:
@@ -346,9 +349,7 @@ class Gateway:
                 gateway_stats.publish_instance(self.redis, self.snapshot())
                 if self.relay is not None and self.relay.is_leader:
                     body = gateway_stats.read_all(self.redis)
-                    frame = json.dumps({"type": "event", "channel": ADMIN_CONNECTIONS, "id": None,
-                                        "event": CONNECTIONS_STATS, "data": body,
-                                        "ts": now_iso(datetime.now(UTC))}, separators=(",", ":"))
+                    frame = ephemeral_frame(ADMIN_CONNECTIONS, CONNECTIONS_STATS, body, now_iso(datetime.now(UTC)))
                     self.hub.publish_ephemeral(ADMIN_CONNECTIONS, frame)
             except redis.RedisError as exc:
                 logger.debug("stats not published: {}", exc)

@@ -117,7 +117,7 @@ def http_json(method: str, url: str, body: Any = None, *, token: str | None = No
     for key, value in (headers or {}).items():
         request.add_header(key, value)
     try:
-        with urllib.request.urlopen(request, timeout=seconds(timeout_s)) as response:  # noqa: S310
+        with urllib.request.urlopen(request, timeout=seconds(timeout_s)) as response:
             raw = response.read()
             return response.status, dict(response.headers), json.loads(raw) if raw else None
     except urllib.error.HTTPError as exc:
@@ -131,7 +131,7 @@ class Process:
     def __init__(self, module: str, env: dict[str, str], log_path: Path) -> None:
         self.module = module
         self.log_path = log_path
-        self._log = open(log_path, "wb")  # noqa: SIM115 - closed in stop()
+        self._log = open(log_path, "wb")
         self.proc = subprocess.Popen([sys.executable, "-m", module], env={**os.environ, **env},
                                      stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                      cwd=ROOT)
@@ -141,7 +141,7 @@ class Process:
             if self.proc.poll() is not None:
                 raise AssertionError(f"{self.module} exited ({self.proc.returncode}): {self.log()[-3000:]}")
             try:
-                with urllib.request.urlopen(url, timeout=1) as response:  # noqa: S310
+                with urllib.request.urlopen(url, timeout=1) as response:
                     return response.status == 200
             except OSError:
                 return False

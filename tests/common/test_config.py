@@ -34,7 +34,7 @@ def test_required_urls_and_schemes() -> None:
         Config.from_env({"REDIS_URL": BASE["REDIS_URL"]})
     with pytest.raises(ConfigError, match="REDIS_URL: scheme 'http'"):
         Config.from_env({**BASE, "REDIS_URL": "http://x"})
-    with pytest.raises(ConfigError, match="non-finite|finite"):
+    with pytest.raises(ConfigError, match="finite"):
         Config.from_env({**BASE, "SENTRY_TRACES_SAMPLE_RATE": "nan"})
 
 
