@@ -132,7 +132,8 @@ class Session:
             self.rate_violations += 1
             if self.rate_violations > MAX_RATE_VIOLATIONS:
                 return [Close(CLOSE_POLICY, "too many frames")]
-            return [error("rate_limited", f"at most {RATE_PER_S:g} frames per second (burst {RATE_BURST:g})")]
+            return [error("rate_limited", f"at most {RATE_PER_S:g} frames per second (burst {RATE_BURST:g})",
+                          _ref_of(text))]
         if isinstance(text, bytes):
             return [error("bad_request", "frames are JSON text, not binary")]
         try:
@@ -218,6 +219,16 @@ class Session:
             return [error("bad_request", "; ".join(problems), ref)]
         assert lat is not None and lng is not None
         return [Location(lat, lng, heading, speed, accuracy, recorded_at, ref)]
+
+
+def _ref_of(text: str | bytes) -> str | None:
+    """Best effort: the ref of a frame we refuse to process, so the client can match the error."""
+    try:
+        frame = json.loads(text)
+    except (ValueError, RecursionError, UnicodeDecodeError):
+        return None
+    ref = frame.get("ref") if isinstance(frame, dict) else None
+    return ref if isinstance(ref, str) and len(ref) <= MAX_REF_CHARS else None
 
 
 def _number(frame: dict[str, Any], name: str, low: float, high: float, problems: list[str], *,

@@ -134,13 +134,27 @@ def client(api_app: Any) -> Any:
     return api_app.test_client()
 
 
+def write_events(database_url: str, channel: str, count: int, *, event: str = "test.event") -> list[int]:
+    """Commit `count` outbox events on `channel`, one transaction each; return their ids."""
+    from common.db import connect
+    from common.events import write_event
+
+    ids = []
+    with connect(database_url) as conn:
+        for n in range(count):
+            ids.append(write_event(conn, event=event, channels=[channel], data={"n": n}))
+            conn.commit()
+    return ids
+
+
 @pytest.fixture(scope="session")
 def gateway(infra: Infra, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
     """One real gateway process (gevent, flask-sock, relay) shared by the session."""
     port = embedded.free_port()
     log = tmp_path_factory.mktemp("gateway") / "gateway.log"
     env = infra.env(GATEWAY_PORT=str(port), GATEWAY_ID="gw-test", WS_PING_INTERVAL="30",
-                    WS_MAX_CONNECTIONS_PER_USER="10")
+                    WS_MAX_CONNECTIONS_PER_USER="10",
+                    ALLOWED_ORIGINS=f"http://127.0.0.1:{port},http://allowed.example")
     process = Process("gateway", env, log)
     process.wait_http_ok(f"http://127.0.0.1:{port}/health")
     yield {"url": f"ws://127.0.0.1:{port}/ws", "http": f"http://127.0.0.1:{port}", "log": str(log)}

@@ -48,9 +48,10 @@ class WsClient:
 
     @classmethod
     def connect(cls, url: str, *, token: str | None = None, headers: list[str] | None = None,
-                timeout_s: float = 10.0) -> WsClient:
+                origin: str | None = None, timeout_s: float = 10.0) -> WsClient:
         full = f"{url}?token={token}" if token else url
-        ws = websocket.create_connection(full, timeout=seconds(timeout_s), header=headers or [])
+        options = {"origin": origin} if origin else {}
+        ws = websocket.create_connection(full, timeout=seconds(timeout_s), header=headers or [], **options)
         return cls(ws)
 
     def send(self, frame: dict[str, Any] | str) -> None:

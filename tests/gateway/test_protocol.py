@@ -120,7 +120,8 @@ def test_rate_limit_then_close(clock: Clock) -> None:
     session = Session(role="admin")
     replies = [send(session, clock, {"type": "ping"}, dt=0.0) for _ in range(40)]
     assert all(r[0].body["type"] == "pong" for r in replies)
-    assert only_error(send(session, clock, {"type": "ping"}, dt=0.0))["code"] == "rate_limited"
+    limited = only_error(send(session, clock, {"type": "ping", "ref": "late"}, dt=0.0))
+    assert limited["code"] == "rate_limited" and limited["ref"] == "late"
     for _ in range(MAX_RATE_VIOLATIONS - 1):
         send(session, clock, {"type": "ping"}, dt=0.0)
     assert send(session, clock, {"type": "ping"}, dt=0.0) == [Close(CLOSE_POLICY, "too many frames")]
