@@ -6,14 +6,16 @@ from typing import Any
 
 from flask import Flask
 
+from api import openapi
 from api.context import install_request_hooks
 from api.errors import register_error_handlers
-from api.routes import health, orders
+from api.ratelimit import install_rate_limiter
+from api.routes import drivers, health, orders, products, restaurants, testing, users
 from api.services import Services
 from common.config import Config
 
 MAX_BODY_BYTES = 1024 * 1024
-BLUEPRINTS = (health.bp, orders.bp)
+BLUEPRINTS = (health.bp, openapi.bp, restaurants.bp, users.bp, products.bp, orders.bp, drivers.bp)
 
 
 def create_app(config: Config | None = None, *, services: Services | None = None) -> Flask:
@@ -27,9 +29,12 @@ def create_app(config: Config | None = None, *, services: Services | None = None
     svc.open()
     app.extensions["dms"] = svc
     install_request_hooks(app)
+    install_rate_limiter(app, config)  # after the request hooks, so a 429 carries the request id
     register_error_handlers(app)
     for blueprint in BLUEPRINTS:
         app.register_blueprint(blueprint)
+    if config.env == "test":
+        app.register_blueprint(testing.bp)
     return app
 
 

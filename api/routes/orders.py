@@ -9,6 +9,7 @@ import psycopg
 from flask import Blueprint, jsonify, request
 
 from api import idempotency
+from api.cache import cache
 from api.context import identity, request_id, require, services
 from api.pagination import page_args, page_body
 from api.validation import Field, Validator, json_body, uuid_arg
@@ -27,6 +28,9 @@ from common.orders import (
 )
 
 bp = Blueprint("orders", __name__, url_prefix="/api/orders")
+
+CACHE_NAMESPACE = "orders"
+CACHE_TTL_S = 15 * 60
 
 MAX_ITEMS = 100
 _create_body = Validator({
@@ -204,10 +208,25 @@ def _uuid_query(name: str, value: str) -> str:
 @bp.get("/<order_id>")
 @require()
 def get_order(order_id: str) -> Any:
+    """Served from Redis when cached; visibility is checked against the cached order the same way."""
+    who = identity()
+    order_id = uuid_arg(order_id, what="order")
+    cached = cache().get(CACHE_NAMESPACE, order_id)
+    if cached is not None:
+        if not can_see_order(who, cached):
+            raise NotFound("no such order")
+        return jsonify(cached), 200, {"X-Cache": "HIT"}
     with services().pool.connection() as conn:
-        order = _visible_order(conn, identity(), order_id, lock=False)
+        order = _visible_order(conn, who, order_id, lock=False)
         items = load_items(conn, [order["id"]])[str(order["id"])]
-    return jsonify(order_json(order, items))
+    reply = order_json(order, items)
+    _cache_order(reply)
+    return jsonify(reply), 200, {"X-Cache": "MISS"}
+
+
+def _cache_order(reply: dict[str, Any]) -> None:
+    """Write-through after commit; the version guard keeps a slower, older write from winning."""
+    cache().put_newer(CACHE_NAMESPACE, reply["id"], reply, version=reply["version"], ttl_s=CACHE_TTL_S)
 
 
 @bp.post("/<order_id>/status")
@@ -234,7 +253,9 @@ def change_status(order_id: str) -> Any:
             data=order_event_data(updated, request_id=request_id(), previous_status=order["status"]),
         )
         items = load_items(conn, [updated["id"]])[str(updated["id"])]
-    return jsonify(order_json(updated, items))
+    reply = order_json(updated, items)
+    _cache_order(reply)
+    return jsonify(reply)
 
 
 @bp.post("/<order_id>/assign")
@@ -265,4 +286,6 @@ def assign_driver(order_id: str) -> Any:
             data=order_event_data(updated, request_id=request_id()),
         )
         items = load_items(conn, [updated["id"]])[str(updated["id"])]
-    return jsonify(order_json(updated, items))
+    reply = order_json(updated, items)
+    _cache_order(reply)
+    return jsonify(reply)

@@ -1,0 +1,203 @@
+"""Cache-aside in Redis for read endpoints, with namespace generations and stampede protection.
+
+Keys are `dms:cache:<namespace>:g<generation>:<key>`. A write bumps the namespace's generation
+(`dms:cache:gen:<namespace>`) after its transaction commits, so every entry of the old generation,
+whatever query built it, stops being read at once and expires on its own.
+
+Fails open: when Redis does not answer, reads go to PostgreSQL (`X-Cache: MISS`), writes still
+succeed, a warning is logged and `dms_api_redis_fail_open_total{feature="cache"}` counts it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import redis
+from loguru import logger
+from prometheus_client import Counter
+
+from api.context import services
+
+PREFIX = "dms:cache:"
+HITS_KEY = "dms:cache:hits"
+MISSES_KEY = "dms:cache:misses"
+FAIL_OPEN = Counter("dms_api_redis_fail_open_total", "Requests served without Redis because it failed",
+                    ["feature"])
+
+# Deletes the lock only if it is still ours: a slow rebuild must not release someone else's lock.
+_RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+_PUT_NEWER = """
+local current = redis.call('GET', KEYS[1])
+if current then
+    local ok, decoded = pcall(cjson.decode, current)
+    if ok and type(decoded) == 'table' and tonumber(decoded['version'] or 0) >= tonumber(ARGV[2]) then
+        return 0
+    end
+end
+redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[3])
+return 1
+"""
+
+
+@dataclass(frozen=True)
+class Cached:
+    value: Any
+    hit: bool
+
+    @property
+    def header(self) -> dict[str, str]:
+        return {"X-Cache": "HIT" if self.hit else "MISS"}
+
+
+def query_key(**parts: Any) -> str:
+    """A short, stable key for a query's parameters."""
+    canonical = json.dumps(parts, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(canonical.encode()).hexdigest()[:32]
+
+
+def cache() -> Cache:
+    """The cache of the current app's Redis client."""
+    return Cache(services().redis)
+
+
+class Cache:
+    """Cache-aside over one Redis client; values are JSON."""
+
+    def __init__(self, client: redis.Redis, *, lock_ttl_ms: int = 3000, wait_for_rebuild_s: float = 1.0,
+                 poll_interval_s: float = 0.05, jitter: float = 0.1) -> None:
+        self.redis = client
+        self.lock_ttl_ms = lock_ttl_ms
+        self.wait_for_rebuild_s = wait_for_rebuild_s
+        self.poll_interval_s = poll_interval_s
+        self.jitter = jitter
+
+    def get_or_load(self, namespace: str, key: str, load: Callable[[], Any], *, ttl_s: int) -> Cached:
+        """The cached value, or `load()` stored for `ttl_s` (± jitter so entries do not expire together).
+
+        On a miss one caller takes a short lock and rebuilds; the others poll for its value for up
+        to `wait_for_rebuild_s`, then read PostgreSQL themselves rather than wait longer.
+        """
+        try:
+            full_key = self._key(namespace, key)
+            raw = self.redis.get(full_key)
+        except redis.RedisError as exc:
+            return self._fail_open(exc, load)
+        if raw is not None:
+            self._count(HITS_KEY)
+            return Cached(json.loads(raw), hit=True)
+        token = uuid.uuid4().hex
+        lock_key = f"{full_key}:lock"
+        try:
+            locked = bool(self.redis.set(lock_key, token, nx=True, px=self.lock_ttl_ms))
+        except redis.RedisError as exc:
+            return self._fail_open(exc, load)
+        if locked:
+            self._count(MISSES_KEY)
+            try:
+                value = load()
+                self._store(full_key, value, ttl_s)
+            finally:
+                self._release(lock_key, token)
+            return Cached(value, hit=False)
+        waited = self._wait_for(full_key)
+        self._count(HITS_KEY if waited is not None else MISSES_KEY)
+        if waited is not None:
+            return Cached(waited, hit=True)
+        return Cached(load(), hit=False)
+
+    def put_newer(self, namespace: str, key: str, value: dict[str, Any], *, version: int, ttl_s: int) -> None:
+        """Store `value` unless the entry already holds this `version` or a later one.
+
+        Readers and writers both fill through here, so a reader holding an older row, or the
+        slower of two racing writers, can never replace a newer entry.
+        """
+        try:
+            self.redis.eval(_PUT_NEWER, 1, self._key(namespace, key), self._encode(value), version,
+                            self._ttl(ttl_s))
+        except redis.RedisError as exc:
+            self._warn(exc)
+            self.delete(namespace, key)
+
+    def get(self, namespace: str, key: str) -> Any | None:
+        try:
+            raw = self.redis.get(self._key(namespace, key))
+        except redis.RedisError as exc:
+            self._warn(exc)
+            return None
+        self._count(HITS_KEY if raw is not None else MISSES_KEY)
+        return None if raw is None else json.loads(raw)
+
+    def delete(self, namespace: str, key: str) -> None:
+        try:
+            self.redis.delete(self._key(namespace, key))
+        except redis.RedisError as exc:
+            self._warn(exc)
+
+    def invalidate(self, namespace: str) -> None:
+        """Make every entry of `namespace` unreachable at once by moving to a new generation."""
+        try:
+            self.redis.incr(f"{PREFIX}gen:{namespace}")
+        except redis.RedisError as exc:
+            self._warn(exc)
+
+    def _key(self, namespace: str, key: str) -> str:
+        generation = int(self.redis.get(f"{PREFIX}gen:{namespace}") or 0)
+        return f"{PREFIX}{namespace}:g{generation}:{key}"
+
+    def _ttl(self, ttl_s: int) -> int:
+        return max(1, round(ttl_s * random.uniform(1 - self.jitter, 1 + self.jitter)))
+
+    @staticmethod
+    def _encode(value: Any) -> str:
+        return json.dumps(value, separators=(",", ":"), default=str)
+
+    def _store(self, full_key: str, value: Any, ttl_s: int) -> None:
+        try:
+            self.redis.set(full_key, self._encode(value), ex=self._ttl(ttl_s))
+        except redis.RedisError as exc:
+            self._warn(exc)
+
+    def _release(self, lock_key: str, token: str) -> None:
+        try:
+            self.redis.eval(_RELEASE, 1, lock_key, token)
+        except redis.RedisError as exc:
+            self._warn(exc)
+
+    def _wait_for(self, full_key: str) -> Any | None:
+        deadline = time.monotonic() + self.wait_for_rebuild_s
+        while time.monotonic() < deadline:
+            time.sleep(self.poll_interval_s)
+            try:
+                raw = self.redis.get(full_key)
+            except redis.RedisError as exc:
+                self._warn(exc)
+                return None
+            if raw is not None:
+                return json.loads(raw)
+        return None
+
+    def _count(self, key: str) -> None:
+        try:
+            self.redis.incr(key)
+        except redis.RedisError as exc:
+            self._warn(exc)
+
+    def _fail_open(self, exc: Exception, load: Callable[[], Any]) -> Cached:
+        self._warn(exc)
+        return Cached(load(), hit=False)
+
+    @staticmethod
+    def _warn(exc: Exception) -> None:
+        FAIL_OPEN.labels("cache").inc()
+        logger.warning("cache unavailable, reading PostgreSQL: {}", type(exc).__name__)

@@ -1,0 +1,142 @@
+"""REST rate limits in Redis: fixed windows per client IP and per user, shared by every API process.
+
+Each window is one Redis counter, `dms:rl:<scope>:<who>:<period>:<window number>`, raised with
+INCR and given its expiry in the same MULTI/EXEC, so a crash between the two cannot leave a
+counter that never expires. Every limited response carries `X-RateLimit-Limit`,
+`X-RateLimit-Remaining` and `X-RateLimit-Reset` (seconds until the tighter window resets); a
+refused one is 429 `rate_limited` with `Retry-After`.
+
+Fails open: when Redis does not answer, requests pass unlimited, a warning is logged and
+`dms_api_redis_fail_open_total{feature="ratelimit"}` counts it. Refusing every request because
+the limiter's store is down would turn a Redis outage into a full API outage.
+
+`/health`, `/ready` and `/metrics` are never limited: probes and scrapers must always get through.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import math
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import redis
+from flask import Flask, g, request
+from loguru import logger
+
+from api.cache import FAIL_OPEN
+from api.context import services
+from common.auth import verify_token
+from common.config import Config, RateLimit
+from common.errors import RateLimited, Unauthorized
+
+KEY_PREFIX = "dms:rl:"
+UNLIMITED_PATHS = ("/health", "/ready", "/metrics")
+
+
+@dataclass(frozen=True)
+class Window:
+    """Where one counter stands after this request."""
+
+    limit: int
+    count: int
+    reset_s: int
+
+    @property
+    def remaining(self) -> int:
+        return max(0, self.limit - self.count)
+
+
+def client_ip(remote_addr: str | None, forwarded_for: str | None, trusted: tuple[str, ...]) -> str:
+    """The peer, unless it is a trusted proxy: then the right-most untrusted `X-Forwarded-For` entry.
+
+    Reading from the right means a client cannot pick its own address by sending a forged header:
+    only hops our proxies appended are believed.
+    """
+    peer = remote_addr or "unknown"
+    if not _is_trusted(peer, trusted) or not forwarded_for:
+        return peer
+    hops = [hop.strip() for hop in forwarded_for.split(",") if hop.strip()]
+    for hop in reversed(hops):
+        if not _is_trusted(hop, trusted):
+            return hop
+    return hops[0] if hops else peer
+
+
+def _is_trusted(address: str, trusted: tuple[str, ...]) -> bool:
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    for entry in trusted:
+        try:
+            if ip in ipaddress.ip_network(entry, strict=False):
+                return True
+        except ValueError:
+            if entry == address:
+                return True
+    return False
+
+
+def _user_id() -> str | None:
+    """The token's subject when the token is valid; the route itself answers 401 otherwise."""
+    header = request.headers.get("Authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        return None
+    try:
+        return verify_token(token.strip(), services().config.jwt_secret.value).user_id
+    except Unauthorized:
+        return None
+
+
+def hit(client: redis.Redis, counters: list[tuple[str, RateLimit]], *, now_s: float) -> list[Window]:
+    """Count one request against every (subject, limit) pair in one round trip."""
+    pipe = client.pipeline(transaction=True)
+    resets: list[int] = []
+    for subject, limit in counters:
+        window = int(now_s // limit.period_s)
+        key = f"{KEY_PREFIX}{subject}:{limit.period_s}:{window}"
+        pipe.incr(key)
+        pipe.expire(key, limit.period_s + 1)
+        resets.append(max(1, math.ceil((window + 1) * limit.period_s - now_s)))
+    replies = pipe.execute()
+    return [Window(limit.count, int(replies[2 * n]), resets[n]) for n, (_, limit) in enumerate(counters)]
+
+
+def install_rate_limiter(app: Flask, config: Config) -> None:
+    """Count every `/api` request before its view runs; headers go on every limited response."""
+
+    @app.before_request
+    def _limit() -> None:
+        if request.path in UNLIMITED_PATHS or not request.path.startswith("/api"):
+            return
+        ip = client_ip(request.remote_addr, request.headers.get("X-Forwarded-For"), config.trusted_proxies)
+        counters = [(f"ip:{ip}", config.rate_limit_ip)]
+        user_id = _user_id()
+        if user_id is not None:
+            counters.append((f"user:{user_id}", config.rate_limit_user))
+        try:
+            windows = hit(services().redis, counters, now_s=time.time())
+        except redis.RedisError as exc:
+            FAIL_OPEN.labels("ratelimit").inc()
+            logger.warning("rate limiter unavailable, letting the request through: {}", type(exc).__name__)
+            return
+        # The tightest window speaks for the request: the fewest left, then the longest wait.
+        g.rate_window = min(windows, key=lambda w: (w.remaining, -w.reset_s))
+        exceeded = [w for w in windows if w.count > w.limit]
+        if exceeded:
+            g.rate_window = worst = max(exceeded, key=lambda w: w.reset_s)
+            raise RateLimited(f"more than {worst.limit} requests; retry in {worst.reset_s} s",
+                              retry_after_s=worst.reset_s, details={"limit": worst.limit,
+                                                                    "reset_s": worst.reset_s})
+
+    @app.after_request
+    def _headers(response: Any) -> Any:
+        window: Window | None = g.get("rate_window")
+        if window is not None:
+            response.headers["X-RateLimit-Limit"] = str(window.limit)
+            response.headers["X-RateLimit-Remaining"] = str(window.remaining)
+            response.headers["X-RateLimit-Reset"] = str(window.reset_s)
+        return response

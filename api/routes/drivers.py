@@ -1,0 +1,155 @@
+"""Drivers: their own status and GPS batches, and the latest position for those allowed to see it."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import redis
+from flask import Blueprint, jsonify
+from loguru import logger
+
+from api.context import identity, request_id, require, services
+from api.validation import Field, Validator, json_body, uuid_arg
+from common import events
+from common.access import driver_visible_to_restaurant
+from common.errors import NotFound, ValidationFailed
+
+bp = Blueprint("drivers", __name__, url_prefix="/api/drivers")
+
+DRIVER_STATUSES = ("online", "offline", "on_break")
+MAX_POINTS = 500
+MAX_FUTURE = timedelta(minutes=5)  # phone clocks drift; further ahead is a wrong clock
+MAX_AGE = timedelta(days=1)
+_status_body = Validator({"status": Field("string", choices=DRIVER_STATUSES)})
+_locations_body = Validator({"points": Field("list", min=1, max=MAX_POINTS)})
+_point = Validator({
+    "lat": Field("number", min=-90, max=90),
+    "lng": Field("number", min=-180, max=180),
+    "heading": Field("number", required=False, nullable=True, min=0),
+    "speed": Field("number", required=False, nullable=True, min=0),
+    "accuracy": Field("number", required=False, nullable=True, min=0),
+    "recorded_at": Field("timestamp", required=False, nullable=True),
+})
+
+
+@bp.post("/me/status")
+@require("driver", write=True)
+def set_status() -> Any:
+    who = identity()
+    clean = _status_body(json_body())
+    with services().pool.connection() as conn, conn.transaction():
+        before = conn.execute("SELECT status FROM drivers WHERE id = %s FOR UPDATE", (who.user_id,)).fetchone()
+        if before is None:
+            raise NotFound("no driver profile")
+        row = conn.execute(
+            "UPDATE drivers SET status = %s, updated_at = now() WHERE id = %s RETURNING id, status, updated_at",
+            (clean["status"], who.user_id),
+        ).fetchone()
+        assert row is not None
+        # Only a real change is an event; repeating the current status is a no-op for subscribers.
+        if before["status"] != row["status"]:
+            events.write_event(
+                conn,
+                event=events.DRIVER_STATUS_CHANGED,
+                channels=[events.driver_channel(who.user_id)],
+                data={"driver_id": who.user_id, "status": row["status"], "previous_status": before["status"],
+                      "updated_at": events.iso(row["updated_at"]), "request_id": request_id()},
+            )
+    return jsonify({"id": str(row["id"]), "status": row["status"], "updated_at": events.iso(row["updated_at"])})
+
+
+def _points(raw: list[Any], now: datetime) -> list[dict[str, Any]]:
+    """Every point checked; each problem named by its index, e.g. `points[3].lat`."""
+    points: list[dict[str, Any]] = []
+    errors: dict[str, str] = {}
+    for index, entry in enumerate(raw):
+        prefix = f"points[{index}]"
+        if not isinstance(entry, dict):
+            errors[prefix] = "expected an object"
+            continue
+        try:
+            point = _point(entry, prefix=prefix + ".")
+        except ValidationFailed as exc:
+            errors.update(exc.details)
+            continue
+        if point.get("heading") is not None and point["heading"] >= 360:
+            errors[prefix + ".heading"] = "must be below 360"
+            continue
+        recorded_at = point.get("recorded_at") or now
+        if recorded_at > now + MAX_FUTURE:
+            errors[prefix + ".recorded_at"] = "more than 5 minutes in the future"
+            continue
+        if recorded_at < now - MAX_AGE:
+            errors[prefix + ".recorded_at"] = "older than 1 day"
+            continue
+        point["recorded_at"] = recorded_at.astimezone(UTC)
+        points.append(point)
+    if errors:
+        raise ValidationFailed("some points are invalid", details=errors)
+    return points
+
+
+@bp.post("/me/locations")
+@require("driver", write=True)
+def post_locations() -> Any:
+    who = identity()
+    clean = _locations_body(json_body())
+    points = _points(clean["points"], datetime.now(UTC))
+    rows = [(who.user_id, p["lat"], p["lng"], p.get("heading"), p.get("speed"), p.get("accuracy"),
+             p["recorded_at"]) for p in points]
+    latest = max(rows, key=lambda row: row[6])
+    with services().pool.connection() as conn, conn.transaction(), conn.cursor() as cur:
+        with cur.copy(
+            "COPY driver_locations (driver_id, lat, lng, heading, speed, accuracy, recorded_at) FROM STDIN"
+        ) as copy:
+            for row in rows:
+                copy.write_row(row)
+        # Batches may arrive out of order; the latest position only ever moves forward in time.
+        cur.execute(
+            "UPDATE drivers SET lat = %s, lng = %s, heading = %s, speed = %s, accuracy = %s,"
+            " location_recorded_at = %s, updated_at = now()"
+            " WHERE id = %s AND (location_recorded_at IS NULL OR location_recorded_at <= %s)",
+            (*latest[1:7], who.user_id, latest[6]),
+        )
+    _publish(who.user_id, points)
+    return jsonify({"accepted": len(points)}), 202
+
+
+def _publish(driver_id: str, points: list[dict[str, Any]]) -> None:
+    """Live positions are ephemeral; the rows are committed, so a Redis failure only costs liveness."""
+    channel = events.driver_channel(driver_id)
+    ts = events.iso(datetime.now(UTC))
+    try:
+        with services().redis.pipeline(transaction=False) as pipe:
+            for point in points:
+                data = {"driver_id": driver_id, "lat": point["lat"], "lng": point["lng"],
+                        "heading": point.get("heading"), "speed": point.get("speed"),
+                        "accuracy": point.get("accuracy"), "recorded_at": events.iso(point["recorded_at"])}
+                events.publish_ephemeral(pipe, channel, events.ephemeral_frame(channel, events.DRIVER_LOCATION,
+                                                                               data, ts))
+            pipe.execute()
+    except redis.RedisError as exc:
+        logger.warning("driver locations stored but not published live: {}", type(exc).__name__)
+
+
+@bp.get("/<driver_id>/location")
+@require()
+def get_location(driver_id: str) -> Any:
+    who = identity()
+    driver_id = uuid_arg(driver_id, what="driver")
+    with services().pool.connection() as conn:
+        allowed = who.is_admin or (who.role == "driver" and who.user_id == driver_id) or (
+            who.role in ("restaurant", "demo") and who.restaurant_id is not None
+            and driver_visible_to_restaurant(conn, who.restaurant_id, driver_id)
+        )
+        row = conn.execute(
+            "SELECT id, lat, lng, heading, speed, accuracy, location_recorded_at FROM drivers"
+            " WHERE id = %s AND lat IS NOT NULL",
+            (driver_id,),
+        ).fetchone() if allowed else None
+    if row is None:
+        raise NotFound("no location for this driver")
+    return jsonify({"driver_id": str(row["id"]), "lat": row["lat"], "lng": row["lng"], "heading": row["heading"],
+                    "speed": row["speed"], "accuracy": row["accuracy"],
+                    "recorded_at": events.iso(row["location_recorded_at"])})

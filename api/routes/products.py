@@ -1,0 +1,148 @@
+"""Products: the catalogue, read by everyone through the Redis cache, written by admins."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Blueprint, jsonify, request
+
+from api.cache import cache, query_key
+from api.context import require, services
+from api.pagination import page_args, page_body
+from api.validation import Field, Validator, json_body, uuid_arg
+from common.errors import NotFound, ValidationFailed
+from common.events import iso
+from common.orders import money
+
+bp = Blueprint("products", __name__, url_prefix="/api/products")
+
+NAMESPACE = "products"
+TTL_S = 3600
+PRODUCT_COLUMNS = "id, name, description, category, unit, price, active, created_at, updated_at"
+_FIELDS = {
+    "name": Field("string", min=1, max=200),
+    "description": Field("string", required=False, max=2000),
+    "category": Field("string", min=1, max=100),
+    "unit": Field("string", required=False, min=1, max=40),
+    "price": Field("money", min=0, max=9_999_999_999.99),
+    "active": Field("boolean", required=False),
+}
+_create_body = Validator(_FIELDS)
+_patch_body = Validator({name: Field(spec.kind, required=False, min=spec.min, max=spec.max)
+                         for name, spec in _FIELDS.items()})
+
+
+def product_json(row: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "id": str(row["id"]),
+        "name": row["name"],
+        "description": row["description"],
+        "category": row["category"],
+        "unit": row["unit"],
+        "price": money(row["price"]),
+        "active": row["active"],
+        "created_at": iso(row["created_at"]),
+        "updated_at": iso(row["updated_at"]),
+    }
+
+
+@bp.post("")
+@require("admin", write=True)
+def create_product() -> Any:
+    clean = _create_body(json_body())
+    columns = list(clean)
+    with services().pool.connection() as conn:
+        row = conn.execute(
+            f"INSERT INTO products ({', '.join(columns)}) VALUES ({', '.join(['%s'] * len(columns))})"
+            f" RETURNING {PRODUCT_COLUMNS}",
+            [clean[name] for name in columns],
+        ).fetchone()
+    assert row is not None
+    cache().invalidate(NAMESPACE)  # after the commit, so no reader can refill with the old list
+    return jsonify(product_json(row)), 201, {"Location": f"/api/products/{row['id']}"}
+
+
+def _active_arg() -> bool | None:
+    raw = request.args.get("active")
+    if raw is None:
+        return None
+    if raw.lower() not in ("true", "false"):
+        raise ValidationFailed("active must be true or false", details={"active": "true or false"})
+    return raw.lower() == "true"
+
+
+@bp.get("")
+@require()
+def list_products() -> Any:
+    page = page_args()
+    category = request.args.get("category")
+    active = _active_arg()
+    q = (request.args.get("q") or "").strip() or None
+    if q is not None and len(q) > 200:
+        raise ValidationFailed("q is too long", details={"q": "at most 200 characters"})
+    where: list[str] = []
+    params: list[Any] = []
+    if category is not None:
+        where.append("category = %s")
+        params.append(category)
+    if active is not None:
+        where.append("active = %s")
+        params.append(active)
+    if q is not None:
+        # The same expression as the products_search GIN index, so the index serves it.
+        where.append("to_tsvector('simple', name || ' ' || description) @@ plainto_tsquery('simple', %s)")
+        params.append(q)
+    if page.after is not None:
+        where.append("(created_at, id) < (%s, %s)")
+        params.extend(page.after)
+    sql = f"SELECT {PRODUCT_COLUMNS} FROM products"
+    if where:
+        sql += " WHERE " + " AND ".join(where)
+    sql += " ORDER BY created_at DESC, id DESC LIMIT %s"
+    params.append(page.limit + 1)
+
+    def load() -> dict[str, Any]:
+        # The primary, not a replica: a lagging replica would refill the new generation with old rows.
+        with services().pool.connection() as conn:
+            rows = conn.execute(sql, params).fetchall()
+        return page_body(rows, [product_json(row) for row in rows[: page.limit]], page.limit)
+
+    key = query_key(category=category, active=active, q=q, limit=page.limit, cursor=request.args.get("cursor"))
+    found = cache().get_or_load(NAMESPACE, f"list:{key}", load, ttl_s=TTL_S)
+    return jsonify(found.value), 200, found.header
+
+
+@bp.get("/<product_id>")
+@require()
+def get_product(product_id: str) -> Any:
+    product_id = uuid_arg(product_id, what="product")
+
+    def load() -> dict[str, Any] | None:
+        with services().pool.connection() as conn:
+            row = conn.execute(f"SELECT {PRODUCT_COLUMNS} FROM products WHERE id = %s", (product_id,)).fetchone()
+        return None if row is None else product_json(row)
+
+    # An unknown id is cached as {} too; creating a product moves to a new generation anyway.
+    found = cache().get_or_load(NAMESPACE, f"one:{product_id}", lambda: load() or {}, ttl_s=TTL_S)
+    if not found.value:
+        raise NotFound("no such product")
+    return jsonify(found.value), 200, found.header
+
+
+@bp.patch("/<product_id>")
+@require("admin", write=True)
+def update_product(product_id: str) -> Any:
+    product_id = uuid_arg(product_id, what="product")
+    clean = _patch_body(json_body())
+    if not clean:
+        raise ValidationFailed("nothing to change", details={"body": "name at least one field"})
+    assignments = ", ".join(f"{name} = %s" for name in clean)
+    with services().pool.connection() as conn:
+        row = conn.execute(
+            f"UPDATE products SET {assignments}, updated_at = now() WHERE id = %s RETURNING {PRODUCT_COLUMNS}",
+            [*clean.values(), product_id],
+        ).fetchone()
+    if row is None:
+        raise NotFound("no such product")
+    cache().invalidate(NAMESPACE)
+    return jsonify(product_json(row))

@@ -1,0 +1,16 @@
+"""API test fixtures: each test's client comes from its own address, so IP rate limits stay per test."""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+import pytest
+
+
+@pytest.fixture
+def client(api_app: Any) -> Any:
+    """The session app's test client, seen as a fresh client IP (the session app keeps default limits)."""
+    test_client = api_app.test_client()
+    test_client.environ_base["REMOTE_ADDR"] = f"10.{random.randrange(256)}.{random.randrange(256)}.{random.randrange(1, 255)}"
+    return test_client
