@@ -203,6 +203,8 @@ def _paths() -> dict[str, Schema]:
                                limited=False)},
         "/ready": {"get": _op("readiness of PostgreSQL and Redis", ("200", ok("both answer", _ref("Status"))),
                               errors=("503",), auth=False, limited=False)},
+        "/metrics": {"get": {"summary": "Prometheus metrics", "security": [], "responses": {
+            "200": {"description": "Prometheus text format", "content": {"text/plain": {"schema": STRING}}}}}},
         "/api/openapi.json": {"get": _op("this document", ("200", ok("OpenAPI 3.0", {"type": "object"})),
                                          auth=False)},
         "/api/restaurants": {
