@@ -12,5 +12,6 @@ import pytest
 def client(api_app: Any) -> Any:
     """The session app's test client, seen as a fresh client IP (the session app keeps default limits)."""
     test_client = api_app.test_client()
-    test_client.environ_base["REMOTE_ADDR"] = f"10.{random.randrange(256)}.{random.randrange(256)}.{random.randrange(1, 255)}"
+    octets = (random.randrange(256), random.randrange(256), random.randrange(1, 255))
+    test_client.environ_base["REMOTE_ADDR"] = "10.{}.{}.{}".format(*octets)
     return test_client
