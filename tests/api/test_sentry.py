@@ -1,0 +1,85 @@
+"""Sentry: a real `python -m api` process reports an unhandled error to the DSN's receiver."""
+
+from __future__ import annotations
+
+import gzip
+import threading
+import zlib
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+from common import embedded
+from tests.conftest import Infra
+from tests.helpers import Process, http_json, wait_for
+
+
+class _Receiver(BaseHTTPRequestHandler):
+    """Records every POST body, decompressed, as Sentry's ingest endpoint would receive it."""
+
+    bodies: list[bytes] = []
+
+    def do_POST(self) -> None:  # the http.server hook name
+        raw = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        encoding = self.headers.get("Content-Encoding", "")
+        if encoding == "gzip":
+            raw = gzip.decompress(raw)
+        elif encoding == "deflate":
+            raw = zlib.decompress(raw)
+        elif encoding == "br":
+            import brotli  # the SDK only picks br when brotli is installed
+
+            raw = brotli.decompress(raw)
+        self.bodies.append(raw)
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.end_headers()
+        self.wfile.write(b"{}")
+
+    def log_message(self, format: str, *args: object) -> None:  # quiet test output
+        pass
+
+
+@pytest.fixture
+def receiver() -> Iterator[tuple[int, list[bytes]]]:
+    bodies: list[bytes] = []
+    handler = type("Receiver", (_Receiver,), {"bodies": bodies})
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield server.server_address[1], bodies
+    server.shutdown()
+    server.server_close()
+    thread.join(timeout=5)
+
+
+def test_an_unhandled_error_reaches_sentry(infra: Infra, receiver: tuple[int, list[bytes]],
+                                           tmp_path: Path) -> None:
+    port, bodies = receiver
+    api_port = embedded.free_port()
+    env = infra.env(API_PORT=str(api_port), SENTRY_DSN=f"http://publickey@127.0.0.1:{port}/1",
+                    SENTRY_TRACES_SAMPLE_RATE="0")
+    process = Process("api", env, tmp_path / "api.log")
+    try:
+        process.wait_http_ok(f"http://127.0.0.1:{api_port}/health")
+        status, _, body = http_json("GET", f"http://127.0.0.1:{api_port}/api/_test/boom")
+        assert status == 500
+        assert body == {"error": {"code": "internal", "message": "internal error", "details": None}}
+        envelope = wait_for(lambda: next((b for b in bodies if b"RuntimeError" in b), None), timeout_s=15,
+                            message="a Sentry envelope with the exception")
+        assert b"deliberate failure from /api/_test/boom" in envelope
+    finally:
+        process.stop()
+
+
+def test_the_failing_route_exists_only_in_tests(infra: Infra) -> None:
+    from api.app import create_app
+    from common.config import Config
+
+    app = create_app(Config.from_env(infra.env(DMS_ENV="dev")))
+    try:
+        assert all(not rule.rule.startswith("/api/_test") for rule in app.url_map.iter_rules())
+    finally:
+        app.extensions["dms"].close()
