@@ -62,7 +62,7 @@ class Connection:
             return False
         if len(self._queue) >= MAX_QUEUED_FRAMES or self._queued_bytes + len(frame) > MAX_QUEUED_BYTES:
             self.log.warning("slow consumer: {} frames / {} bytes queued", len(self._queue), self._queued_bytes)
-            self.close(CLOSE_SLOW_CONSUMER, "slow consumer")
+            self.close(CLOSE_SLOW_CONSUMER, "slow consumer", discard_queued=True)
             return False
         self._queue.append(frame)
         self._queued_bytes += len(frame)
@@ -78,13 +78,14 @@ class Connection:
             self._queue.append(_PING)
             self._wake.set()
 
-    def close(self, code: int, reason: str) -> None:
-        """Ask the writer to send a close frame after nothing else; idempotent."""
+    def close(self, code: int, reason: str, *, discard_queued: bool = False) -> None:
+        """Ask the writer to send a close frame after what is queued (or instead of it); idempotent."""
         if self._close_request is None and not self.closed.is_set():
             self._close_request = (code, reason)
             self.close_code = code
-            self._queue.clear()
-            self._queued_bytes = 0
+            if discard_queued:
+                self._queue.clear()
+                self._queued_bytes = 0
             self._wake.set()
 
     def _write_forever(self) -> None:
@@ -92,7 +93,7 @@ class Connection:
             while True:
                 self._wake.wait()
                 self._wake.clear()
-                while self._queue and self._close_request is None:
+                while self._queue:
                     item = self._queue.popleft()
                     if item is _PING:
                         self._send_raw(self.ws.ws.send(Ping(b"dms")))
@@ -127,7 +128,7 @@ class Connection:
         if sub.buffer is not None:
             sub.buffer.append((event_id, frame))
             if len(sub.buffer) > MAX_REPLAY_BUFFER:
-                self.close(CLOSE_SLOW_CONSUMER, "slow consumer")
+                self.close(CLOSE_SLOW_CONSUMER, "slow consumer", discard_queued=True)
             return
         if event_id is not None:
             if sub.last_id is not None and event_id <= sub.last_id:

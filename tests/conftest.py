@@ -66,7 +66,8 @@ def infra(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Infra]:
 
 @pytest.fixture(scope="session")
 def config(infra: Infra) -> Config:
-    return Config.from_env(infra.env())
+    # Every test client comes from 127.0.0.1; the rate-limit tests build apps with small limits.
+    return Config.from_env(infra.env(RATE_LIMIT_IP="1000000/minute", RATE_LIMIT_USER="1000000/hour"))
 
 
 @dataclass
@@ -166,6 +167,26 @@ def system_program(name: str) -> str | None:
     if found is None and os.path.exists(f"/usr/sbin/{name}"):
         found = f"/usr/sbin/{name}"
     return found
+
+
+@pytest.fixture
+def start_gateway(infra: Infra, tmp_path: Path) -> Iterator[Any]:
+    """Start extra gateway processes with their own settings; all are stopped after the test."""
+    started: list[Process] = []
+
+    def start(*, name: str = "gw", wait: bool = True, **settings: str) -> tuple[Process, dict[str, str]]:
+        port = embedded.free_port()
+        env = infra.env(GATEWAY_PORT=str(port), GATEWAY_ID=f"{name}-{port}", **settings)
+        process = Process("gateway", env, tmp_path / f"{name}-{port}.log")
+        started.append(process)
+        if wait:
+            process.wait_http_ok(f"http://127.0.0.1:{port}/health")
+        return process, {"url": f"ws://127.0.0.1:{port}/ws", "http": f"http://127.0.0.1:{port}",
+                         "id": f"{name}-{port}"}
+
+    yield start
+    for process in started:
+        process.stop(sig=signal.SIGKILL if process.proc.poll() is None else signal.SIGTERM, timeout_s=10)
 
 
 def pytest_runtest_setup(item: pytest.Item) -> None:

@@ -59,7 +59,9 @@ class WsClient:
 
     def recv(self, *, timeout_s: float = 10.0) -> dict[str, Any]:
         self.ws.settimeout(seconds(timeout_s))
-        raw = self.ws.recv()
+        opcode, raw = self.ws.recv_data()  # answers pings itself; returns data frames only
+        while opcode != websocket.ABNF.OPCODE_TEXT:
+            opcode, raw = self.ws.recv_data()
         frame = json.loads(raw)
         self.seen.append(frame)
         return frame  # type: ignore[no-any-return]
@@ -101,9 +103,10 @@ class WsClient:
 
     def close(self) -> None:
         try:
-            self.ws.close()
+            self.ws.close(timeout=1)
         except (OSError, websocket.WebSocketException):
             pass
+        self.ws.shutdown()  # close() skips the socket once the server has closed the connection
 
 
 def http_json(method: str, url: str, body: Any = None, *, token: str | None = None,

@@ -74,7 +74,8 @@ def test_order_channel_follows_the_order(connect: Any, client: Any, world: World
 def test_a_restaurant_may_follow_the_driver_of_its_active_order(connect: Any, client: Any, world: World) -> None:
     order = _order(client, world)
     headers = {"Authorization": f"Bearer {world.admin}"}
-    assert client.post(f"/api/orders/{order['id']}/status", json={"status": "confirmed"}, headers=headers).status_code == 200
+    confirmed = client.post(f"/api/orders/{order['id']}/status", json={"status": "confirmed"}, headers=headers)
+    assert confirmed.status_code == 200
     client.get("/api/orders", headers={"Authorization": f"Bearer {world.driver}"})  # creates the driver's profile
     assigned = client.post(f"/api/orders/{order['id']}/assign", json={"driver_id": world.driver_id}, headers=headers)
     assert assigned.status_code == 200, assigned.get_json()
