@@ -10,12 +10,13 @@ from api import openapi
 from api.context import install_request_hooks
 from api.errors import register_error_handlers
 from api.ratelimit import install_rate_limiter
-from api.routes import drivers, health, orders, products, realtime, restaurants, testing, users
+from api.routes import drivers, health, orders, pages, products, realtime, restaurants, testing, users
 from api.services import Services
 from common.config import Config
 
 MAX_BODY_BYTES = 1024 * 1024
-BLUEPRINTS = (health.bp, openapi.bp, restaurants.bp, users.bp, products.bp, orders.bp, drivers.bp, realtime.bp)
+BLUEPRINTS = (health.bp, openapi.bp, restaurants.bp, users.bp, products.bp, orders.bp, drivers.bp, realtime.bp,
+              pages.bp)
 
 
 def create_app(config: Config | None = None, *, services: Services | None = None) -> Flask:

@@ -59,6 +59,7 @@ class Config:
     gateway_host: str = "127.0.0.1"
     gateway_port: int = 8001
     gateway_id: str = ""
+    public_gateway_url: str = ""  # what browsers connect to; "" means ws://GATEWAY_HOST:GATEWAY_PORT/ws
     allowed_origins: tuple[str, ...] = ("*",)
     sentry_dsn: Secret | None = None
     sentry_traces_sample_rate: float = 0.1
@@ -104,6 +105,7 @@ class Config:
             gateway_host=reader.text("GATEWAY_HOST", "127.0.0.1"),
             gateway_port=reader.port("GATEWAY_PORT", 8001),
             gateway_id=reader.text("GATEWAY_ID", ""),
+            public_gateway_url=reader.url("PUBLIC_GATEWAY_URL", schemes=("ws", "wss")),
             allowed_origins=tuple(reader.csv("ALLOWED_ORIGINS") or ["*"]),
             sentry_dsn=Secret(dsn) if dsn else None,
             sentry_traces_sample_rate=reader.number("SENTRY_TRACES_SAMPLE_RATE", 0.1, low=0.0, high=1.0),
