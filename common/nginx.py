@@ -1,0 +1,138 @@
+"""Render nginx/nginx.conf.template into a prefix directory and run nginx there, unprivileged."""
+
+from __future__ import annotations
+
+import grp
+import os
+import pwd
+import shutil
+import signal
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+from common import embedded
+
+ROOT = Path(__file__).resolve().parent.parent
+TEMPLATE = ROOT / "nginx" / "nginx.conf.template"
+DEFAULT_PORT = 8080
+WORKER_USER = "nobody"
+
+
+class NginxError(RuntimeError):
+    """nginx is missing, rejected its configuration or did not start."""
+
+
+def nginx_binary() -> str | None:
+    """The nginx program, also when /usr/sbin is not on PATH (as for non-root shells on Debian)."""
+    found = shutil.which("nginx")
+    if found is None and os.access("/usr/sbin/nginx", os.X_OK):
+        found = "/usr/sbin/nginx"
+    return found
+
+
+@dataclass(frozen=True)
+class Site:
+    """What one nginx fronts: API and gateway ports on `upstream_host`, listening on `listen_port`."""
+
+    api_ports: tuple[int, ...]
+    gateway_ports: tuple[int, ...]
+    listen_port: int = DEFAULT_PORT
+    listen_host: str = "127.0.0.1"
+    upstream_host: str = "127.0.0.1"
+    worker_processes: int = 1
+    ws_read_timeout_s: int = 75
+    max_fails: int = 2
+    fail_timeout_s: int = 5
+
+
+def _servers(host: str, ports: tuple[int, ...], site: Site) -> str:
+    if not ports:
+        raise NginxError("an upstream needs at least one port")
+    return "\n".join(
+        f"        server {host}:{port} max_fails={site.max_fails} fail_timeout={site.fail_timeout_s}s;"
+        for port in ports
+    )
+
+
+def _user_directive() -> str:
+    # Only a root master may switch users; without the directive workers would run as the
+    # compiled-in default, which on some builds does not exist.
+    if os.geteuid() != 0:
+        return "# user: not root, workers run as the current user"
+    entry = pwd.getpwnam(WORKER_USER)
+    return f"user {WORKER_USER} {grp.getgrgid(entry.pw_gid).gr_name};"
+
+
+def render_text(site: Site, prefix: Path, *, template: Path = TEMPLATE) -> str:
+    values = {
+        "prefix": str(prefix.resolve()),
+        "user_directive": _user_directive(),
+        "worker_processes": str(site.worker_processes),
+        "listen_host": site.listen_host,
+        "listen_port": str(site.listen_port),
+        "api_servers": _servers(site.upstream_host, site.api_ports, site),
+        "gateway_servers": _servers(site.upstream_host, site.gateway_ports, site),
+        "ws_read_timeout_s": str(site.ws_read_timeout_s),
+    }
+    text = template.read_text()
+    for key, value in values.items():
+        text = text.replace("{{" + key + "}}", value)
+    if "{{" in text:
+        raise NginxError("unfilled placeholder in the nginx template: " + text[text.index("{{"):][:40])
+    return text
+
+
+def render(site: Site, prefix: Path) -> Path:
+    """Write `prefix`/nginx.conf and the directories it names; return the config path."""
+    for sub in ("logs", "tmp"):
+        (prefix / sub).mkdir(parents=True, exist_ok=True)
+    conf = prefix / "nginx.conf"
+    conf.write_text(render_text(site, prefix))
+    return conf
+
+
+def _command(binary: str, prefix: Path, *extra: str) -> list[str]:
+    prefix = prefix.resolve()
+    # -e: nginx opens its compiled-in error log before reading the config unless told otherwise.
+    return [binary, "-p", f"{prefix}/", "-c", str(prefix / "nginx.conf"), "-e", str(prefix / "logs" / "error.log"),
+            *extra]
+
+
+def check(prefix: Path, *, binary: str | None = None) -> str:
+    """`nginx -t` on the rendered config; return its output or raise with it."""
+    binary = binary or nginx_binary()
+    if binary is None:
+        raise NginxError("nginx is not installed")
+    result = subprocess.run(_command(binary, prefix, "-t"), capture_output=True, text=True, check=False)
+    output = result.stdout + result.stderr
+    if result.returncode != 0:
+        raise NginxError("nginx -t failed: " + output)
+    return output
+
+
+def start(site: Site, prefix: Path, *, binary: str | None = None, timeout_s: float = 15.0) -> embedded.ServerProcess:
+    """Render, check and start nginx in the foreground of a child process; wait until it listens."""
+    binary = binary or nginx_binary()
+    if binary is None:
+        raise NginxError("nginx is not installed")
+    render(site, prefix)
+    check(prefix, binary=binary)
+    log_path = prefix / "logs" / "error.log"
+    process = subprocess.Popen(_command(binary, prefix), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL, start_new_session=True)
+    server = embedded.ServerProcess("nginx", site.listen_port, process.pid, process, log_path)
+    try:
+        embedded.wait_for_port(site.listen_port, timeout_s=timeout_s, alive=server.alive,
+                               what=f"nginx (log: {log_path})")
+    except embedded.EmbeddedError as exc:
+        server.stop(sig=signal.SIGTERM, timeout_s=5)
+        raise NginxError(str(exc)) from exc
+    return server
+
+
+def reload(server: embedded.ServerProcess, site: Site, prefix: Path) -> None:
+    """Re-render for new upstreams and let nginx swap workers gracefully (SIGHUP)."""
+    render(site, prefix)
+    check(prefix)
+    os.kill(server.pid, signal.SIGHUP)
