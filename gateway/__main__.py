@@ -32,9 +32,11 @@ def main() -> int:
     done = gevent.event.Event()
 
     def shut_down() -> None:
+        # Keep listening while draining: new handshakes get 503 and /health says "draining",
+        # so a load balancer moves on; then stop.
         logger.info("gateway draining")
-        server.close()  # stop accepting; live sockets stay open until drained
         gateway.drain()
+        server.stop(timeout=1)
         done.set()
 
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -75,6 +75,12 @@ class LocationWriter:
         batch, self._pending = self._pending[: self.batch_size], self._pending[self.batch_size:]
         try:
             self._write([point for point, _ in batch])
+        except (psycopg.IntegrityError, psycopg.DataError) as exc:
+            # One bad point must not block everyone's batch forever: write them one by one.
+            logger.warning("location batch refused ({}); writing points one by one", type(exc).__name__)
+            for point, done in batch:
+                self._write_one(point, done)
+            return True
         except (psycopg.Error, OSError) as exc:
             logger.warning("location write failed, will retry: {}", exc)
             self._pending = batch + self._pending
@@ -83,6 +89,15 @@ class LocationWriter:
         for _, done in batch:
             done(True)
         return True
+
+    def _write_one(self, point: Point, done: Callable[[bool], None]) -> None:
+        try:
+            self._write([point])
+        except (psycopg.IntegrityError, psycopg.DataError):
+            done(False)
+            return
+        self.written_total += 1
+        done(True)
 
     def _write(self, points: list[Point]) -> None:
         latest: dict[str, Point] = {}

@@ -152,6 +152,8 @@ class Gateway:
             session=Session(role=who.role, max_subscriptions=self.config.ws_max_subscriptions),
         )
         conn.gps_rate = TokenBucket(rate_per_s=GPS_POINTS_PER_S, burst=GPS_BURST)  # type: ignore[attr-defined]
+        if who.role == "driver":
+            self._ensure_driver(who)
         self.connections.add(conn)
         self.per_user[who.user_id] += 1
         conn.log.info("connected")
@@ -178,6 +180,17 @@ class Gateway:
                 self.slow_consumer_disconnects += 1
             conn.closed.wait(timeout=5)
             conn.log.bind(close_code=conn.close_code or ws.close_reason).info("disconnected")
+
+    def _ensure_driver(self, who: Identity) -> None:
+        """A driver's first connection creates its profile and driver row (as the REST API does)."""
+        try:
+            with self.pool.connection() as db:
+                db.execute("INSERT INTO profiles (id, role) VALUES (%s, 'driver') ON CONFLICT (id) DO NOTHING",
+                           (who.user_id,))
+                db.execute("INSERT INTO drivers (id) SELECT id FROM profiles WHERE id = %s AND role = 'driver'"
+                           " ON CONFLICT (id) DO NOTHING", (who.user_id,))
+        except (psycopg.Error, psycopg_pool.PoolTimeout) as exc:
+            logger.warning("could not ensure the driver row: {}", exc)
 
     def _read_loop(self, conn: Connection) -> None:
         ws = conn.ws
@@ -322,7 +335,12 @@ class Gateway:
         except redis.RedisError as exc:
             conn.log.warning("live location fan-out failed: {}", exc)
         ref = action.ref
-        if not self.locations.accept(point, lambda ok: conn.send_json({"type": "ack", "ref": ref})):
+
+        def done(ok: bool) -> None:
+            conn.send_json({"type": "ack", "ref": ref} if ok else
+                           error("bad_request", "the point was refused by storage", ref).body)
+
+        if not self.locations.accept(point, done):
             conn.send_json(error("unavailable", "location storage is saturated, retry", ref).body)
 
     # -- admin numbers -------------------------------------------------------------------------

@@ -84,7 +84,9 @@ class World:
     other_restaurant: str
     products: list[dict[str, Any]]
 
-    def token(self, role: str, **kwargs: Any) -> str:
+    @staticmethod
+    def token(role: str, **kwargs: Any) -> str:
+        """A token for a new identity of `role` (restaurant and demo roles need restaurant_id)."""
         return mint_token(JWT_SECRET, role=role, **kwargs)
 
 
@@ -174,9 +176,11 @@ def start_gateway(infra: Infra, tmp_path: Path) -> Iterator[Any]:
     """Start extra gateway processes with their own settings; all are stopped after the test."""
     started: list[Process] = []
 
-    def start(*, name: str = "gw", wait: bool = True, **settings: str) -> tuple[Process, dict[str, str]]:
+    def start(*, name: str = "gw", wait: bool = True, base: dict[str, str] | None = None,
+              **settings: str) -> tuple[Process, dict[str, str]]:
         port = embedded.free_port()
-        env = infra.env(GATEWAY_PORT=str(port), GATEWAY_ID=f"{name}-{port}", **settings)
+        env = {**(base if base is not None else infra.env()), "GATEWAY_PORT": str(port),
+               "GATEWAY_ID": f"{name}-{port}", **settings}
         process = Process("gateway", env, tmp_path / f"{name}-{port}.log")
         started.append(process)
         if wait:
