@@ -1,0 +1,1 @@
+"""Peer benchmark: our gateway against Flask-SocketIO (gevent, Redis queue) on the same fan-out."""
