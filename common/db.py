@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Any
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any, Self
 
 import psycopg
 from psycopg.rows import dict_row
@@ -40,6 +43,44 @@ def make_pool(
         kwargs={"row_factory": dict_row, "prepare_threshold": None, "application_name": f"dms-{name}"},
         connection_class=psycopg.Connection[dict[str, Any]],
     )
+
+
+QueryObserver = Callable[[float], None]
+
+
+def time_queries(pool: ConnectionPool[Any], observe: QueryObserver) -> None:
+    """Report every statement's duration (seconds) run through `pool` to `observe`; before `open()`.
+
+    Timing lives in the connections' cursor class, so each query made through `pool.connection()`
+    is measured once, in one place, whatever code runs it.
+    """
+    if not pool.closed:
+        raise RuntimeError("time_queries() must be called before the pool opens")
+    if not isinstance(pool.kwargs, dict):
+        raise TypeError("time_queries() needs a pool built with a kwargs dict (make_pool)")
+    pool.kwargs["cursor_factory"] = _timed_cursor(observe)
+
+
+def _timed_cursor(observe: QueryObserver) -> type[psycopg.Cursor[Any]]:
+    @contextmanager
+    def timed() -> Iterator[None]:
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            observe(time.perf_counter() - started)
+
+    class TimedCursor(psycopg.Cursor[Any]):
+        # Signatures stay open: psycopg overloads these (plain queries and t-string templates).
+        def execute(self, *args: Any, **kwargs: Any) -> Self:
+            with timed():
+                return super().execute(*args, **kwargs)
+
+        def executemany(self, *args: Any, **kwargs: Any) -> None:
+            with timed():
+                super().executemany(*args, **kwargs)
+
+    return TimedCursor
 
 
 def connect(url: str, *, autocommit: bool = False) -> psycopg.Connection[dict[str, Any]]:
