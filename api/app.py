@@ -6,17 +6,21 @@ from typing import Any
 
 from flask import Flask
 
-from api import openapi
+from api import metrics, openapi, performance
 from api.context import install_request_hooks
 from api.errors import register_error_handlers
+from api.metrics import install_metrics
 from api.ratelimit import install_rate_limiter
-from api.routes import drivers, health, orders, pages, products, realtime, restaurants, testing, users
+from api.routes import cache_admin, drivers, health, orders, pages, products, realtime, restaurants, testing, users
+from api.routes import performance as performance_routes
 from api.services import Services
 from common.config import Config
 
 MAX_BODY_BYTES = 1024 * 1024
 BLUEPRINTS = (health.bp, openapi.bp, restaurants.bp, users.bp, products.bp, orders.bp, drivers.bp, realtime.bp,
               pages.bp)
+
+OBSERVABILITY_BLUEPRINTS = (metrics.bp, performance_routes.bp, cache_admin.bp)
 
 
 def create_app(config: Config | None = None, *, services: Services | None = None) -> Flask:
@@ -27,12 +31,14 @@ def create_app(config: Config | None = None, *, services: Services | None = None
     app.json.sort_keys = False  # type: ignore[attr-defined]
     app.url_map.strict_slashes = False
     svc = services or Services.create(config)
+    performance.init_app(app, svc)  # before the pools open: their cursors time every query
     svc.open()
     app.extensions["dms"] = svc
     install_request_hooks(app)
+    install_metrics(app)  # before the rate limiter, so refused requests are timed too
     install_rate_limiter(app, config)  # after the request hooks, so a 429 carries the request id
     register_error_handlers(app)
-    for blueprint in BLUEPRINTS:
+    for blueprint in (*BLUEPRINTS, *OBSERVABILITY_BLUEPRINTS):
         app.register_blueprint(blueprint)
     if config.env == "test":
         app.register_blueprint(testing.bp)

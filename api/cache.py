@@ -30,6 +30,12 @@ HITS_KEY = "dms:cache:hits"
 MISSES_KEY = "dms:cache:misses"
 FAIL_OPEN = Counter("dms_api_redis_fail_open_total", "Requests served without Redis because it failed",
                     ["feature"])
+# Per process, next to the Redis counters (which every process shares) so Prometheus can rate them.
+LOOKUPS = Counter("dms_api_cache_lookups_total", "Cache lookups by result", ["result"])
+for _result in ("hit", "miss"):
+    LOOKUPS.labels(_result)
+for _feature in ("cache", "ratelimit"):
+    FAIL_OPEN.labels(_feature)
 
 # Deletes the lock only if it is still ours: a slow rebuild must not release someone else's lock.
 _RELEASE = """
@@ -188,6 +194,7 @@ class Cache:
         return None
 
     def _count(self, key: str) -> None:
+        LOOKUPS.labels("hit" if key == HITS_KEY else "miss").inc()
         try:
             self.redis.incr(key)
         except redis.RedisError as exc:

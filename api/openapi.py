@@ -32,6 +32,7 @@ UUID: Schema = {"type": "string", "format": "uuid"}
 TIME: Schema = {"type": "string", "format": "date-time"}
 MONEY: Schema = {"type": "string", "pattern": r"^\d+\.\d{2}$", "example": "12.50"}
 NUMBER: Schema = {"type": "number"}
+INTEGER: Schema = {"type": "integer"}
 
 
 def _nullable(schema: Schema) -> Schema:
@@ -122,15 +123,46 @@ SCHEMAS: dict[str, Schema] = {
             "messages_out_per_s": NUMBER, "slow_consumer_disconnects": {"type": "integer"},
             "started_at": TIME, "last_seen": TIME}, extra=True)}}, ["total", "by_role", "subscriptions", "instances"],
         extra=True),
-    "DatabasePerformance": _obj({"connection_pool": {"type": "object"}, "query_performance": _obj(
-        {"p50_ms": NUMBER, "p95_ms": NUMBER, "p99_ms": NUMBER}, extra=True),
-        "slow_queries": {"type": "array", "items": {"type": "object"}}},
-        ["connection_pool", "query_performance", "slow_queries"], extra=True),
-    "SlowQueries": {"type": "object", "additionalProperties": True},
-    "CacheStats": _obj({"hits": {"type": "integer"}, "misses": {"type": "integer"}, "hit_ratio": NUMBER,
-                        "keys": {"type": "integer"}}, ["hits", "misses", "hit_ratio", "keys"], extra=True),
-    "CacheEntry": _obj({"key": STRING, "hit": {"type": "boolean"}, "value": {"nullable": True},
-                        "ttl": {"type": "integer", "nullable": True}}, ["key", "hit", "value", "ttl"]),
+    "DatabasePerformance": _obj({
+        "connection_pool": _obj({"size": INTEGER, "in_use": INTEGER, "idle": INTEGER, "waiting": INTEGER,
+                                 "max_size": INTEGER, "utilisation": {**NUMBER, "description": "in_use / max_size"}},
+                                ["size", "in_use", "idle", "waiting", "max_size", "utilisation"]),
+        "query_performance": _obj({"p50_ms": _nullable(NUMBER), "p95_ms": _nullable(NUMBER),
+                                   "p99_ms": _nullable(NUMBER), "samples": INTEGER, "window_s": INTEGER},
+                                  ["p50_ms", "p95_ms", "p99_ms", "samples", "window_s"]),
+        "slow_queries": {"type": "array", "items": _ref("SlowQuery"),
+                         "description": "up to 5 statements with a mean of 100 ms or more; empty without "
+                                        "pg_stat_statements"},
+        "alerts": {"type": "array", "items": _ref("Alert"), "description": "alerts firing now"},
+        "time_range": {"type": "string", "enum": ["1h", "24h", "7d"]},
+        "history": {"type": "array", "items": _ref("PerformancePoint"), "description": "with timeRange only"}},
+        ["connection_pool", "query_performance", "slow_queries", "alerts"]),
+    "SlowQuery": _obj({"query": {**STRING, "description": "normalised: constants are $1, $2, ..."},
+                       "calls": INTEGER, "mean_ms": NUMBER, "max_ms": NUMBER, "total_ms": NUMBER},
+                      ["query", "calls", "mean_ms", "max_ms", "total_ms"]),
+    "SlowQueries": _obj({"min_ms": NUMBER, "limit": INTEGER, "items": {"type": "array", "items": _ref("SlowQuery")}},
+                        ["min_ms", "limit", "items"]),
+    "Alert": _obj({"name": {"type": "string", "enum": ["query_latency_p95", "pool_utilisation", "cache_hit_ratio",
+                                                       "relay_lag", "slow_consumer_storm"]},
+                   "message": STRING, "value": NUMBER, "threshold": NUMBER,
+                   "severity": {"type": "string", "enum": ["warning", "critical"]}},
+                  ["name", "message", "value", "threshold", "severity"]),
+    "PerformancePoint": _obj({"at": TIME, "samples": INTEGER, "p50_ms": _nullable(NUMBER),
+                              "p95_ms": _nullable(NUMBER), "p99_ms": _nullable(NUMBER),
+                              "pool_utilisation": _nullable(NUMBER), "pool_waiting": _nullable(INTEGER),
+                              "relay_lag_s": _nullable(NUMBER), "cache_hit_ratio": _nullable(NUMBER)},
+                             ["at", "samples", "p50_ms", "p95_ms", "p99_ms", "pool_utilisation", "pool_waiting",
+                              "relay_lag_s", "cache_hit_ratio"]),
+    "CacheStats": _obj({"hits": INTEGER, "misses": INTEGER,
+                        "hit_ratio": {**_nullable(NUMBER), "description": "null before the first lookup"},
+                        "keys": INTEGER, "keys_by_namespace": {"type": "object",
+                                                               "additionalProperties": INTEGER}},
+                       ["hits", "misses", "hit_ratio", "keys", "keys_by_namespace"]),
+    "CacheEntry": _obj({"key": {**STRING, "description": "the full Redis key"}, "hit": {"type": "boolean"},
+                        "value": {"nullable": True, "description": "the cached JSON with customer_name, notes, "
+                                                                   "display_name, phone and address redacted"},
+                        "ttl": {"type": "integer", "nullable": True, "description": "seconds left"}},
+                       ["key", "hit", "value", "ttl"]),
 }
 
 _ERROR_STATUSES = {
@@ -203,8 +235,9 @@ def _paths() -> dict[str, Schema]:
                                limited=False)},
         "/ready": {"get": _op("readiness of PostgreSQL and Redis", ("200", ok("both answer", _ref("Status"))),
                               errors=("503",), auth=False, limited=False)},
-        "/metrics": {"get": {"summary": "Prometheus metrics", "security": [], "responses": {
-            "200": {"description": "Prometheus text format", "content": {"text/plain": {"schema": STRING}}}}}},
+        "/metrics": {"get": {"summary": "Prometheus metrics of this process (not rate limited)", "security": [],
+                             "responses": {"200": {"description": "Prometheus text exposition format 0.0.4",
+                                                   "content": {"text/plain": {"schema": STRING}}}}}},
         "/api/openapi.json": {"get": _op("this document", ("200", ok("OpenAPI 3.0", {"type": "object"})),
                                          auth=False)},
         "/api/restaurants": {
@@ -278,19 +311,27 @@ def _paths() -> dict[str, Schema]:
                        ("200", ok("counts", _ref("Connections"))), errors=("403",)),
         },
         "/api/performance/database": {
-            "get": _op("database pool and query latency (admin)",
-                       ("200", ok("figures", _ref("DatabasePerformance"))), errors=("403",)),
+            "get": _op("database pool, query latency of the last 5 minutes (measured in this API process), "
+                       "slowest statements and firing alerts (admin)",
+                       ("200", ok("figures", _ref("DatabasePerformance"))), errors=("403", "422"),
+                       params=[_query("timeRange", {"type": "string", "enum": ["1h", "24h", "7d"]},
+                                      "also return the sampled history of this range")]),
         },
         "/api/performance/slow-queries": {
-            "get": _op("slow statements from pg_stat_statements (admin)",
-                       ("200", ok("statements", _ref("SlowQueries"))), errors=("403", "422"),
-                       params=[_query("min_ms", {"type": "number", "default": 100})]),
+            "get": _op("statements from pg_stat_statements with a mean time of at least min_ms, slowest first "
+                       "(admin); 503 unavailable when the extension is not loaded",
+                       ("200", ok("statements", _ref("SlowQueries"))), errors=("403", "422", "503"),
+                       params=[_query("min_ms", {"type": "number", "minimum": 0, "default": 100}),
+                               _query("limit", {"type": "integer", "minimum": 1, "maximum": 200, "default": 20})]),
         },
         "/api/performance/cache": {
-            "get": _op("cache hit ratio (admin)", ("200", ok("figures", _ref("CacheStats"))), errors=("403",)),
+            "get": _op("cache hits, misses (shared counters in Redis) and stored entries (admin)",
+                       ("200", ok("figures", _ref("CacheStats"))), errors=("403", "503")),
         },
         "/api/cache/{key}": {
-            "get": _op("one cache entry (admin)", ("200", ok("entry", _ref("CacheEntry"))), errors=("403",),
+            "get": _op("one entry of the products or orders cache, personal fields redacted (admin); the key is "
+                       "the full Redis key or <namespace>:<key> in the current generation; other keys are 404",
+                       ("200", ok("entry (hit false when absent)", _ref("CacheEntry"))), errors=("403", "404"),
                        params=[{"name": "key", "in": "path", "required": True, "schema": STRING}]),
         },
     }
