@@ -12,6 +12,7 @@ from gevent.pywsgi import WSGIServer  # noqa: E402
 from loguru import logger  # noqa: E402
 
 from api.app import create_app  # noqa: E402
+from api.performance import run_sampler  # noqa: E402
 from common.config import Config, ConfigError  # noqa: E402
 from common.logging import setup_logging  # noqa: E402
 from common.sentry import init_sentry  # noqa: E402
@@ -37,7 +38,9 @@ def main() -> int:
     logger.bind(settings=config.public_summary()).info(
         "api listening on http://{}:{}", config.api_host, config.api_port
     )
+    sampler = gevent.spawn(run_sampler, app)  # history rows and alert checks, once a minute
     server.serve_forever()
+    sampler.kill(block=True, timeout=2)
     app.extensions["dms"].close()
     logger.info("api stopped")
     return 0
