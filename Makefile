@@ -31,7 +31,9 @@ typecheck: $(STAMP)
 	$(BIN)/mypy api gateway common
 
 pytest: $(STAMP)
-	$(BIN)/pytest
+	@rm -f .coverage .coverage.*
+	$(BIN)/pytest --cov --cov-report=term
+	@echo "coverage of api/, gateway/ and common/ (lines and branches): $$($(BIN)/coverage report --format=total)%"
 
 # Re-pin requirements/dev.lock from setup.cfg's ranges (run after changing dependencies).
 lock:
