@@ -23,14 +23,16 @@
       el("td", { class: "num", text: String(i.subscriptions) }),
       el("td", { class: "num", text: String(i.messages_out_per_s) }),
       el("td", { class: "num", text: String(i.slow_consumer_disconnects) }),
-      el("td", { text: i.last_seen })));
+      el("td", { text: new Date(i.last_seen).toLocaleTimeString() })));
     $("#instances tbody").replaceChildren(...rows);
     stamp("connections");
   }
 
   function unavailable(name, error) {
     const body = $('[data-body="' + name + '"]');
-    body.replaceChildren(el("p", { class: "unavailable", text: "unavailable" + (error ? " (" + error.message + ")" : "") }));
+    const why = error && error.status ? "HTTP " + error.status + (error.code ? " " + error.code : "") : "no answer";
+    body.replaceChildren(el("p", { class: "unavailable", title: error ? error.message : null },
+      "unavailable", el("span", { class: "why", text: " · " + why })));
     stamp(name, "");
   }
 
