@@ -17,6 +17,7 @@ from loguru import logger
 from wsproto.events import CloseConnection, Ping, TextMessage
 
 from common.auth import Identity
+from gateway.metrics import FRAMES_OUT
 from gateway.protocol import CLOSE_SLOW_CONSUMER, Session
 
 MAX_QUEUED_FRAMES = 1000
@@ -101,6 +102,7 @@ class Connection:
                     self._queued_bytes -= len(item)
                     self._send_raw(self.ws.ws.send(TextMessage(data=item)))
                     self.frames_sent += 1
+                    FRAMES_OUT.inc()
                 if self._close_request is not None:
                     code, reason = self._close_request
                     self._send_raw(self.ws.ws.send(CloseConnection(code, reason)))

@@ -18,6 +18,7 @@ from loguru import logger
 
 from common.errors import Unavailable
 from common.events import REDIS_PREFIX, publish_ephemeral
+from gateway.metrics import DELIVERY_SAMPLE_EVERY, RECONNECTS, observe_delivery
 
 
 class Subscriber(Protocol):
@@ -125,6 +126,7 @@ class Hub:
                         self._dispatch(message)
             except (redis.RedisError, OSError, AttributeError) as exc:
                 self.healthy.clear()
+                RECONNECTS.labels("hub", "redis").inc()
                 logger.warning("hub lost Redis: {}: {}", type(exc).__name__, exc)
                 gevent.sleep(self.reconnect_backoff_s)
 
@@ -153,3 +155,5 @@ class Hub:
         for subscriber in list(self.channels.get(channel, ())):
             subscriber.deliver(channel, event_id, frame)
             self.frames_out += 1
+        if event_id is not None and self.messages_in % DELIVERY_SAMPLE_EVERY == 0:
+            observe_delivery(frame)  # sampled: it parses the frame the fan-out passes on unread

@@ -20,6 +20,7 @@ from loguru import logger
 
 from common.db import connect
 from common.events import NOTIFY_CHANNEL, REDIS_PREFIX, RELAY_WATERMARK_KEY, Event
+from gateway.metrics import RECONNECTS, observe_relay_lag
 
 LEADER_LOCK_KEY = 0x646D735F72656C  # "dms_rel"
 CURSOR_NAME = "relay"
@@ -98,6 +99,7 @@ class Relay:
                     self._conn = None
                     self.sleep(self.standby_retry_s)
             except (psycopg.Error, redis.RedisError, OSError) as exc:
+                RECONNECTS.labels("relay", "redis" if isinstance(exc, redis.RedisError) else "postgres").inc()
                 logger.bind(leader=self.is_leader).warning("relay lost a connection: {}: {}",
                                                            type(exc).__name__, exc)
                 self.sleep(backoff)
@@ -183,6 +185,7 @@ class Relay:
         pipe.execute()
         self.last_id = last
         self.published_total += len(rows)
+        observe_relay_lag(rows)
 
     def _save_cursor(self, conn: psycopg.Connection[dict[str, Any]]) -> None:
         conn.execute(

@@ -17,6 +17,7 @@ import redis
 from flask import Flask, g, jsonify, request
 from flask_sock import Sock
 from loguru import logger
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
 from common import gateway_stats
 from common.access import check_subscribe
@@ -33,6 +34,7 @@ from common.events import (
     ephemeral_frame,
 )
 from common.redis_client import make_redis
+from gateway import metrics
 from gateway.connection import MAX_QUEUED_FRAMES, Connection, Subscription
 from gateway.hub import Hub
 from gateway.locations import LocationWriter, Point
@@ -178,6 +180,7 @@ class Gateway:
                 del self.per_user[who.user_id]
             if conn.close_code == 4008:
                 self.slow_consumer_disconnects += 1
+                metrics.DISCONNECTS.labels("slow_consumer").inc()
             conn.closed.wait(timeout=5)
             conn.log.bind(close_code=conn.close_code or ws.close_reason).info("disconnected")
 
@@ -198,6 +201,7 @@ class Gateway:
             text = ws.receive(timeout=1.0)
             if text is None:
                 continue
+            metrics.FRAMES_IN.inc()
             for action in conn.session.receive(text, now_s=time.monotonic(), now=datetime.now(UTC)):
                 self._act(conn, action)
 
@@ -228,6 +232,7 @@ class Gateway:
             if not conn.ws.pong_received and not conn.closed.is_set():
                 conn.log.info("no pong within {}s", self.config.ws_ping_timeout_s)
                 conn.close(CLOSE_INTERNAL, "keepalive ping timeout")
+                metrics.DISCONNECTS.labels("ping_timeout").inc()
                 return
 
     # -- subscriptions and recovery --------------------------------------------------------------
@@ -396,6 +401,12 @@ def create_gateway_app(gateway: Gateway) -> Flask:
     @sock.route("/ws")
     def websocket(ws: Any) -> None:
         gateway.serve(ws, g.identity)
+
+    metrics.GATEWAYS.track(gateway)
+
+    @app.get("/metrics")
+    def prometheus_metrics() -> Any:
+        return generate_latest(REGISTRY), 200, {"Content-Type": CONTENT_TYPE_LATEST}
 
     @app.get("/health")
     def health() -> Any:

@@ -1,0 +1,114 @@
+"""Prometheus metrics of one gateway process and the relay inside it, served at `GET /metrics`.
+
+Counters and histograms are updated where things happen (frames, disconnects, reconnects, relay
+publishes, hub fan-out); gauges of live state (connections by role, subscriptions, queued frames)
+are read from the Gateway object at scrape time, so they cannot drift from it. Label values come
+from bounded sets: roles, disconnect reasons, component and dependency names; never ids.
+
+`dms_gateway_delivery_lag_seconds` is the age of a stored event (now minus its `ts`, the commit
+time) when the hub has put it into every local subscriber's queue. Reading `ts` needs a JSON parse
+the fan-out otherwise avoids, so only one message in DELIVERY_SAMPLE_EVERY is measured.
+"""
+
+from __future__ import annotations
+
+import json
+import weakref
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from typing import Any
+
+from prometheus_client import REGISTRY, Counter, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from common.auth import ROLES
+
+DELIVERY_SAMPLE_EVERY = 16
+DISCONNECT_REASONS = ("slow_consumer", "ping_timeout")
+LAG_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+
+FRAMES_IN = Counter("dms_gateway_frames_in_total", "Text frames received from clients")
+FRAMES_OUT = Counter("dms_gateway_frames_out_total", "Text frames written to client sockets")
+DISCONNECTS = Counter("dms_gateway_disconnects_total", "Connections the gateway closed, by reason", ["reason"])
+RECONNECTS = Counter("dms_gateway_reconnects_total", "Connections to a dependency lost (then retried)",
+                     ["component", "dependency"])
+RELAY_LAG = Histogram("dms_relay_lag_seconds", "Event created_at to its publish to Redis by the relay",
+                      buckets=LAG_BUCKETS)
+DELIVERY_LAG = Histogram("dms_gateway_delivery_lag_seconds",
+                         f"Event commit time to hub fan-out into local queues (1 in {DELIVERY_SAMPLE_EVERY} sampled)",
+                         buckets=LAG_BUCKETS)
+for _reason in DISCONNECT_REASONS:
+    DISCONNECTS.labels(_reason)
+for _component, _dependency in (("hub", "redis"), ("relay", "postgres"), ("relay", "redis")):
+    RECONNECTS.labels(_component, _dependency)
+
+
+def observe_delivery(frame: str) -> None:
+    """Record how old the event in `frame` is now; frames without a readable `ts` are skipped."""
+    try:
+        ts = json.loads(frame)["ts"]
+        committed = datetime.fromisoformat(ts)
+    except (ValueError, KeyError, TypeError):
+        return
+    if committed.tzinfo is None:
+        return
+    DELIVERY_LAG.observe(max(0.0, (datetime.now(UTC) - committed).total_seconds()))
+
+
+def observe_relay_lag(rows: list[dict[str, Any]]) -> None:
+    """Each published row's wait between its insert (created_at) and now."""
+    now = datetime.now(UTC)
+    for row in rows:
+        created = row.get("created_at")
+        if isinstance(created, datetime):
+            RELAY_LAG.observe(max(0.0, (now - created).total_seconds()))
+
+
+class GatewayCollector(Collector):
+    """Live gauges of the gateways of this process (one in production), summed, at scrape time."""
+
+    def __init__(self) -> None:
+        self._gateways: weakref.WeakSet[Any] = weakref.WeakSet()
+
+    def track(self, gateway: Any) -> None:
+        self._gateways.add(gateway)
+
+    def collect(self) -> Iterator[Metric]:
+        connections = GaugeMetricFamily("dms_gateway_connections", "Open WebSocket connections by role",
+                                        labels=["role"])
+        subscriptions = GaugeMetricFamily("dms_gateway_subscriptions", "Channel subscriptions of all connections")
+        channels = GaugeMetricFamily("dms_gateway_channels", "Channels this gateway holds in Redis")
+        queued = GaugeMetricFamily("dms_gateway_outbound_queue_frames", "Frames waiting in all outbound queues")
+        deepest = GaugeMetricFamily("dms_gateway_outbound_queue_max_frames", "Frames in the fullest outbound queue")
+        leader = GaugeMetricFamily("dms_gateway_relay_leader", "1 while this gateway's relay is the active one")
+        published = CounterMetricFamily("dms_relay_published_events", "Events this process's relay published")
+        messages = CounterMetricFamily("dms_gateway_hub_messages", "Messages the hub received from Redis")
+        by_role = dict.fromkeys(ROLES, 0)
+        totals = {"subscriptions": 0, "channels": 0, "queued": 0, "deepest": 0, "leader": 0, "published": 0,
+                  "messages": 0}
+        for gateway in list(self._gateways):
+            for conn in list(gateway.connections):
+                by_role[conn.identity.role] = by_role.get(conn.identity.role, 0) + 1
+                totals["subscriptions"] += len(conn.subscriptions)
+                totals["queued"] += conn.queued_frames
+                totals["deepest"] = max(totals["deepest"], conn.queued_frames)
+            totals["channels"] += len(gateway.hub.channels)
+            totals["messages"] += gateway.hub.messages_in
+            if gateway.relay is not None:
+                totals["leader"] += int(gateway.relay.is_leader)
+                totals["published"] += gateway.relay.published_total
+        for role, count in by_role.items():
+            connections.add_metric([role], count)
+        subscriptions.add_metric([], totals["subscriptions"])
+        channels.add_metric([], totals["channels"])
+        queued.add_metric([], totals["queued"])
+        deepest.add_metric([], totals["deepest"])
+        leader.add_metric([], totals["leader"])
+        published.add_metric([], totals["published"])
+        messages.add_metric([], totals["messages"])
+        yield from (connections, subscriptions, channels, queued, deepest, leader, published, messages)
+
+
+GATEWAYS = GatewayCollector()
+REGISTRY.register(GATEWAYS)
