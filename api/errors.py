@@ -54,6 +54,15 @@ def register_error_handlers(app: Flask) -> None:
         response.headers["Retry-After"] = "1"
         return response
 
+    @app.errorhandler(psycopg.DataError)
+    def _unstorable(exc: Exception) -> Any:
+        # A value that passed validation but PostgreSQL cannot take (NUL bytes in a query
+        # parameter, an out-of-range number): the client's input, not our bug; no SQL text leaks.
+        logger.warning("database refused a value: {}", type(exc).__name__)
+        response = jsonify(error_body("bad_request", "a value in the request cannot be stored or searched"))
+        response.status_code = 400
+        return response
+
     @app.errorhandler(redis.RedisError)
     def _redis_down(exc: Exception) -> Any:
         logger.warning("redis unavailable: {}", type(exc).__name__)

@@ -198,6 +198,8 @@ def _op(summary: str, ok: tuple[str, Schema], *, body: str | None = None, errors
         headers: dict[str, Schema] | None = None) -> Schema:
     status, reply = ok
     all_errors = ("401", *errors) if auth else errors
+    if any(param.get("name") == "cursor" for param in params or []):
+        all_errors = (*all_errors, "400")  # a cursor this API did not issue
     if limited:
         all_errors = (*all_errors, "429")
         headers = {**_RATE_HEADERS, **(headers or {})}
@@ -337,7 +339,26 @@ def _paths() -> dict[str, Schema]:
     }
 
 
+# The validator refuses NUL characters in text (PostgreSQL cannot store them); say so in the schema.
+NO_NUL = "^[^\\u0000]*$"
+REQUEST_BODIES = ("RestaurantCreate", "UserCreate", "ProductCreate", "ProductPatch", "OrderCreate")
+
+
+def _refuse_nul(schema: Schema) -> Schema:
+    """Copy of a request schema whose free-text strings carry the no-NUL pattern."""
+    if schema.get("type") == "string" and not ({"enum", "format", "pattern"} & set(schema)):
+        return {**schema, "pattern": NO_NUL}
+    copy = dict(schema)
+    if "properties" in copy:
+        copy["properties"] = {name: _refuse_nul(item) for name, item in copy["properties"].items()}
+    for key in ("items", "allOf"):
+        if isinstance(copy.get(key), dict):
+            copy[key] = _refuse_nul(copy[key])
+    return copy
+
+
 def document() -> dict[str, Any]:
+    schemas = {name: _refuse_nul(item) if name in REQUEST_BODIES else item for name, item in SCHEMAS.items()}
     return {
         "openapi": "3.0.3",
         "info": {"title": "dms REST API", "version": "1.0.0",
@@ -351,7 +372,7 @@ def document() -> dict[str, Any]:
             "parameters": {"RequestId": {"name": "X-Request-ID", "in": "header", "required": False,
                                          "schema": {"type": "string", "pattern": "^[A-Za-z0-9._:-]{8,128}$"},
                                          "description": "echoed when valid, else generated"}},
-            "schemas": SCHEMAS,
+            "schemas": schemas,
         },
     }
 

@@ -20,7 +20,10 @@ def json_body() -> dict[str, Any]:
     """The request body as a JSON object, or 415 / 400 saying what is wrong."""
     if not request.is_json:
         raise UnsupportedMediaType("send the body as application/json")
-    body = request.get_json(silent=True)
+    try:
+        body = request.get_json(silent=True)
+    except RecursionError as exc:
+        raise BadRequest("the body nests too deeply") from exc
     if body is None:
         raise BadRequest("the body is not valid JSON")
     if not isinstance(body, dict):
@@ -76,6 +79,8 @@ class Validator:
 def _check_string(value: Any, spec: Field) -> str:
     if not isinstance(value, str):
         raise ValueError("expected a string")
+    if "\x00" in value:
+        raise ValueError("must not contain NUL characters")
     value = value.strip()
     if spec.min is not None and len(value) < spec.min:
         raise ValueError(f"at least {int(spec.min)} characters")
