@@ -6,8 +6,12 @@ monkey.patch_all()  # first, before psycopg, redis or ssl are imported
 
 import signal  # noqa: E402
 import sys  # noqa: E402
+import time  # noqa: E402
+from collections.abc import Callable, Iterable  # noqa: E402
+from typing import Any  # noqa: E402
 
 import gevent  # noqa: E402
+from gevent.pool import Pool  # noqa: E402
 from gevent.pywsgi import WSGIServer  # noqa: E402
 from loguru import logger  # noqa: E402
 
@@ -16,6 +20,31 @@ from api.performance import run_sampler  # noqa: E402
 from common.config import Config, ConfigError  # noqa: E402
 from common.logging import setup_logging  # noqa: E402
 from common.sentry import init_sentry  # noqa: E402
+
+DRAIN_TIMEOUT_S = 10.0
+
+
+class InFlight:
+    """WSGI middleware counting requests inside the app, so a shutdown waits for work, not for idle
+    keep-alive sockets; once draining, every response asks the client to close its connection."""
+
+    def __init__(self, app: Callable[..., Iterable[bytes]]) -> None:
+        self.app = app
+        self.count = 0
+        self.draining = False
+
+    def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        self.count += 1
+        try:
+            if not self.draining:
+                return self.app(environ, start_response)
+
+            def closing(status: str, headers: list[tuple[str, str]], *rest: Any) -> Any:
+                return start_response(status, [*headers, ("Connection", "close")], *rest)
+
+            return self.app(environ, closing)
+        finally:
+            self.count -= 1
 
 
 def main() -> int:
@@ -27,11 +56,21 @@ def main() -> int:
     setup_logging(level=config.log_level, fmt=config.log_format, service="api")
     init_sentry(config, service="api")
     app = create_app(config)
-    server = WSGIServer((config.api_host, config.api_port), app, log=None, error_log=None)
+    in_flight = InFlight(app)
+    # A pool (unbounded) so that stop() can join the handlers and let finished responses flush.
+    server = WSGIServer((config.api_host, config.api_port), in_flight, spawn=Pool(), log=None, error_log=None)
 
     def stop() -> None:
-        logger.info("api stopping")
-        server.stop(timeout=5)
+        # Graceful: refuse new connections (a proxy moves on to another API), finish what is running.
+        logger.info("api stopping: {} requests in flight", in_flight.count)
+        in_flight.draining = True
+        server.close()
+        deadline = time.monotonic() + DRAIN_TIMEOUT_S
+        while in_flight.count and time.monotonic() < deadline:
+            gevent.sleep(0.02)
+        if in_flight.count:
+            logger.warning("api stopping with {} requests still running", in_flight.count)
+        server.stop(timeout=1)  # then idle keep-alive connections are dropped
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         gevent.signal_handler(sig, lambda: gevent.spawn(stop))

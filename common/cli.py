@@ -1,8 +1,9 @@
-"""`dms`: up, migrate, seed, token."""
+"""`dms`: up, restart, migrate, seed, token."""
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import signal
 import sys
@@ -41,14 +42,20 @@ def _require(name: str) -> str:
     return value
 
 
-def cmd_up(_: argparse.Namespace) -> int:
+def cmd_up(args: argparse.Namespace) -> int:
     from common.stack import Stack
 
+    if args.api < 1 or args.gateways < 1:
+        print("dms up: --api and --gateways must be at least 1", file=sys.stderr)
+        return 2
     started = time.monotonic()
-    stack = Stack(home=_dms_home())
+    stack = Stack(home=_dms_home(), api_count=args.api, gateway_count=args.gateways,
+                  nginx_port=None if args.no_nginx else args.nginx_port)
     stop = threading.Event()
+    restart = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
+    signal.signal(signal.SIGHUP, lambda *_: restart.set())  # `dms restart`: rolling restart
     try:
         stack.start_infrastructure()
         stack.prepare_database()
@@ -57,6 +64,11 @@ def cmd_up(_: argparse.Namespace) -> int:
         print(stack.banner(), flush=True)
         logger.info("stack up in {:.1f}s", time.monotonic() - started)
         while not stop.is_set():
+            if restart.is_set():
+                restart.clear()
+                logger.info("rolling restart: one process at a time")
+                stack.rolling_restart(should_continue=lambda: not stop.is_set())
+                logger.info("rolling restart done")
             for name, process in stack.children:
                 if process.poll() is not None:
                     logger.error("{} exited with code {}; stopping the stack", name, process.returncode)
@@ -67,6 +79,40 @@ def cmd_up(_: argparse.Namespace) -> int:
         logger.info("stopping the stack")
         stack.stop()
         logger.info("stopped")
+
+
+def cmd_restart(args: argparse.Namespace) -> int:
+    """Ask the running `dms up` (pid in .dms/state.json) for a rolling restart and wait for it."""
+    state_file = _dms_home() / "state.json"
+
+    def state() -> dict[str, object]:
+        try:
+            return dict(json.loads(state_file.read_text()))
+        except (FileNotFoundError, ValueError):
+            return {}
+
+    before = state()
+    pid = before.get("dms_pid")
+    if not isinstance(pid, int):
+        print("dms restart: no running `dms up` found (no dms_pid in .dms/state.json)", file=sys.stderr)
+        return 1
+    try:
+        os.kill(pid, signal.SIGHUP)
+    except ProcessLookupError:
+        print(f"dms restart: `dms up` (pid {pid}) is not running", file=sys.stderr)
+        return 1
+    deadline = time.monotonic() + args.timeout
+    while time.monotonic() < deadline:
+        now = state()
+        if now.get("restarts", 0) != before.get("restarts", 0):
+            children = now.get("children")
+            if isinstance(children, list):
+                names = [f"{c['name']} (pid {c['pid']})" for c in children if c["name"] != "nginx"]
+                print("restarted:", ", ".join(names))
+            return 0
+        time.sleep(0.2)
+    print(f"dms restart: not finished within {args.timeout:.0f}s", file=sys.stderr)
+    return 1
 
 
 def cmd_migrate(_: argparse.Namespace) -> int:
@@ -103,7 +149,14 @@ def cmd_token(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dms", description="Realtime distribution backend: dev tools")
     commands = parser.add_subparsers(dest="command", required=True)
-    commands.add_parser("up", help="start the whole stack (embedded PostgreSQL and Redis unless URLs are set)")
+    up = commands.add_parser("up", help="start the whole stack (embedded PostgreSQL and Redis unless URLs are set)")
+    up.add_argument("--api", type=int, default=1, help="REST API processes, on ports from API_PORT (default 1)")
+    up.add_argument("--gateways", type=int, default=1,
+                    help="WebSocket gateways, on ports from GATEWAY_PORT after the APIs' (default 1)")
+    up.add_argument("--nginx-port", type=int, default=8080, help="nginx in front, when installed (default 8080)")
+    up.add_argument("--no-nginx", action="store_true", help="do not start nginx even when it is installed")
+    restart = commands.add_parser("restart", help="rolling restart of a running `dms up`, one process at a time")
+    restart.add_argument("--timeout", type=float, default=300, help="seconds to wait for it to finish")
     commands.add_parser("migrate", help="apply pending migrations from sql/")
     seed = commands.add_parser("seed", help="create demo data idempotently")
     seed.add_argument("--orders", type=int, default=0, help="also generate this many historical orders")
@@ -119,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging(level=os.environ.get("LOG_LEVEL", "INFO").upper(),
                   fmt=os.environ.get("LOG_FORMAT", "text"), service="dms")
-    handlers = {"up": cmd_up, "migrate": cmd_migrate, "seed": cmd_seed, "token": cmd_token}
+    handlers = {"up": cmd_up, "restart": cmd_restart, "migrate": cmd_migrate, "seed": cmd_seed, "token": cmd_token}
     return handlers[args.command](args)
 
 

@@ -43,7 +43,9 @@ class Site:
     worker_processes: int = 1
     ws_read_timeout_s: int = 75
     max_fails: int = 2
-    fail_timeout_s: int = 5
+    # Also how long a failed upstream is left out: a rolling restart waits this long after each
+    # process is ready, or nginx could still shun it while the next one goes down.
+    fail_timeout_s: int = 3
 
 
 def _servers(host: str, ports: tuple[int, ...], site: Site) -> str:

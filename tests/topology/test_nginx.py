@@ -26,7 +26,7 @@ def test_rendered_config_passes_nginx_t(tmp_path: Path) -> None:
     text = nginx.render(site, tmp_path / "prefix").read_text()
     conf = "\n".join(line.split("#")[0] for line in text.splitlines())  # directives, not comments
     assert "syntax is ok" in nginx.check(tmp_path / "prefix")
-    assert conf.count("least_conn;") == 2 and "server 127.0.0.1:9103 max_fails=2 fail_timeout=5s;" in conf
+    assert conf.count("least_conn;") == 2 and "server 127.0.0.1:9103 max_fails=2 fail_timeout=3s;" in conf
     assert "proxy_next_upstream error timeout http_502 http_503;" in conf and "non_idempotent" not in conf
     assert "$request_uri" not in conf and "$args" not in conf and "$uri" in conf
     assert "daemon off;" in conf and str((tmp_path / "prefix").resolve()) + "/nginx.pid" in conf
