@@ -137,7 +137,8 @@ SCHEMAS: dict[str, Schema] = {
         "time_range": {"type": "string", "enum": ["1h", "24h", "7d"]},
         "history": {"type": "array", "items": _ref("PerformancePoint"), "description": "with timeRange only"}},
         ["connection_pool", "query_performance", "slow_queries", "alerts"]),
-    "SlowQuery": _obj({"query": {**STRING, "description": "normalised: constants are $1, $2, ..."},
+    "SlowQuery": _obj({"query": {**_nullable(STRING), "description": "normalised: constants are $1, $2, ...; "
+                                                                    "null when PostgreSQL lost the text"},
                        "calls": INTEGER, "mean_ms": NUMBER, "max_ms": NUMBER, "total_ms": NUMBER},
                       ["query", "calls", "mean_ms", "max_ms", "total_ms"]),
     "SlowQueries": _obj({"min_ms": NUMBER, "limit": INTEGER, "items": {"type": "array", "items": _ref("SlowQuery")}},
@@ -315,7 +316,7 @@ def _paths() -> dict[str, Schema]:
         "/api/performance/database": {
             "get": _op("database pool, query latency of the last 5 minutes (measured in this API process), "
                        "slowest statements and firing alerts (admin)",
-                       ("200", ok("figures", _ref("DatabasePerformance"))), errors=("403", "422"),
+                       ("200", ok("figures", _ref("DatabasePerformance"))), errors=("403", "422", "503"),
                        params=[_query("timeRange", {"type": "string", "enum": ["1h", "24h", "7d"]},
                                       "also return the sampled history of this range")]),
         },
@@ -333,7 +334,8 @@ def _paths() -> dict[str, Schema]:
         "/api/cache/{key}": {
             "get": _op("one entry of the products or orders cache, personal fields redacted (admin); the key is "
                        "the full Redis key or <namespace>:<key> in the current generation; other keys are 404",
-                       ("200", ok("entry (hit false when absent)", _ref("CacheEntry"))), errors=("403", "404"),
+                       ("200", ok("entry (hit false when absent)", _ref("CacheEntry"))),
+                       errors=("403", "404", "503"),
                        params=[{"name": "key", "in": "path", "required": True, "schema": STRING}]),
         },
     }
