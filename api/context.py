@@ -12,6 +12,7 @@ from typing import Any, TypeVar, cast
 from flask import Flask, current_app, g, request
 from loguru import logger
 
+from api.replicas import install_replica_hooks
 from api.services import Services
 from common.auth import Identity, verify_token
 from common.errors import Forbidden, Unauthorized
@@ -96,6 +97,7 @@ def require(*roles: str, write: bool = False) -> Callable[[F], F]:
 
 def install_request_hooks(app: Flask) -> None:
     """Request id in and out, one structured access-log line per request, security headers."""
+    install_replica_hooks(app)  # read-your-writes marks and the replica-failure retry
 
     @app.before_request
     def _start() -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import itertools
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -10,6 +9,7 @@ import psycopg
 import redis
 from psycopg_pool import ConnectionPool
 
+from api.replicas import ReadPool, Replica, ReplicaRouter
 from common.config import Config
 from common.db import make_pool
 from common.redis_client import make_redis
@@ -23,10 +23,12 @@ class Services:
     pool: Pool
     replicas: list[Pool]
     redis: redis.Redis
-    _next_replica: itertools.cycle[int] = field(init=False, repr=False)
+    router: ReplicaRouter = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
-        self._next_replica = itertools.cycle(range(len(self.replicas) or 1))
+        self.router = ReplicaRouter(
+            self.pool, [Replica(f"replica-{n}", pool) for n, pool in enumerate(self.replicas)], self.redis
+        )
 
     @classmethod
     def create(cls, config: Config, *, pool_size: int = 20) -> Services:
@@ -44,15 +46,17 @@ class Services:
         self.pool.open(wait=False)
         for replica in self.replicas:
             replica.open(wait=False)
+        self.router.start()
 
     def close(self) -> None:
+        self.router.stop()
         self.pool.close()
         for replica in self.replicas:
             replica.close()
         self.redis.close()
 
-    def read_pool(self) -> Pool:
-        """A replica for reads that may lag; the primary when there is none."""
+    def read_pool(self) -> Pool | ReadPool:
+        """For reads that may lag up to a second: a healthy replica in turn, else the primary (api/replicas.py)."""
         if not self.replicas:
             return self.pool
-        return self.replicas[next(self._next_replica)]
+        return ReadPool(self.router)

@@ -75,7 +75,7 @@ def get_restaurant(restaurant_id: str) -> Any:
     restaurant_id = uuid_arg(restaurant_id, what="restaurant")
     if not who.is_admin and who.restaurant_id != restaurant_id:
         raise NotFound("no such restaurant")
-    with services().pool.connection() as conn:
+    with services().read_pool().connection() as conn:
         row = conn.execute(f"SELECT {RESTAURANT_COLUMNS} FROM restaurants WHERE id = %s",
                            (restaurant_id,)).fetchone()
     if row is None:
