@@ -187,13 +187,13 @@ class ReadPool:
                 yield conn
             return
         READS.labels("replica").inc()
-        with stack:
-            try:
+        try:
+            with stack:  # its exit commits, which can fail too when the replica just went away
                 yield conn
-            except psycopg.OperationalError as exc:
-                # Connection lost, server shutting down, or a query cancelled by WAL replay.
-                self.router.mark_down(replica)
-                raise ReplicaFailed(f"replica {replica.name}: {type(exc).__name__}") from exc
+        except psycopg.OperationalError as exc:
+            # Connection lost, server shutting down, or a query cancelled by WAL replay.
+            self.router.mark_down(replica)
+            raise ReplicaFailed(f"replica {replica.name}: {type(exc).__name__}") from exc
 
 
 def _current_user_id() -> str | None:
