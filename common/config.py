@@ -85,6 +85,9 @@ class Config:
         secret = reader.text("JWT_SECRET", DEV_JWT_SECRET)
         if dms_env == "production" and secret == DEV_JWT_SECRET:
             reader.errors.append("JWT_SECRET: the development default is refused when DMS_ENV=production")
+        origins = reader.csv("ALLOWED_ORIGINS")
+        if dms_env == "production" and (not origins or "*" in origins):
+            reader.errors.append("ALLOWED_ORIGINS: production needs an explicit list, not '*'")
         if len(secret) < 16:
             reader.errors.append("JWT_SECRET: must be at least 16 characters")
         dsn = reader.text("SENTRY_DSN", "")

@@ -35,6 +35,8 @@ def init_sentry(config: Config, *, service: str) -> bool:
         server_name=service,
         traces_sample_rate=config.sentry_traces_sample_rate,
         send_default_pii=False,
+        # Frame locals hold requests, tokens and personal data; stack traces alone are enough.
+        include_local_variables=False,
         before_send=_scrub_event,
         integrations=[FlaskIntegration(), LoguruIntegration()],
     )

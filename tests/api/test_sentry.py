@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from common import embedded
-from tests.conftest import Infra
+from common.auth import mint_token
+from tests.conftest import JWT_SECRET, Infra
 from tests.helpers import Process, http_json, wait_for
 
 
@@ -64,12 +65,19 @@ def test_an_unhandled_error_reaches_sentry(infra: Infra, receiver: tuple[int, li
     process = Process("api", env, tmp_path / "api.log")
     try:
         process.wait_http_ok(f"http://127.0.0.1:{api_port}/health")
-        status, _, body = http_json("GET", f"http://127.0.0.1:{api_port}/api/_test/boom")
+        secret_token = mint_token(JWT_SECRET, role="admin")
+        status, _, body = http_json("GET", f"http://127.0.0.1:{api_port}/api/_test/boom?token={secret_token}",
+                                    token=secret_token)
         assert status == 500
         assert body == {"error": {"code": "internal", "message": "internal error", "details": None}}
         envelope = wait_for(lambda: next((b for b in bodies if b"RuntimeError" in b), None), timeout_s=15,
                             message="a Sentry envelope with the exception")
         assert b"deliberate failure from /api/_test/boom" in envelope
+        # Neither the Authorization header nor a ?token= value reaches Sentry or the logs.
+        leaks = [b[max(0, b.find(secret_token.encode()) - 300):b.find(secret_token.encode())] for b in bodies
+                 if secret_token.encode() in b]
+        assert leaks == []
+        assert secret_token not in process.log()
     finally:
         process.stop()
 

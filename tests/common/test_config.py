@@ -41,7 +41,12 @@ def test_required_urls_and_schemes() -> None:
 def test_production_refuses_the_dev_secret_and_defaults_to_json_logs() -> None:
     with pytest.raises(ConfigError, match="development default is refused"):
         Config.from_env({**BASE, "DMS_ENV": "production"})
-    config = Config.from_env({**BASE, "DMS_ENV": "production", "JWT_SECRET": "x" * 40})
+    with pytest.raises(ConfigError, match="ALLOWED_ORIGINS"):
+        Config.from_env({**BASE, "DMS_ENV": "production", "JWT_SECRET": "x" * 40})
+    with pytest.raises(ConfigError, match="ALLOWED_ORIGINS"):
+        Config.from_env({**BASE, "DMS_ENV": "production", "JWT_SECRET": "x" * 40, "ALLOWED_ORIGINS": "*"})
+    config = Config.from_env({**BASE, "DMS_ENV": "production", "JWT_SECRET": "x" * 40,
+                              "ALLOWED_ORIGINS": "https://board.example"})
     assert config.log_format == "json"
 
 

@@ -66,3 +66,17 @@ def test_more_than_the_per_user_cap_gets_429(gateway: dict[str, str]) -> None:
 def test_health_reports_the_gateway(gateway: dict[str, str]) -> None:
     status, _, body = http_json("GET", gateway["http"] + "/health")
     assert status == 200 and body["status"] == "ok" and body["id"] == "gw-test"
+
+
+def test_tokens_never_reach_the_gateway_log(gateway: dict[str, str], world: World) -> None:
+    from pathlib import Path
+
+    ws = WsClient.connect(gateway["url"], token=world.restaurant)
+    ws.recv()
+    ws.subscribe(f"restaurant:{world.restaurant_id}")
+    ws.close()
+    with pytest.raises(websocket.WebSocketBadStatusException):
+        WsClient.connect(gateway["url"], token=world.restaurant[:-4] + "AAAA")
+    log = Path(gateway["log"]).read_text()
+    assert "connected" in log
+    assert world.restaurant not in log and world.restaurant[:-4] not in log
