@@ -74,6 +74,7 @@ class Config:
     rate_limit_ip: RateLimit = RateLimit(100, 60)
     rate_limit_user: RateLimit = RateLimit(1000, 3600)
     trusted_proxies: tuple[str, ...] = ()
+    relay_in_gateway: bool = True  # false when relays run alone (`python -m gateway.relay`)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Config:
@@ -126,6 +127,7 @@ class Config:
             rate_limit_ip=reader.rate("RATE_LIMIT_IP", "100/minute"),
             rate_limit_user=reader.rate("RATE_LIMIT_USER", "1000/hour"),
             trusted_proxies=tuple(reader.csv("TRUSTED_PROXIES")),
+            relay_in_gateway=reader.flag("RELAY_IN_GATEWAY", True),
         )
         if reader.errors:
             raise ConfigError("invalid configuration: " + "; ".join(reader.errors))
@@ -188,6 +190,16 @@ class _Reader:
     def text(self, name: str, default: str) -> str:
         raw = self._raw(name)
         return default if raw is None else raw
+
+    def flag(self, name: str, default: bool) -> bool:
+        raw = self._raw(name)
+        if raw is None:
+            return default
+        value = raw.lower()
+        if value not in ("1", "true", "yes", "on", "0", "false", "no", "off"):
+            self.errors.append(f"{name}: {raw!r} is not a boolean (true/false)")
+            return default
+        return value in ("1", "true", "yes", "on")
 
     def csv(self, name: str) -> list[str]:
         raw = self._raw(name)

@@ -25,7 +25,7 @@ def main() -> int:
         return 2
     setup_logging(level=config.log_level, fmt=config.log_format, service="gateway")
     init_sentry(config, service="gateway")
-    gateway = Gateway(config)
+    gateway = Gateway(config, run_relay=config.relay_in_gateway)
     gateway.start()
     server = WSGIServer((config.gateway_host, config.gateway_port), create_gateway_app(gateway),
                         log=None, error_log=None)
