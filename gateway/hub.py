@@ -14,11 +14,17 @@ from typing import Any, Protocol
 import gevent
 import redis
 from gevent.event import Event as GEvent
+from gevent.exceptions import ConcurrentObjectUseError
 from loguru import logger
 
 from common.errors import Unavailable
 from common.events import REDIS_PREFIX, publish_ephemeral
 from gateway.metrics import DELIVERY_SAMPLE_EVERY, RECONNECTS, observe_delivery
+
+# redis-py reconnects a dropped pub/sub connection inside whichever greenlet notices first. When the
+# reader and a connection greenlet (un)subscribing both do, gevent refuses the shared socket
+# (ConcurrentObjectUseError) or one finds it closed under it (ValueError): both mean "connection lost".
+_LOST = (redis.RedisError, OSError, ValueError, ConcurrentObjectUseError)
 
 
 class Subscriber(Protocol):
@@ -71,7 +77,7 @@ class Hub:
             if self.healthy.is_set() and self._pubsub is not None:
                 try:
                     self._pubsub.subscribe(REDIS_PREFIX + channel)
-                except (redis.RedisError, OSError) as exc:
+                except _LOST as exc:
                     logger.warning("upstream subscribe failed: {}", exc)
         if not confirmed.wait(timeout=self.confirm_timeout_s):
             raise Unavailable("the event stream is unavailable, retry shortly")
@@ -87,7 +93,7 @@ class Hub:
             if self._pubsub is not None and self.healthy.is_set():
                 try:
                     self._pubsub.unsubscribe(REDIS_PREFIX + channel)
-                except (redis.RedisError, OSError) as exc:
+                except _LOST as exc:
                     logger.warning("upstream unsubscribe failed: {}", exc)
 
     def publish_ephemeral(self, channel: str, frame: str) -> None:
@@ -124,7 +130,7 @@ class Hub:
                     message = self._pubsub.get_message(timeout=1.0)
                     if message is not None:
                         self._dispatch(message)
-            except (redis.RedisError, OSError, AttributeError) as exc:
+            except (*_LOST, AttributeError) as exc:
                 self.healthy.clear()
                 RECONNECTS.labels("hub", "redis").inc()
                 logger.warning("hub lost Redis: {}: {}", type(exc).__name__, exc)
