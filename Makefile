@@ -47,3 +47,39 @@ bench-relay: $(STAMP)
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
+
+# -- load tests and benchmarks (docs/PERFORMANCE.md) ---------------------------------------------
+# make swarm [SWARM=both|api|ws] [SCENARIO=custom|baseline|spike|stress|soak] [RATE=100] [USERS=50]
+#            [DURATION=60s] [TARGET=.dms/env]; CSV and HTML reports go to results/.
+# TARGET is an env file with API_URL, GATEWAY_URL, JWT_SECRET and DATABASE_URL (what `dms up` writes).
+.PHONY: swarm bench-fanout bench-peer bench-api
+USERS ?= 50
+RATE ?= 100
+DURATION ?= 60s
+TARGET ?= .dms/env
+SWARM ?= both
+SCENARIO ?= custom
+BENCH_ARGS ?=
+
+swarm: $(STAMP)
+	@test -f "$(TARGET)" || { echo "no $(TARGET): run the stack first (see docs/PERFORMANCE.md) or set TARGET=<env file>"; exit 2; }
+	@mkdir -p results
+	set -a; . "$(abspath $(TARGET))"; set +a; status=0; \
+	if [ "$(SWARM)" != ws ]; then \
+	  $(BIN)/locust -f locustfiles/api.py --headless --only-summary --host "$$API_URL" --scenario $(SCENARIO) \
+	    -u $$(( ($(RATE) + 1) / 2 )) -r 20 -t $(DURATION) --csv results/api --html results/api.html & rest=$$!; fi; \
+	if [ "$(SWARM)" != api ]; then \
+	  $(BIN)/locust -f locustfiles/ws_swarm.py --headless --only-summary --host "$$API_URL" \
+	    -u $(USERS) -r 20 -t $(DURATION) --csv results/ws --html results/ws.html & ws=$$!; fi; \
+	if [ -n "$${rest:-}" ]; then wait $$rest || status=1; fi; \
+	if [ -n "$${ws:-}" ]; then wait $$ws || status=1; fi; \
+	exit $$status
+
+bench-fanout: $(STAMP)
+	$(BIN)/python -m bench.fanout $(BENCH_ARGS)
+
+bench-peer: $(STAMP)
+	$(BIN)/python -m bench.peer $(BENCH_ARGS)
+
+bench-api: $(STAMP)
+	$(BIN)/python -m bench.api $(BENCH_ARGS)
