@@ -50,7 +50,7 @@ def _row(result: FaultResult) -> str:
             f"{result.out_of_order} | {result.reconnects} | {result.gps_sent} / {result.gps_acked} / "
             f"{result.gps_acked_stored} | "
             f"{result.rest_sent} / {result.rest_retried_ok} / {result.rest_failed} | {result.rest_slowest_s:.2f} | "
-            f"{recovery} |")
+            f"{recovery} | {result.notes} |")
 
 
 def render() -> str:
@@ -82,9 +82,27 @@ def render() -> str:
         "- *recovery*: seconds from injecting the fault until every subscriber had the first event",
         "  written after it (for faults that last a while, such as a stall, that includes their length).",
         "",
+        "How each fault is made:",
+        "",
+        "1. `kill -9` of the gateway holding two of the subscribers and the driver; they reconnect to the other.",
+        "2. Redis stopped (SIGTERM), down 1 s, started empty on the same port.",
+        "3. PostgreSQL fast shutdown, down 1.5 s, started again on the same data.",
+        "4. Gateways run with `RELAY_IN_GATEWAY=false` next to two `python -m gateway.relay` processes;",
+        "   the one holding the advisory lock (found through `pg_locks` and `pg_stat_activity`) is",
+        "   killed with SIGKILL and the standby takes over.",
+        "5. One subscriber (with a 4 kB receive buffer) stops reading while 60 kB ephemeral frames are",
+        "   published to a channel only it holds, until the gateway closes it with 4008; it then reads",
+        "   again, sees the 4008 and resubscribes with `since`.",
+        "6. Redis's pub/sub output buffer limit set to `64kb 32kb 1`; one gateway is stopped (SIGSTOP)",
+        "   while 60 kB frames are published to a channel only it holds, until Redis drops its pub/sub",
+        "   connection; after SIGCONT its hub reconnects and resynchronises its subscribers from",
+        "   PostgreSQL.",
+        "7. The subscribers connect through a loopback TCP proxy (`tests/faults/proxy.py`) that closes a",
+        "   random connection every 0.3-1 s for 6 s.",
+        "",
         "| fault | written | delivered (per subscriber) | missing | duplicates | out of order | reconnects "
-        "| GPS sent / acked / stored | REST sent / retried / failed | slowest REST s | recovery s |",
-        "|---|---:|---|---:|---:|---:|---:|---|---|---:|---:|",
+        "| GPS sent / acked / stored | REST sent / retried / failed | slowest REST s | recovery s | notes |",
+        "|---|---:|---|---:|---:|---:|---:|---|---|---:|---:|---|",
         *rows,
         "",
     ])

@@ -27,7 +27,7 @@ import websocket
 from common import embedded
 from common.auth import mint_token
 from common.db import connect
-from common.events import ALL_ORDERS, REDIS_PREFIX
+from common.events import ALL_ORDERS, REDIS_PREFIX, RELAY_WATERMARK_KEY
 from gateway.relay import LEADER_LOCK_KEY
 from tests.conftest import JWT_SECRET
 from tests.gateway.conftest import PrivateInfra
@@ -121,7 +121,7 @@ class Stack:
 
         client = redis.Redis.from_url(self.infra.redis_url)
         try:
-            return client.get("dms:relay:last_id") is not None
+            return client.get(RELAY_WATERMARK_KEY) is not None
         except redis.RedisError:
             return False
         finally:
@@ -337,7 +337,7 @@ class _Client:
         raise NotImplementedError
 
     def read(self, ws: websocket.WebSocket, timeout_s: float) -> dict[str, Any] | None:
-        """The next text frame, None on timeout; raises EOFError-like ConnectionError on close."""
+        """The next text frame, or None on a timeout; a close frame raises ConnectionAbortedError."""
         ws.settimeout(timeout_s)
         try:
             opcode, raw = ws.recv_data()

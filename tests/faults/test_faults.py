@@ -31,7 +31,8 @@ def test_kill_9_a_gateway_with_clients_attached(stack: Stack) -> None:
     stream.mark_fault()
     stack.gateways[0].kill()
     time.sleep(AFTER_S)
-    result = stream.finish("kill -9 a gateway with clients attached")
+    result = stream.finish("kill -9 a gateway with clients attached",
+                           notes="2 of 3 subscribers and the driver were on it")
     record(result)
     assert_lossless(result)
     assert result.reconnects >= 2 and stream.gps.connects >= 2
@@ -44,7 +45,7 @@ def test_restart_redis(stack: Stack) -> None:
     stream.mark_fault()
     stack.infra.restart_redis(between=lambda: time.sleep(1.0))  # down for a second
     time.sleep(AFTER_S)
-    result = stream.finish("restart Redis")
+    result = stream.finish("restart Redis", notes="down 1 s; its data is not persisted")
     record(result)
     assert_lossless(result)
 
@@ -56,7 +57,7 @@ def test_restart_postgres(stack: Stack) -> None:
     stream.mark_fault()
     stack.infra.restart_postgres(between=lambda: time.sleep(1.5))  # down for a moment
     time.sleep(AFTER_S)
-    result = stream.finish("restart PostgreSQL")
+    result = stream.finish("restart PostgreSQL", notes="fast shutdown, down 1.5 s, started again")
     record(result)
     assert_lossless(result)
 
@@ -91,13 +92,14 @@ def test_a_stalled_subscriber_is_closed_with_4008_and_recovers(stack: Stack) -> 
     stream.mark_fault()
     stalled.stalled.set()
     # Big ephemeral frames to its channel fill its socket buffers and then its 1 MiB queue.
-    stack.publish_big(bulk, 400, until=lambda: _closed_as_slow(stack, stalled.user_id))
+    sent = stack.publish_big(bulk, 400, until=lambda: _closed_as_slow(stack, stalled.user_id))
     wait_for(lambda: _closed_as_slow(stack, stalled.user_id), timeout_s=10, message="a slow-consumer close")
     time.sleep(0.5)  # events keep flowing while it is stalled
     stalled.stalled.clear()
     wait_for(lambda: 4008 in stalled.close_codes, timeout_s=15, message="the client to read its 4008")
     time.sleep(AFTER_S)
-    result = stream.finish("stalled subscriber closed with 4008")
+    result = stream.finish("stalled subscriber closed with 4008",
+                           notes=f"{sent} frames of 60 kB to a channel only it held")
     record(result)
     assert_lossless(result)
     assert [s.close_codes for s in stream.subscribers[1:]] == [[], []]  # the others were not affected
@@ -126,15 +128,17 @@ def test_redis_drops_a_gateways_pubsub_connection(stack: Stack) -> None:
     frozen_at = time.monotonic()
     try:
         # Past the kernel's socket buffers (a few MB on loopback), Redis's own buffer passes 64 kB.
-        stack.publish_big(bulk, 400, size=60_000, until=dropped)
+        sent = stack.publish_big(bulk, 400, size=60_000, until=dropped)
         wait_for(dropped, timeout_s=10, message="Redis dropping the frozen gateway's pub/sub connection")
         time.sleep(max(0.0, 2.5 - (time.monotonic() - frozen_at)))
     finally:
         os.kill(frozen.process.proc.pid, signal.SIGCONT)
+    frozen_s = time.monotonic() - frozen_at
     wait_for(lambda: "hub reconnected to Redis" in frozen.process.log(), timeout_s=15,
              message="the frozen gateway's hub to reconnect")
     time.sleep(AFTER_S)
-    result = stream.finish("Redis drops a gateway's pub/sub connection (output buffer limit)")
+    result = stream.finish("Redis drops a gateway's pub/sub connection (output buffer limit)",
+                           notes=f"gateway stopped {frozen_s:.1f} s, {sent} frames of 60 kB meanwhile")
     record(result)
     assert_lossless(result)
     assert stream.subscribers[2].connects == 1  # it stayed on the frozen gateway: the hub's resync served it
@@ -152,7 +156,8 @@ def test_random_connection_drops_through_a_proxy(stack: Stack) -> None:
     time.sleep(seconds(6))
     proxy.chaos(False)
     time.sleep(AFTER_S)
-    result = stream.finish("random connection drops through a TCP proxy", notes=f"{proxy.dropped} drops")
+    result = stream.finish("random connection drops through a TCP proxy",
+                           notes=f"{proxy.dropped} connections dropped in 6 s")
     record(result)
     assert_lossless(result)
     assert proxy.dropped >= 5 and result.reconnects >= 3
