@@ -14,7 +14,8 @@ from loguru import logger
 
 from api.replicas import install_replica_hooks
 from api.services import Services
-from common.auth import Identity, verify_token
+from common.auth import Identity, claims_of, verify_token
+from common.db import ANONYMOUS, set_claims
 from common.errors import Forbidden, Unauthorized
 
 _VALID_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{8,128}$")
@@ -48,6 +49,7 @@ def authenticate() -> Identity:
     """Verify the bearer token once per request and remember the identity."""
     if g.get("identity") is None:
         g.identity = verify_token(_bearer_token(), services().config.jwt_secret.value)
+        set_claims(claims_of(g.identity))  # every query of this request runs under row-level security
         _ensure_profile(g.identity)
     return cast(Identity, g.identity)
 
@@ -101,6 +103,7 @@ def install_request_hooks(app: Flask) -> None:
 
     @app.before_request
     def _start() -> None:
+        set_claims(ANONYMOUS)  # until a token says otherwise (test clients reuse one context)
         incoming = request.headers.get("X-Request-ID", "")
         g.request_id = incoming if _VALID_REQUEST_ID.match(incoming) else uuid.uuid4().hex
         g.started = time.perf_counter()

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 import jwt
 
+from common.db import Claims
 from common.errors import Unauthorized
 
 ROLES = ("admin", "restaurant", "driver", "demo")
@@ -106,3 +107,8 @@ def mint_token(
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", jwt.warnings.InsecureKeyLengthWarning)
         return jwt.encode(claims, secret, algorithm=ALGORITHM)
+
+
+def claims_of(who: Identity) -> Claims:
+    """The database claims for an identity (row-level security reads them)."""
+    return Claims(role=who.role, user_id=who.user_id, restaurant_id=who.restaurant_id)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass
 from typing import Any, Self
 
 import psycopg
@@ -12,6 +14,63 @@ from psycopg.rows import dict_row
 from psycopg_pool import ConnectionPool
 
 STATEMENT_TIMEOUT_MS = 5000
+APP_ROLE = "dms_app"
+STAFF_ROLE = "dms_staff"  # admins and the gateway's own work: bypasses row security
+STAFF_CLAIMS = ("admin", "service")
+
+
+@dataclass(frozen=True)
+class Claims:
+    """Who the database should think is asking; row-level security policies read these."""
+
+    role: str
+    user_id: str | None = None
+    restaurant_id: str | None = None
+
+
+ANONYMOUS = Claims("none")
+SERVICE = Claims("service")  # the gateway's own work: GPS batches, replay, driver rows
+_claims: ContextVar[Claims] = ContextVar("dms_claims", default=ANONYMOUS)
+
+
+def current_claims() -> Claims:
+    return _claims.get()
+
+
+@contextmanager
+def claims(value: Claims) -> Iterator[None]:
+    """Run the enclosed database work as `value` (per greenlet or thread; nests)."""
+    token = _claims.set(value)
+    try:
+        yield
+    finally:
+        _claims.reset(token)
+
+
+def set_claims(value: Claims) -> None:
+    """Set the claims for the rest of this context (one request's greenlet)."""
+    _claims.set(value)
+
+
+def database_role(who: Claims, app_role: str) -> str:
+    """The role a transaction runs as: staff claims bypass row security, everyone else is filtered."""
+    return STAFF_ROLE if who.role in STAFF_CLAIMS and app_role == APP_ROLE else app_role
+
+
+def _apply_claims(app_role: str | None) -> Callable[[psycopg.Connection[Any]], None]:
+    def check(conn: psycopg.Connection[Any]) -> None:
+        # Runs at every checkout and opens the transaction the caller then uses: role and claims
+        # are transaction-local (set_config(..., true)), which PgBouncer's transaction pooling
+        # preserves. It also proves the connection is alive.
+        who = _claims.get()
+        role = database_role(who, app_role) if app_role else ""
+        conn.execute(
+            "SELECT CASE WHEN %s <> '' THEN set_config('role', %s, true) END, set_config('dms.role', %s, true),"
+            " set_config('dms.user_id', %s, true), set_config('dms.restaurant_id', %s, true)",
+            (role, role, who.role, who.user_id or "", who.restaurant_id or ""),
+        )
+
+    return check
 
 
 def _configure(conn: psycopg.Connection[Any]) -> None:
@@ -27,10 +86,13 @@ def make_pool(
     min_size: int = 1,
     max_size: int = 10,
     timeout_s: float = 5.0,
+    app_role: str | None = APP_ROLE,
 ) -> ConnectionPool[psycopg.Connection[dict[str, Any]]]:
     """A closed pool: the app factory opens it, so importing never connects.
 
-    `prepare_threshold=None` keeps statements unprepared, which PgBouncer in transaction mode needs.
+    Every checkout runs as `app_role` (None: the login role itself) with the current `claims`,
+    so row-level security applies. `prepare_threshold=None` keeps statements unprepared, which
+    PgBouncer in transaction mode needs.
     """
     return ConnectionPool(
         url,
@@ -40,6 +102,7 @@ def make_pool(
         timeout=timeout_s,
         open=False,
         configure=_configure,
+        check=_apply_claims(app_role),
         kwargs={"row_factory": dict_row, "prepare_threshold": None, "application_name": f"dms-{name}"},
         connection_class=psycopg.Connection[dict[str, Any]],
     )

@@ -13,6 +13,9 @@ from gevent.event import Event as GEvent
 from loguru import logger
 from psycopg_pool import ConnectionPool
 
+from common.db import SERVICE, claims
+from common.locations import store_points
+
 MAX_PENDING_POINTS = 50_000
 
 
@@ -100,20 +103,6 @@ class LocationWriter:
         done(True)
 
     def _write(self, points: list[Point]) -> None:
-        latest: dict[str, Point] = {}
-        for point in points:
-            if point.driver_id not in latest or point.recorded_at >= latest[point.driver_id].recorded_at:
-                latest[point.driver_id] = point
-        with self.pool.connection() as conn, conn.transaction(), conn.cursor() as cur:
-            with cur.copy(
-                "COPY driver_locations (driver_id, lat, lng, heading, speed, accuracy, recorded_at) FROM STDIN"
-            ) as copy:
-                for p in points:
-                    copy.write_row((p.driver_id, p.lat, p.lng, p.heading, p.speed, p.accuracy, p.recorded_at))
-            cur.executemany(
-                "UPDATE drivers SET lat = %s, lng = %s, heading = %s, speed = %s, accuracy = %s,"
-                " location_recorded_at = %s, updated_at = now()"
-                " WHERE id = %s AND (location_recorded_at IS NULL OR location_recorded_at <= %s)",
-                [(p.lat, p.lng, p.heading, p.speed, p.accuracy, p.recorded_at, p.driver_id, p.recorded_at)
-                 for p in latest.values()],
-            )
+        with claims(SERVICE), self.pool.connection() as conn, conn.transaction():
+            store_points(conn, [(p.driver_id, p.lat, p.lng, p.heading, p.speed, p.accuracy, p.recorded_at)
+                                for p in points])

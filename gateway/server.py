@@ -21,9 +21,9 @@ from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
 from common import gateway_stats
 from common.access import check_subscribe
-from common.auth import Identity, verify_token
+from common.auth import Identity, claims_of, verify_token
 from common.config import Config
-from common.db import make_pool
+from common.db import claims, make_pool
 from common.errors import DmsError, Forbidden, Unauthorized, Unavailable
 from common.events import (
     ADMIN_CONNECTIONS,
@@ -187,7 +187,7 @@ class Gateway:
     def _ensure_driver(self, who: Identity) -> None:
         """A driver's first connection creates its profile and driver row (as the REST API does)."""
         try:
-            with self.pool.connection() as db:
+            with claims(claims_of(who)), self.pool.connection() as db:
                 db.execute("INSERT INTO profiles (id, role) VALUES (%s, 'driver') ON CONFLICT (id) DO NOTHING",
                            (who.user_id,))
                 db.execute("INSERT INTO drivers (id) SELECT id FROM profiles WHERE id = %s AND role = 'driver'"
@@ -244,7 +244,7 @@ class Gateway:
             conn.session.subscribe_done(channel, ok=True)
             return
         try:
-            with self.pool.connection() as db:
+            with claims(claims_of(conn.identity)), self.pool.connection() as db:
                 check_subscribe(db, conn.identity, channel)
             sub = conn.subscriptions[channel] = Subscription()
             self.hub.add(conn, channel)

@@ -14,6 +14,7 @@ from api.validation import Field, Validator, json_body, uuid_arg
 from common import events
 from common.access import driver_visible_to_restaurant
 from common.errors import NotFound, ValidationFailed
+from common.locations import store_points
 
 bp = Blueprint("drivers", __name__, url_prefix="/api/drivers")
 
@@ -98,20 +99,8 @@ def post_locations() -> Any:
     points = _points(clean["points"], datetime.now(UTC))
     rows = [(who.user_id, p["lat"], p["lng"], p.get("heading"), p.get("speed"), p.get("accuracy"),
              p["recorded_at"]) for p in points]
-    latest = max(rows, key=lambda row: row[6])
-    with services().pool.connection() as conn, conn.transaction(), conn.cursor() as cur:
-        with cur.copy(
-            "COPY driver_locations (driver_id, lat, lng, heading, speed, accuracy, recorded_at) FROM STDIN"
-        ) as copy:
-            for row in rows:
-                copy.write_row(row)
-        # Batches may arrive out of order; the latest position only ever moves forward in time.
-        cur.execute(
-            "UPDATE drivers SET lat = %s, lng = %s, heading = %s, speed = %s, accuracy = %s,"
-            " location_recorded_at = %s, updated_at = now()"
-            " WHERE id = %s AND (location_recorded_at IS NULL OR location_recorded_at <= %s)",
-            (*latest[1:7], who.user_id, latest[6]),
-        )
+    with services().pool.connection() as conn, conn.transaction():
+        store_points(conn, rows)
     _publish(who.user_id, points)
     return jsonify({"accepted": len(points)}), 202
 
