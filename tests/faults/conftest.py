@@ -105,6 +105,12 @@ def render() -> str:
         "|---|---:|---|---:|---:|---:|---:|---|---|---:|---:|---|",
         *rows,
         "",
+        "Found by fault 6: when Redis dropped a gateway's pub/sub connection while a connection greenlet",
+        "was unsubscribing, redis-py reconnected in both greenlets, gevent raised ConcurrentObjectUseError",
+        "in the hub's reader and the reader ended for good: the gateway kept its clients but delivered",
+        "nothing more. `gateway/hub.py` now treats that error (and a socket closed under it) as a lost",
+        "connection: it reconnects and resynchronises its subscribers from PostgreSQL.",
+        "",
     ])
 
 
