@@ -42,8 +42,10 @@ def locust(locustfile: str, host: str, out: Path, env: dict[str, str], *args: st
 
 def test_swarms_lose_nothing_and_meet_thresholds(infra: Infra, api: str, gateway: dict[str, str],
                                                   tmp_path: Path) -> None:
+    # Loss limits stay strict (zero); the latency limit is the smoke run's: two shared cores also run
+    # PostgreSQL, Redis, the API, the gateway and both locust processes. `make swarm` keeps 200 ms.
     env = {"JWT_SECRET": JWT_SECRET, "DATABASE_URL": infra.database_url, "GATEWAY_URL": gateway["url"],
-           "DMS_WS_DRAIN_S": str(seconds(10))}
+           "DMS_WS_DRAIN_S": str(seconds(10)), "DMS_P95_LIMIT_MS": str(seconds(500))}
     # Small on purpose: two shared cores also run PostgreSQL, Redis, the API, the gateway and locust.
     rest = locust("api.py", api, tmp_path, {**env, "DMS_SCENARIO": "custom"}, "-u", "6", "-r", "6",
                   "-t", f"{RUN_S}s")
