@@ -2,9 +2,15 @@
 
 NOTIFY is only a wake-up; the outbox table is the truth. Ids are drawn before commit, so a
 transaction that drew id 10 may commit after the one that drew 11. The relay therefore never
-publishes past a gap until the gap is *settled*: every transaction that was in progress when the
-gap was first seen has ended. Ids still missing then were rolled back and are skipped. Published
-events are strictly increasing per channel, so subscribers and recovery never skip an id.
+publishes past a gap until the gap is *settled*: when it first sees a gap it takes a fresh
+transaction id as a horizon (every transaction that could hold a missing id already had an xid
+then, so a smaller one), and waits until no transaction older than the horizon is running (the
+snapshot's xmin has passed it). Ids still missing then were rolled back and are skipped.
+Published events are strictly increasing per channel, so subscribers and recovery never skip
+an id.
+
+Why not the snapshot's list of running xids: since PostgreSQL 14 a snapshot's xmax is the latest
+*completed* xid + 1, and a running transaction with a newer xid is not listed at all.
 """
 
 from __future__ import annotations
@@ -30,16 +36,16 @@ PURGED_NAME = "purged"
 @dataclass
 class _Gap:
     first_missing: int
-    waiting_on: frozenset[int]
+    # A transaction id taken after the gap was seen; None until the relay has asked for one.
+    horizon: int | None = None
 
 
-def settle(rows: list[dict[str, Any]], *, last_id: int, in_progress: frozenset[int], gap: _Gap | None
+def settle(rows: list[dict[str, Any]], *, last_id: int, xmin: int, gap: _Gap | None
            ) -> tuple[list[dict[str, Any]], _Gap | None]:
     """Pick the rows that may be published now, in order, and the gap that blocks the rest.
 
-    `in_progress` is the snapshot's list of running transaction ids taken in the same snapshot
-    that read `rows`. A gap is settled when none of the transactions running at first sight of it
-    is running any more (or none was running then).
+    `xmin` is the oldest transaction still running, from the same snapshot that read `rows`.
+    A new gap comes back without a horizon; the caller takes one and asks again later.
     """
     ready: list[dict[str, Any]] = []
     expected = last_id + 1
@@ -47,13 +53,15 @@ def settle(rows: list[dict[str, Any]], *, last_id: int, in_progress: frozenset[i
         row_id = int(row["id"])
         if row_id != expected:
             if gap is None or gap.first_missing != expected:
-                gap = _Gap(expected, in_progress)
-            if gap.waiting_on and not gap.waiting_on.isdisjoint(in_progress):
+                return ready, _Gap(expected)
+            if gap.horizon is None or xmin < gap.horizon:
                 return ready, gap
-            gap = None  # settled: the missing ids were rolled back
+            logger.bind(first_missing=expected, next_id=row_id, horizon=gap.horizon, xmin=xmin).debug(
+                "relay skips ids {}..{}: rolled back", expected, row_id - 1)
+            gap = None  # settled: every transaction that could hold them has ended
         ready.append(row)
         expected = row_id + 1
-    return ready, gap
+    return ready, None  # every row was in order: no gap blocks anything
 
 
 class Relay:
@@ -148,8 +156,12 @@ class Relay:
         """Publish every settled event after `last_id`; return how many."""
         published = 0
         while True:
-            rows, in_progress = self._read(conn)
-            ready, self._gap = settle(rows, last_id=self.last_id, in_progress=in_progress, gap=self._gap)
+            rows, xmin = self._read(conn)
+            ready, self._gap = settle(rows, last_id=self.last_id, xmin=xmin, gap=self._gap)
+            if self._gap is not None and self._gap.horizon is None:
+                row = conn.execute("SELECT pg_current_xact_id()::text::bigint AS xid").fetchone()
+                assert row is not None
+                self._gap.horizon = int(row["xid"])
             if ready:
                 self._publish(ready)
                 self._save_cursor(conn)
@@ -157,20 +169,19 @@ class Relay:
             if len(rows) < self.batch_size or not ready:
                 return published
 
-    def _read(self, conn: psycopg.Connection[dict[str, Any]]) -> tuple[list[dict[str, Any]], frozenset[int]]:
-        # One REPEATABLE READ snapshot for both queries, so the running-transaction list
-        # describes exactly the rows we saw.
+    def _read(self, conn: psycopg.Connection[dict[str, Any]]) -> tuple[list[dict[str, Any]], int]:
+        # One REPEATABLE READ snapshot for both queries, so xmin describes exactly the rows we saw.
         with conn.transaction():
             conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
             snap = conn.execute(
-                "SELECT coalesce(array_agg(x::text::bigint), '{}') AS xip"
-                " FROM pg_snapshot_xip(pg_current_snapshot()) AS x"
+                "SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint AS xmin"
             ).fetchone()
             rows = conn.execute(
                 "SELECT id, channels, event, data, created_at FROM events WHERE id > %s ORDER BY id LIMIT %s",
                 (self.last_id, self.batch_size),
             ).fetchall()
-        return rows, frozenset(snap["xip"] if snap else ())
+        assert snap is not None
+        return rows, int(snap["xmin"])
 
     def _publish(self, rows: list[dict[str, Any]]) -> None:
         # One MULTI/EXEC: a gateway that subscribes and then reads the watermark sees either

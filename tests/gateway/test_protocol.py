@@ -147,3 +147,17 @@ def test_locations_only_from_drivers_and_validated(clock: Clock) -> None:
         assert only_error(send(driver, clock, {"type": "location", **bad}))["code"] == "bad_request", bad
     nan_frame = '{"type": "location", "lat": NaN, "lng": 0}'
     assert only_error(send(driver, clock, nan_frame))["code"] == "bad_request"
+
+
+def test_relay_settle_waits_for_every_older_transaction() -> None:
+    from gateway.relay import _Gap, settle
+
+    rows = [{"id": 1}, {"id": 2}, {"id": 4}]
+    ready, gap = settle(rows, last_id=0, xmin=100, gap=None)
+    assert [r["id"] for r in ready] == [1, 2] and gap == _Gap(3)  # a new gap needs a horizon first
+    gap = _Gap(3, horizon=120)
+    assert settle(rows[2:], last_id=2, xmin=119, gap=gap) == ([], gap)  # xid 119 may hold id 3
+    ready, gap = settle(rows[2:], last_id=2, xmin=121, gap=gap)
+    assert [r["id"] for r in ready] == [4] and gap is None  # nothing older runs: 3 was rolled back
+    ready, gap = settle([{"id": 3}, {"id": 4}], last_id=2, xmin=50, gap=_Gap(3, horizon=120))
+    assert [r["id"] for r in ready] == [3, 4] and gap is None  # the id showed up
