@@ -34,6 +34,21 @@ def page_args() -> Page:
     return Page(limit=limit, after=decode_cursor(cursor) if cursor else None)
 
 
+def keyset_query(select: str, where: list[str], params: list[Any], page: Page) -> tuple[str, list[Any]]:
+    """`select` filtered by `where`, newest first, from the page's cursor, one row past the limit.
+
+    Rows sort on (created_at, id) descending; the cursor is the last row's pair, so pages stay
+    stable while new rows arrive.
+    """
+    where, params = list(where), list(params)
+    if page.after is not None:
+        where.append("(created_at, id) < (%s, %s)")
+        params.extend(page.after)
+    sql = select + (" WHERE " + " AND ".join(where) if where else "")
+    sql += " ORDER BY created_at DESC, id DESC LIMIT %s"
+    return sql, [*params, page.limit + 1]
+
+
 def encode_cursor(created_at: datetime, row_id: Any) -> str:
     raw = json.dumps([created_at.isoformat(), str(row_id)]).encode()
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")

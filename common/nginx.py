@@ -5,7 +5,6 @@ from __future__ import annotations
 import grp
 import os
 import pwd
-import shutil
 import signal
 import subprocess
 from dataclasses import dataclass
@@ -24,11 +23,7 @@ class NginxError(RuntimeError):
 
 
 def nginx_binary() -> str | None:
-    """The nginx program, also when /usr/sbin is not on PATH (as for non-root shells on Debian)."""
-    found = shutil.which("nginx")
-    if found is None and os.access("/usr/sbin/nginx", os.X_OK):
-        found = "/usr/sbin/nginx"
-    return found
+    return embedded.system_program("nginx")
 
 
 @dataclass(frozen=True)

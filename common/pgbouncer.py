@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-import shutil
 import signal
 import subprocess
 import tempfile
@@ -23,10 +22,7 @@ class PgBouncerError(RuntimeError):
 
 
 def pgbouncer_binary() -> str | None:
-    found = shutil.which("pgbouncer")
-    if found is None and os.access("/usr/sbin/pgbouncer", os.X_OK):
-        found = "/usr/sbin/pgbouncer"
-    return found
+    return embedded.system_program("pgbouncer")
 
 
 def render_text(*, database: str, pg_port: int, listen_port: int, workdir: Path, pg_host: str = "127.0.0.1",

@@ -218,13 +218,7 @@ class Stack:
             if spec is None or not should_continue():
                 continue
             started = time.monotonic()
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                logger.warning("{} did not stop in 30s; killing it", name)
-                process.kill()
-                process.wait(timeout=5)
+            _stop_child(name, process, timeout_s=30)
             self.children[index] = (name, self._spawn(spec))
             self._wait_http(spec.ready_url, name, timeout_s)
             logger.info("restarted {} in {:.1f}s", name, time.monotonic() - started)
@@ -285,17 +279,24 @@ class Stack:
 
     def stop(self) -> None:
         """Children first (they drain), then the servers we started; never leaves orphans."""
-        for _, process in self.children:
+        for _, process in self.children:  # all drain at once, then we wait for each
             if process.poll() is None:
                 process.send_signal(signal.SIGTERM)
         for name, process in self.children:
-            try:
-                process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                logger.warning("{} did not stop; killing it", name)
-                process.kill()
-                process.wait(timeout=5)
+            _stop_child(name, process, timeout_s=20)
         for server in reversed(self.servers):
             server.stop(sig=signal.SIGINT if server.name == "postgres" else signal.SIGTERM)
         self.children.clear()
         self.servers.clear()
+
+
+def _stop_child(name: str, process: subprocess.Popen[bytes], *, timeout_s: float) -> None:
+    """SIGTERM (a child drains on it), wait, and kill what does not stop in time."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        logger.warning("{} did not stop in {}s; killing it", name, timeout_s)
+        process.kill()
+        process.wait(timeout=5)

@@ -164,13 +164,6 @@ def gateway(infra: Infra, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
     process.stop()
 
 
-def system_program(name: str) -> str | None:
-    found = shutil.which(name)
-    if found is None and os.path.exists(f"/usr/sbin/{name}"):
-        found = f"/usr/sbin/{name}"
-    return found
-
-
 @pytest.fixture
 def start_gateway(infra: Infra, tmp_path: Path) -> Iterator[Any]:
     """Start extra gateway processes with their own settings; all are stopped after the test."""
@@ -197,7 +190,7 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
     """Tests marked `needs_system("nginx")` skip without it, or fail when DMS_REQUIRE_ALL=1."""
     for marker in item.iter_markers("needs_system"):
         program = marker.args[0]
-        if system_program(program) is None:
+        if embedded.system_program(program) is None:
             if REQUIRE_ALL:
                 pytest.fail(f"{program} is required (DMS_REQUIRE_ALL=1) but not installed", pytrace=False)
             pytest.skip(f"skipped: needs {program}, which pip cannot install")

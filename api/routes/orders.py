@@ -11,7 +11,7 @@ from flask import Blueprint, jsonify, request
 from api import idempotency
 from api.cache import cache
 from api.context import identity, request_id, require, services
-from api.pagination import page_args, page_body
+from api.pagination import keyset_query, page_args, page_body
 from api.validation import Field, Validator, json_body, uuid_arg
 from common import events
 from common.auth import Identity
@@ -181,14 +181,7 @@ def list_orders() -> Any:
     elif who.role == "driver":
         where.append("driver_id = %s")
         params.append(who.user_id)
-    if page.after is not None:
-        where.append("(created_at, id) < (%s, %s)")
-        params.extend(page.after)
-    sql = f"SELECT {ORDER_COLUMNS} FROM orders"
-    if where:
-        sql += " WHERE " + " AND ".join(where)
-    sql += " ORDER BY created_at DESC, id DESC LIMIT %s"
-    params.append(page.limit + 1)
+    sql, params = keyset_query(f"SELECT {ORDER_COLUMNS} FROM orders", where, params, page)
     with services().read_pool().connection() as conn:
         rows = conn.execute(sql, params).fetchall()
         items = load_items(conn, [row["id"] for row in rows[: page.limit]])

@@ -8,7 +8,7 @@ from flask import Blueprint, jsonify, request
 
 from api.cache import cache, query_key
 from api.context import require, services
-from api.pagination import page_args, page_body
+from api.pagination import keyset_query, page_args, page_body
 from api.validation import Field, Validator, json_body, uuid_arg
 from common.errors import NotFound, ValidationFailed
 from common.events import iso
@@ -92,14 +92,7 @@ def list_products() -> Any:
         # The same expression as the products_search GIN index, so the index serves it.
         where.append("to_tsvector('simple', name || ' ' || description) @@ plainto_tsquery('simple', %s)")
         params.append(q)
-    if page.after is not None:
-        where.append("(created_at, id) < (%s, %s)")
-        params.extend(page.after)
-    sql = f"SELECT {PRODUCT_COLUMNS} FROM products"
-    if where:
-        sql += " WHERE " + " AND ".join(where)
-    sql += " ORDER BY created_at DESC, id DESC LIMIT %s"
-    params.append(page.limit + 1)
+    sql, params = keyset_query(f"SELECT {PRODUCT_COLUMNS} FROM products", where, params, page)
 
     def load() -> dict[str, Any]:
         # The primary, not a replica: a lagging replica would refill the new generation with old rows.

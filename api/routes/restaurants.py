@@ -7,7 +7,7 @@ from typing import Any
 from flask import Blueprint, jsonify
 
 from api.context import identity, require, services
-from api.pagination import page_args, page_body
+from api.pagination import keyset_query, page_args, page_body
 from api.validation import Field, Validator, json_body, uuid_arg
 from common.errors import NotFound
 from common.events import iso
@@ -55,14 +55,7 @@ def list_restaurants() -> Any:
     if not who.is_admin:
         where.append("id = %s")
         params.append(who.restaurant_id)
-    if page.after is not None:
-        where.append("(created_at, id) < (%s, %s)")
-        params.extend(page.after)
-    sql = f"SELECT {RESTAURANT_COLUMNS} FROM restaurants"
-    if where:
-        sql += " WHERE " + " AND ".join(where)
-    sql += " ORDER BY created_at DESC, id DESC LIMIT %s"
-    params.append(page.limit + 1)
+    sql, params = keyset_query(f"SELECT {RESTAURANT_COLUMNS} FROM restaurants", where, params, page)
     with services().read_pool().connection() as conn:
         rows = conn.execute(sql, params).fetchall()
     return jsonify(page_body(rows, [restaurant_json(row) for row in rows[: page.limit]], page.limit))

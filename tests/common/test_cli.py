@@ -1,0 +1,90 @@
+"""`dms`: token, migrate, seed, and `up` on embedded servers: serves, stops cleanly, reuses its data."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+
+from common import embedded
+from common.auth import verify_token
+from common.config import DEV_JWT_SECRET
+from tests.conftest import Infra
+from tests.helpers import ROOT, http_json, seconds, wait_for
+
+
+def _dms(*args: str, env: dict[str, str], timeout_s: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "common.cli", *args], env={**os.environ, **env}, cwd=ROOT,
+                          capture_output=True, text=True, timeout=seconds(timeout_s), check=False)
+
+
+def test_token_mints_a_verifiable_token(tmp_path: Path) -> None:
+    result = _dms("token", "--role", "driver", env={"DMS_HOME": str(tmp_path), "JWT_SECRET": ""})
+    assert result.returncode == 0, result.stderr
+    assert verify_token(result.stdout.strip(), DEV_JWT_SECRET).role == "driver"
+    refused = _dms("token", "--role", "demo", env={"DMS_HOME": str(tmp_path)})
+    assert refused.returncode == 2 and "restaurant-id" in refused.stderr
+
+
+def test_migrate_and_seed_are_idempotent(infra: Infra, tmp_path: Path) -> None:
+    url = embedded.create_database(infra.postgres.port, "cli_seed")
+    env = {"DATABASE_URL": url, "DMS_HOME": str(tmp_path)}
+    first = _dms("migrate", env=env)
+    assert first.returncode == 0 and "applied 7 migration" in first.stdout, first.stdout + first.stderr
+    assert "applied 0 migration" in _dms("migrate", env=env).stdout
+    for _ in range(2):
+        seeded = _dms("seed", "--orders", "2000", env=env)
+        assert seeded.returncode == 0, seeded.stderr
+        assert "'products': 1000" in seeded.stdout and "generated 2000 orders" in seeded.stdout
+    assert "orders [" in seeded.stderr  # the progress bar
+
+
+def _children_of(pid: int) -> list[psutil.Process]:
+    try:
+        return psutil.Process(pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        return []
+
+
+def test_up_serves_then_stops_cleanly_and_reuses_its_data(tmp_path: Path) -> None:
+    home = tmp_path / ".dms"
+    api_port, gateway_port = embedded.free_port(), embedded.free_port()
+    env = {**os.environ, "DMS_HOME": str(home), "API_PORT": str(api_port), "GATEWAY_PORT": str(gateway_port)}
+    for key in ("DATABASE_URL", "REDIS_URL", "JWT_SECRET"):
+        env.pop(key, None)
+    for attempt in ("first", "second"):
+        log = tmp_path / f"up-{attempt}.log"
+        with open(log, "w") as out:
+            proc = subprocess.Popen([sys.executable, "-m", "common.cli", "up", "--no-nginx"], env=env, cwd=ROOT,
+                                    stdout=out, stderr=subprocess.STDOUT)
+        started = time.monotonic()
+        try:
+            wait_for(lambda log=log, proc=proc: "dms is up" in log.read_text() or proc.poll() is not None,
+                     timeout_s=120, message="the banner")
+            assert proc.poll() is None, log.read_text()[-3000:]
+            up_s = time.monotonic() - started
+            status, _, body = http_json("GET", f"http://127.0.0.1:{api_port}/ready")
+            assert status == 200 and body["postgres"] == "ok", body
+            settings = dict(line.split("=", 1) for line in (home / "env").read_text().splitlines())
+            assert {"DATABASE_URL", "REDIS_URL", "JWT_SECRET", "API_URL", "GATEWAY_URL"} <= set(settings)
+            banner = log.read_text()
+            for role in ("admin", "restaurant", "driver", "demo"):
+                assert f"    {role}" in banner
+            children = _children_of(proc.pid)
+            assert len(children) >= 4  # PostgreSQL, Redis, API, gateway (and their own children)
+        finally:
+            proc.send_signal(signal.SIGINT)
+            code = proc.wait(timeout=seconds(60))
+        assert code == 0, log.read_text()[-3000:]
+        assert all(not child.is_running() or child.status() == psutil.STATUS_ZOMBIE for child in children)
+        text = log.read_text()
+        if attempt == "first":
+            assert "initialising PostgreSQL data directory" in text
+        else:
+            assert "initialising PostgreSQL data directory" not in text  # the data was reused
+        print(f"dms up ({attempt} run) ready in {up_s:.1f}s")
