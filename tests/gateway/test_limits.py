@@ -123,32 +123,36 @@ def test_no_pong_closes_the_connection(start_gateway: Any, world: World) -> None
 
 def test_a_slow_consumer_is_closed_with_4008_and_others_keep_flowing(gateway: dict[str, str], infra: Infra,
                                                                      world: World) -> None:
+    import threading
+
     channel = f"restaurant:{world.restaurant_id}"
+    frames, pad = 600, "x" * 30_000  # ~18 MB: far past a stalled client's socket buffers and 1 MiB queue
     slow = _welcomed(gateway["url"], world.admin)
-    slow.subscribe(channel)
     fast = _welcomed(gateway["url"], world.admin)
-    fast.subscribe(channel)
-    publisher = redis.Redis.from_url(infra.redis_url)
-    pad = "x" * 60_000
     received: list[int] = []
 
     def read_fast() -> None:  # the healthy client reads as fast as frames come
-        while len(received) < 300:
+        while len(received) < frames:
             received.append(fast.recv_until(lambda f: f.get("event") == "test.bulk", timeout_s=20)["data"]["n"])
 
-    import threading
-
-    reader = threading.Thread(target=read_fast)
-    reader.start()
-    for n in range(300):  # ~18 MB: far past the slow client's socket buffers plus its 1 MiB queue
-        frame = json.dumps({"type": "event", "channel": channel, "id": None, "event": "test.bulk",
-                            "data": {"n": n, "pad": pad}, "ts": "2026-01-01T00:00:00Z"})
-        publisher.publish(REDIS_PREFIX + channel, f"-|{frame}")
-        time.sleep(0.01)  # ~6 MB/s: a reading client keeps up, a stalled one cannot
-    reader.join(timeout=seconds(60))
-    assert received == list(range(300))
-    assert _close_code(slow, timeout_s=20) == 4008
-    fast.close()
+    try:
+        slow.subscribe(channel)
+        fast.subscribe(channel)
+        publisher = redis.Redis.from_url(infra.redis_url)
+        reader = threading.Thread(target=read_fast)
+        reader.start()
+        for n in range(frames):
+            frame = json.dumps({"type": "event", "channel": channel, "id": None, "event": "test.bulk",
+                                "data": {"n": n, "pad": pad}, "ts": "2026-01-01T00:00:00Z"})
+            publisher.publish(REDIS_PREFIX + channel, f"-|{frame}")
+            time.sleep(0.01)  # ~3 MB/s: a reading client keeps up, a stalled one cannot
+        reader.join(timeout=seconds(60))
+        publisher.close()
+        assert received == list(range(frames))
+        assert _close_code(slow, timeout_s=20) == 4008
+    finally:
+        slow.close()
+        fast.close()
 
 
 @pytest.mark.parametrize("frame", ['{"type": "subscribe", "channel": "orders"}'])
