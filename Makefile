@@ -5,6 +5,9 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
+# CI requires 85% (lines and branches of api/, gateway/, common/); a machine that skips the
+# nginx, PgBouncer and browser tests measures less, so locally the number is only printed.
+COV_FAIL_UNDER ?= 0
 PIP := $(BIN)/python -m pip --disable-pip-version-check
 
 .PHONY: run test lint typecheck pytest install lock clean bench-relay
@@ -32,7 +35,7 @@ typecheck: $(STAMP)
 
 pytest: $(STAMP)
 	@rm -f .coverage .coverage.*
-	$(BIN)/pytest --cov --cov-report=term
+	$(BIN)/pytest --cov --cov-report=term --cov-fail-under=$(COV_FAIL_UNDER)
 	@echo "coverage of api/, gateway/ and common/ (lines and branches): $$($(BIN)/coverage report --format=total)%"
 
 # Re-pin requirements/dev.lock from setup.cfg's ranges (run after changing dependencies).
