@@ -85,7 +85,8 @@ def welcome(*, connection_id: str, user_id: str, role: str, ping_interval_s: flo
         "type": "welcome",
         "connection_id": connection_id,
         "user": {"id": user_id, "role": role},
-        "ping_interval": ping_interval_s,
+        # Whole seconds go out as an integer, as the contract shows them.
+        "ping_interval": int(ping_interval_s) if float(ping_interval_s).is_integer() else ping_interval_s,
         "max_subscriptions": max_subscriptions,
         "server_time": now_iso(now),
     }
