@@ -5,6 +5,7 @@ from gevent import monkey
 monkey.patch_all()  # first, before psycopg, redis or ssl are imported
 
 import signal  # noqa: E402
+import socket  # noqa: E402
 import sys  # noqa: E402
 
 import gevent  # noqa: E402
@@ -29,6 +30,9 @@ def main() -> int:
     gateway.start()
     server = WSGIServer((config.gateway_host, config.gateway_port), create_gateway_app(gateway),
                         log=None, error_log=None)
+    # Accepted sockets inherit TCP_NODELAY: small event frames go out at once, not after Nagle's wait.
+    server.init_socket()
+    server.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     done = gevent.event.Event()
 
     def shut_down() -> None:
