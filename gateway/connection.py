@@ -46,6 +46,9 @@ class Connection:
         self.closed = GEvent()
         self.close_code: int | None = None
         self.frames_sent = 0
+        # Keepalive state, driven by the gateway's one timer loop.
+        self.next_ping_at = 0.0
+        self.ping_sent_at: float | None = None
         self._queue: deque[Any] = deque()
         self._queued_bytes = 0
         self._wake = GEvent()

@@ -99,6 +99,7 @@ class Gateway:
             relay = self.relay
             self._greenlets.append(gevent.spawn(relay.run, lambda: self._running))
         self._greenlets.append(gevent.spawn(self._stats_forever))
+        self._greenlets.append(gevent.spawn(self._timers_forever))
 
     def drain(self, *, spread_s: float = 3.0) -> None:
         """Close clients with 1001 spread over `spread_s`, flush GPS, give up the relay, stop."""
@@ -159,9 +160,7 @@ class Gateway:
         self.connections.add(conn)
         self.per_user[who.user_id] += 1
         conn.log.info("connected")
-        helpers = [gevent.spawn(self._keepalive, conn)]
-        helpers.append(gevent.spawn_later(max(who.expires_at - time.time(), 0), conn.close,
-                                          CLOSE_TOKEN_EXPIRED, "token expired"))
+        conn.next_ping_at = time.monotonic() + self.config.ws_ping_interval_s
         try:
             conn.send_json(welcome(
                 connection_id=conn.id, user_id=who.user_id, role=who.role,
@@ -170,7 +169,6 @@ class Gateway:
             ))
             self._read_loop(conn)
         finally:
-            gevent.killall(helpers, block=False)
             for channel in list(conn.subscriptions):
                 self.hub.remove(conn, channel)
             conn.subscriptions.clear()
@@ -219,21 +217,34 @@ class Gateway:
         elif isinstance(action, Close):
             conn.close(action.code, action.reason)
 
-    def _keepalive(self, conn: Connection) -> None:
-        """WebSocket ping every interval; no pong within the timeout closes the connection."""
-        while not conn.closed.is_set():
-            gevent.sleep(self.config.ws_ping_interval_s)
-            conn.ws.pong_received = False
-            conn.ping()
-            waited = 0.0
-            while waited < self.config.ws_ping_timeout_s and not conn.ws.pong_received:
-                gevent.sleep(0.05)
-                waited += 0.05
-            if not conn.ws.pong_received and not conn.closed.is_set():
-                conn.log.info("no pong within {}s", self.config.ws_ping_timeout_s)
-                conn.close(CLOSE_INTERNAL, "keepalive ping timeout")
-                metrics.DISCONNECTS.labels("ping_timeout").inc()
-                return
+    def _timers_forever(self) -> None:
+        """Keepalive and token expiry for every connection from one loop, not two greenlets each.
+
+        Each tick: a connection whose token has expired is closed with 4001; one due a ping gets a
+        WebSocket ping; one whose ping went unanswered for the timeout is closed with 1011.
+        """
+        interval, timeout = self.config.ws_ping_interval_s, self.config.ws_ping_timeout_s
+        tick_s = max(0.02, min(interval, timeout) / 5)
+        while self._running:
+            now, wall = time.monotonic(), time.time()
+            for conn in list(self.connections):
+                if conn.closed.is_set():
+                    continue
+                if wall >= conn.identity.expires_at:
+                    conn.close(CLOSE_TOKEN_EXPIRED, "token expired")
+                elif conn.ping_sent_at is not None:
+                    if conn.ws.pong_received:
+                        conn.ping_sent_at = None
+                        conn.next_ping_at = now + interval
+                    elif now - conn.ping_sent_at >= timeout:
+                        conn.log.info("no pong within {}s", timeout)
+                        conn.close(CLOSE_INTERNAL, "keepalive ping timeout")
+                        metrics.DISCONNECTS.labels("ping_timeout").inc()
+                elif now >= conn.next_ping_at:
+                    conn.ws.pong_received = False
+                    conn.ping_sent_at = now
+                    conn.ping()
+            gevent.sleep(tick_s)
 
     # -- subscriptions and recovery --------------------------------------------------------------
     def _subscribe(self, conn: Connection, action: Subscribe) -> None:
