@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 from typing import Any
 
@@ -39,9 +40,12 @@ def compare(dms: dict[str, Any], peer: dict[str, Any]) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="500 clients, three short steps per server")
+    parser.add_argument("--rates", help="comma list of events/s steps, e.g. 80,160,320 (default: the profile's)")
     args = parser.parse_args(argv)
     install_cleanup()
     profile = Profile.pick(args.quick)
+    if args.rates:
+        profile = dataclasses.replace(profile, rates=[int(rate) for rate in args.rates.split(",")])
     info = machine()
     log(f"machine: {info}")
     stack = Stack.start(seed=False)
