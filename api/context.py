@@ -17,6 +17,7 @@ from api.services import Services
 from common.auth import Identity, claims_of, verify_token
 from common.db import ANONYMOUS, set_claims
 from common.errors import Forbidden, Unauthorized
+from common.profiles import ensure_profile
 
 _VALID_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{8,128}$")
 F = TypeVar("F", bound=Callable[..., Any])
@@ -63,16 +64,7 @@ def _ensure_profile(who: Identity) -> None:
     except Exception:
         logger.debug("profile cache unavailable")
     with services().pool.connection() as conn:
-        if who.restaurant_id is not None:
-            known = conn.execute("SELECT 1 FROM restaurants WHERE id = %s", (who.restaurant_id,)).fetchone()
-            if known is None:
-                raise Forbidden("the token's restaurant does not exist")
-        conn.execute(
-            "INSERT INTO profiles (id, role, restaurant_id) VALUES (%s, %s, %s) ON CONFLICT (id) DO NOTHING",
-            (who.user_id, who.role, who.restaurant_id),
-        )
-        if who.role == "driver":
-            conn.execute("INSERT INTO drivers (id) VALUES (%s) ON CONFLICT (id) DO NOTHING", (who.user_id,))
+        ensure_profile(conn, who)
     try:
         services().redis.set(cache_key, "1", ex=3600)
     except Exception:

@@ -251,26 +251,43 @@ def charts(results: list[dict[str, Any]]) -> list[tuple[str, dict[str, Any]]]:
     ]
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="500 clients, three short steps (under 2 minutes)")
-    parser.add_argument("--clients", type=int)
-    parser.add_argument("--rates", help="comma list of events/s, e.g. 10,50,100")
-    args = parser.parse_args(argv)
-    install_cleanup()
+def profile_arguments(parser: argparse.ArgumentParser, *, quick_help: str) -> None:
+    """The options both fan-out benchmarks take."""
+    parser.add_argument("--quick", action="store_true", help=quick_help)
+    parser.add_argument("--clients", type=int, help="WebSocket clients (default: the profile's)")
+    parser.add_argument("--rates", help="comma list of events/s steps, e.g. 80,160,320 (default: the profile's)")
+
+
+def profile_from(args: argparse.Namespace) -> Profile:
     profile = Profile.pick(args.quick)
     if args.clients:
         profile.clients = args.clients
     if args.rates:
-        profile.rates = [int(r) for r in args.rates.split(",")]
+        profile.rates = [int(rate) for rate in args.rates.split(",")]
+    return profile
+
+
+def run_dms(stack: Stack, profile: Profile) -> dict[str, Any]:
+    """The scenario against one of our gateway processes, stopped afterwards."""
+    gateway, url = start_gateway(stack, stack.tmp / "gateway.log")
+    try:
+        return run_scenario(name="dms", kind="dms", url=url, server_pids={"server": gateway.pid}, stack=stack,
+                            profile=profile)
+    finally:
+        stop(gateway)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    profile_arguments(parser, quick_help="500 clients, three short steps (under 2 minutes)")
+    args = parser.parse_args(argv)
+    install_cleanup()
+    profile = profile_from(args)
     info = machine()
     log(f"machine: {info}")
     stack = Stack.start(seed=False)
     try:
-        gateway, url = start_gateway(stack, stack.tmp / "gateway.log")
-        result = run_scenario(name="dms", kind="dms", url=url, server_pids={"server": gateway.pid}, stack=stack,
-                              profile=profile)
-        stop(gateway)
+        result = run_dms(stack, profile)
     finally:
         stack.stop()
     body = {"benchmark": "fanout", "profile": profile.__dict__, "machine": info,

@@ -33,6 +33,7 @@ from common.events import (
     Event,
     ephemeral_frame,
 )
+from common.profiles import ensure_profile
 from common.redis_client import make_redis
 from gateway import metrics
 from gateway.connection import MAX_QUEUED_FRAMES, Connection, Subscription
@@ -186,11 +187,8 @@ class Gateway:
         """A driver's first connection creates its profile and driver row (as the REST API does)."""
         try:
             with claims(claims_of(who)), self.pool.connection() as db:
-                db.execute("INSERT INTO profiles (id, role) VALUES (%s, 'driver') ON CONFLICT (id) DO NOTHING",
-                           (who.user_id,))
-                db.execute("INSERT INTO drivers (id) SELECT id FROM profiles WHERE id = %s AND role = 'driver'"
-                           " ON CONFLICT (id) DO NOTHING", (who.user_id,))
-        except (psycopg.Error, psycopg_pool.PoolTimeout) as exc:
+                ensure_profile(db, who)
+        except (DmsError, psycopg.Error, psycopg_pool.PoolTimeout) as exc:
             logger.warning("could not ensure the driver row: {}", exc)
 
     def _read_loop(self, conn: Connection) -> None:

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import os
 from typing import Any
 
 from bench.common import Stack, install_cleanup, log, machine, python_module, stop, wait_http, write_report
-from bench.fanout import Profile, charts, run_scenario, start_gateway
+from bench.fanout import charts, profile_arguments, profile_from, run_dms, run_scenario
 from common.embedded import free_port
 
 
@@ -39,21 +38,15 @@ def compare(dms: dict[str, Any], peer: dict[str, Any]) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--quick", action="store_true", help="500 clients, three short steps per server")
-    parser.add_argument("--rates", help="comma list of events/s steps, e.g. 80,160,320 (default: the profile's)")
+    profile_arguments(parser, quick_help="500 clients, three short steps per server")
     args = parser.parse_args(argv)
     install_cleanup()
-    profile = Profile.pick(args.quick)
-    if args.rates:
-        profile = dataclasses.replace(profile, rates=[int(rate) for rate in args.rates.split(",")])
+    profile = profile_from(args)
     info = machine()
     log(f"machine: {info}")
     stack = Stack.start(seed=False)
     try:
-        gateway, url = start_gateway(stack, stack.tmp / "gateway.log")
-        dms = run_scenario(name="dms", kind="dms", url=url, server_pids={"server": gateway.pid}, stack=stack,
-                           profile=profile)
-        stop(gateway)
+        dms = run_dms(stack, profile)
         port = free_port()
         env = stack.env(PEER_PORT=str(port))
         peer_server = python_module("bench.peer.socketio_server", env=env, log=stack.tmp / "peer.log")
