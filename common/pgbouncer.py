@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 import signal
 import subprocess
-import tempfile
 from pathlib import Path
 
 from common import embedded
@@ -57,16 +55,9 @@ def render_text(*, database: str, pg_port: int, listen_port: int, workdir: Path,
 
 
 def _workdir(wanted: Path) -> Path:
-    """PgBouncer refuses root, so it runs as an unprivileged user who must reach its files.
-
-    Like embedded.resolve_data_dir: a directory that user cannot traverse (a 0700 home, pytest's
-    temporary root) is swapped for a per-path folder in the system temporary directory.
-    """
-    ids = embedded._demote()
-    if ids is None or embedded._reachable_by(wanted, ids[0]):
-        return wanted
-    digest = hashlib.sha256(str(wanted.resolve()).encode()).hexdigest()[:12]
-    return Path(tempfile.gettempdir()) / f"dms-pgbouncer-{digest}"
+    """PgBouncer refuses root, so it runs as an unprivileged user who must reach its files: a
+    directory that user cannot traverse is swapped for a stand-in (embedded.reachable_dir)."""
+    return embedded.reachable_dir(wanted, "pgbouncer")
 
 
 def start(workdir: Path, *, database: str, pg_port: int, listen_port: int, user: str = "postgres",

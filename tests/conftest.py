@@ -51,7 +51,10 @@ class Infra:
 @pytest.fixture(scope="session")
 def infra(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Infra]:
     tmp = tmp_path_factory.mktemp("infra")
-    postgres = embedded.start_postgres(tmp / "pg" / "data", port=embedded.free_port(), durable=False)
+    try:
+        postgres = embedded.start_postgres(tmp / "pg" / "data", port=embedded.free_port(), durable=False)
+    except embedded.EmbeddedError as exc:  # e.g. a private checkout as root: one sentence, not 400 errors
+        pytest.exit(f"cannot start the embedded PostgreSQL: {exc}", returncode=3)
     redis_server = embedded.start_redis(tmp / "redis", port=embedded.free_port(), persist=False)
     try:
         url = embedded.create_database(postgres.port, "dms_test")
