@@ -8,6 +8,7 @@ import importlib.metadata
 import importlib.util
 import os
 import pwd
+import random
 import shutil
 import signal
 import socket
@@ -55,6 +56,24 @@ def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as sock:
         sock.bind((host, 0))
         return int(sock.getsockname()[1])
+
+
+def stable_free_port(*, count: int = 1, host: str = "127.0.0.1") -> int:
+    """The first of `count` consecutive free ports below the kernel's ephemeral range.
+
+    For servers that may be restarted on the same port: a port from the ephemeral range can
+    meanwhile become the local end of any outgoing connection, and the restart would fail.
+    """
+    try:
+        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 32768
+    rng = random.SystemRandom()
+    for _ in range(200):
+        first = rng.randrange(10_000, max(low - count, 10_001))
+        if all(port_is_free(first + n, host) for n in range(count)):
+            return first
+    return free_port(host)
 
 
 def port_is_free(port: int, host: str = "127.0.0.1") -> bool:

@@ -57,7 +57,7 @@ def backoff_s(crashes: int) -> float:
 
 
 def _pick_port(preferred: int) -> int:
-    return preferred if embedded.port_is_free(preferred) else embedded.free_port()
+    return preferred if embedded.port_is_free(preferred) else embedded.stable_free_port()
 
 
 def spread_ports(api_port: int, gateway_port: int, *, apis: int, gateways: int) -> tuple[list[int], list[int]]:

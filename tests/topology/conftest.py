@@ -22,12 +22,9 @@ FAST_LIMITS = {"RATE_LIMIT_IP": "1000000/minute", "RATE_LIMIT_USER": "1000000/ho
 
 
 def free_ports(count: int) -> int:
-    """The first of `count` consecutive free ports (dms up numbers its processes that way)."""
-    for _ in range(50):
-        first = embedded.free_port()
-        if all(embedded.port_is_free(first + n) for n in range(count)) and first + count < 65536:
-            return first
-    raise RuntimeError(f"no {count} consecutive free ports")
+    """The first of `count` consecutive free ports (dms up numbers its processes that way), below
+    the ephemeral range so that a process dms up restarts can bind its port again."""
+    return embedded.stable_free_port(count=count)
 
 
 @pytest.fixture
