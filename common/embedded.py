@@ -22,6 +22,7 @@ from pathlib import Path
 from loguru import logger
 
 UNPRIVILEGED_USER = "nobody"
+STAND_IN_ORIGIN = "dms-origin"  # in each stand-in directory: the path it stands in for
 
 
 class EmbeddedError(RuntimeError):
@@ -218,8 +219,28 @@ def reachable_dir(wanted: Path, kind: str) -> Path:
     ids = _demote()
     if ids is None or _reachable_by(wanted, ids[0]):
         return wanted
-    digest = hashlib.sha256(str(wanted.resolve()).encode()).hexdigest()[:12]
-    return shared_dir() / f"dms-{kind}-{digest}"
+    origin = str(wanted.resolve())
+    stand_in = shared_dir() / f"dms-{kind}-{hashlib.sha256(origin.encode()).hexdigest()[:12]}"
+    stand_in.mkdir(mode=0o755, exist_ok=True)
+    marker = stand_in / STAND_IN_ORIGIN
+    if not marker.exists():
+        marker.write_text(origin)  # lets remove_stand_ins find it once `wanted` is gone
+    return stand_in
+
+
+def remove_stand_ins(under: Path) -> list[Path]:
+    """Delete the stand-ins made for paths inside `under` (a test session's temporary root)."""
+    removed = []
+    root = str(under.resolve())
+    for stand_in in Path(tempfile.gettempdir()).glob("dms-*-*"):
+        try:
+            origin = (stand_in / STAND_IN_ORIGIN).read_text()
+        except OSError:
+            continue
+        if origin == root or origin.startswith(root + os.sep):
+            shutil.rmtree(stand_in, ignore_errors=True)
+            removed.append(stand_in)
+    return removed
 
 
 def resolve_data_dir(data_dir: Path) -> Path:

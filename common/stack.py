@@ -60,6 +60,21 @@ def _pick_port(preferred: int) -> int:
     return preferred if embedded.port_is_free(preferred) else embedded.stable_free_port()
 
 
+def _on_a_free_port(preferred: int, start: Callable[[int], embedded.ServerProcess]) -> embedded.ServerProcess:
+    """Start a server on `preferred` when free; if another process takes the port meanwhile (a
+    second stack starting beside this one, between our check and the server's bind), use another."""
+    port = _pick_port(preferred)
+    for attempt in range(3):
+        try:
+            return start(port)
+        except embedded.EmbeddedError:
+            if attempt == 2 or embedded.port_is_free(port):
+                raise  # not a port collision
+            logger.warning("port {} was taken while starting; trying another", port)
+            port = embedded.stable_free_port()
+    raise AssertionError("unreachable")
+
+
 def spread_ports(api_port: int, gateway_port: int, *, apis: int, gateways: int) -> tuple[list[int], list[int]]:
     """Consecutive ports from API_PORT for the APIs and from GATEWAY_PORT for the gateways,
     skipping ports the APIs took (defaults: 2 and 2 give 8000, 8001 and 8002, 8003)."""
@@ -153,9 +168,11 @@ class Stack:
             logger.info("reusing PostgreSQL (pid {}) on port {}", running, state["pg_port"])
             port = state["pg_port"]
         else:
-            port = _pick_port(state.get("pg_port", DEFAULT_PG_PORT))
             started = time.monotonic()
-            self._add_server(embedded.start_postgres(data_dir, port=port, durable=True))
+            server = _on_a_free_port(state.get("pg_port", DEFAULT_PG_PORT),
+                                     lambda port: embedded.start_postgres(data_dir, port=port, durable=True))
+            port = server.port
+            self._add_server(server)
             self._save_state(pg_port=port)
             logger.info("PostgreSQL up on port {} in {:.1f}s", port, time.monotonic() - started)
         return embedded.create_database(port, "dms")
@@ -167,8 +184,9 @@ class Stack:
         if pid and not embedded.port_is_free(port) and embedded._pid_alive(pid):
             logger.info("reusing Redis (pid {}) on port {}", pid, port)
         else:
-            port = _pick_port(port)
-            server = embedded.start_redis(self.home / "redis", port=port, persist=True)
+            server = _on_a_free_port(port, lambda port: embedded.start_redis(self.home / "redis", port=port,
+                                                                              persist=True))
+            port = server.port
             self._add_server(server)
             self._save_state(redis_port=port, redis_pid=server.pid)
             logger.info("Redis up on port {}", port)

@@ -200,5 +200,9 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    # Servers demoted from root keep their files in stand-ins outside the session's temporary root.
+    factory = getattr(session.config, "_tmp_path_factory", None)
+    if factory is not None:
+        embedded.remove_stand_ins(factory.getbasetemp())
     if session.testscollected == 0:
         session.exitstatus = 5

@@ -69,6 +69,7 @@ def test_replica_serves_reads_keeps_read_your_writes_and_survives_its_stop(
     primary_before, replica_before = _list_calls(infra.postgres.port), _list_calls(replica.port)
     failures: list[str] = []
     stale: list[str] = []
+    written: list[str] = []
     stop = threading.Event()
 
     def reader() -> None:
@@ -92,6 +93,7 @@ def test_replica_serves_reads_keeps_read_your_writes_and_survives_its_stop(
                 failures.append(f"read-after-write {status} {page}")
             elif order["id"] not in {item["id"] for item in page["items"]}:
                 stale.append(order["id"])
+            written.append(order["id"])
             time.sleep(0.05)
 
     threads = [threading.Thread(target=reader, daemon=True) for _ in range(3)]
@@ -99,12 +101,16 @@ def test_replica_serves_reads_keeps_read_your_writes_and_survives_its_stop(
     for thread in threads:
         thread.start()
     try:
-        time.sleep(4)
+        # Counted in work done, not in seconds: a loaded machine gets there later, not differently.
+        wait_for(lambda: len(written) >= 20 and _list_calls(replica.port) - replica_before >= 60, timeout_s=60,
+                 interval_s=0.1, message="reads on the replica and writes on the primary")
         replica_reads = _list_calls(replica.port) - replica_before
         primary_reads = _list_calls(infra.postgres.port) - primary_before
         share = replica_reads / max(replica_reads + primary_reads, 1)
         replica.stop(sig=signal.SIGINT)  # fast shutdown: its sessions are cut mid-stream
-        time.sleep(3)
+        after = len(written)
+        wait_for(lambda: len(written) >= after + 20, timeout_s=60, interval_s=0.1,
+                 message="writes and reads going on with the replica gone")
     finally:
         stop.set()
         for thread in threads:
