@@ -1,4 +1,4 @@
-"""`dms`: token, migrate, seed, and `up` on embedded servers: serves, stops cleanly, reuses its data."""
+"""`dms`: token, migrate, seed, status, and `up` on embedded servers: serves, stops cleanly, reuses its data."""
 
 from __future__ import annotations
 
@@ -61,7 +61,7 @@ def test_up_serves_then_stops_cleanly_and_reuses_its_data(tmp_path: Path) -> Non
         log = tmp_path / f"up-{attempt}.log"
         with open(log, "w") as out:
             proc = subprocess.Popen([sys.executable, "-m", "common.cli", "up", "--no-nginx"], env=env, cwd=ROOT,
-                                    stdout=out, stderr=subprocess.STDOUT)
+                                    stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
         started = time.monotonic()
         try:
             wait_for(lambda log=log, proc=proc: "dms is up" in log.read_text() or proc.poll() is not None,
@@ -78,9 +78,13 @@ def test_up_serves_then_stops_cleanly_and_reuses_its_data(tmp_path: Path) -> Non
             children = _children_of(proc.pid)
             assert len(children) >= 4  # PostgreSQL, Redis, API, gateway (and their own children)
         finally:
-            proc.send_signal(signal.SIGINT)
+            if attempt == "first":
+                proc.send_signal(signal.SIGINT)
+            else:  # Ctrl-C in a terminal: the API and gateway get SIGINT too, and are not restarted
+                os.killpg(proc.pid, signal.SIGINT)
             code = proc.wait(timeout=seconds(60))
         assert code == 0, log.read_text()[-3000:]
+        assert "exited unexpectedly" not in log.read_text()
         assert all(not child.is_running() or child.status() == psutil.STATUS_ZOMBIE for child in children)
         text = log.read_text()
         if attempt == "first":
@@ -88,3 +92,12 @@ def test_up_serves_then_stops_cleanly_and_reuses_its_data(tmp_path: Path) -> Non
         else:
             assert "initialising PostgreSQL data directory" not in text  # the data was reused
         print(f"dms up ({attempt} run) ready in {up_s:.1f}s")
+
+
+def test_status_and_a_bad_crash_limit_answer_in_one_line(tmp_path: Path) -> None:
+    status = _dms("status", env={"DMS_HOME": str(tmp_path)})
+    assert status.returncode == 1 and status.stderr.strip().count("\n") == 0
+    assert "no `dms up` state found" in status.stderr
+    up = _dms("up", "--no-nginx", env={"DMS_HOME": str(tmp_path), "DMS_CRASH_LIMIT": "often"})
+    assert up.returncode == 2 and "Traceback" not in up.stderr
+    assert "dms up: DMS_CRASH_LIMIT must look like 5/60" in up.stderr
