@@ -31,6 +31,7 @@ DEFAULT_REDIS_PORT = 63799
 CRASH_LIMIT = (5, 60.0)
 BACKOFF_FIRST_S = 0.5
 BACKOFF_MAX_S = 8.0
+START_TIMEOUT_S = 60.0  # a restarted API or gateway not ready by then counts as another crash
 
 
 class StackError(RuntimeError):
@@ -361,6 +362,12 @@ class Stack:
         elif health.state == "starting" and code is None and name in self.specs:
             if _http_ok(self.specs[name].ready_url, timeout_s=0.5):
                 self._mark_up(name)
+            elif now - health.restart_at > START_TIMEOUT_S:
+                logger.error("{} was not ready {:.0f}s after its restart; killing it", name, START_TIMEOUT_S)
+                process = self._child(name)
+                process.kill()
+                process.wait(timeout=10)
+                self._crashed(name, process.returncode)
 
     def _crashed(self, name: str, code: int) -> None:
         """Count an unexpected exit; schedule a restart after a backoff, or stop on a crash loop."""

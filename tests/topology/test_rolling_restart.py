@@ -122,8 +122,8 @@ def test_rolling_restart_loses_no_event_and_fails_no_retried_request(stack: dict
         wait_for(lambda: len(created) >= 10, timeout_s=15, message="orders before the restart")
         before = {child["name"]: child["pid"] for child in _state(stack["home"])["children"]}
         started = time.monotonic()
-        restart = subprocess.run([sys.executable, "-m", "common.cli", "restart", "--timeout", "90"],
-                                 env=stack["env"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+        restart = subprocess.run([sys.executable, "-m", "common.cli", "restart", "--timeout", str(seconds(90))],
+                                 env=stack["env"], cwd=ROOT, capture_output=True, text=True, timeout=seconds(120))
         took = time.monotonic() - started
         assert restart.returncode == 0, restart.stdout + restart.stderr
         after = {child["name"]: child["pid"] for child in _state(stack["home"])["children"]}
