@@ -61,12 +61,16 @@ def test_a_frame_over_the_size_limit_closes_with_1009(gateway: dict[str, str], w
 
 def test_a_flood_gets_rate_limited_then_closed_with_1008(gateway: dict[str, str], world: World) -> None:
     ws = _welcomed(gateway["url"], world.admin)
+    began = time.monotonic()
     for n in range(100):
         ws.send({"type": "ping", "ref": f"f{n}"})
     assert _close_code(ws) == 1008
+    took = time.monotonic() - began
     errors = [f for f in ws.seen if f.get("type") == "error"]
     assert errors and all(f["code"] == "rate_limited" for f in errors)
-    assert len([f for f in ws.seen if f.get("type") == "pong"]) == 40  # the burst passed
+    # The burst passed, plus what the bucket refilled (20/s) while a loaded box worked through the flood.
+    pongs = len([f for f in ws.seen if f.get("type") == "pong"])
+    assert 40 <= pongs <= 40 + int(20 * took) + 1, (pongs, took)
 
 
 def test_an_expiring_token_closes_with_4001(gateway: dict[str, str]) -> None:

@@ -1,4 +1,4 @@
-"""A bounded swarm against real API and gateway processes: no event lost, no request failed (exit 0).
+"""A bounded swarm against real API and gateway processes: no event lost, no error answer (exit 0).
 
 Latency is printed, never asserted: on a shared 2-core box locust alone takes most of a core, so
 a p95 limit here fails for reasons that have nothing to do with the code. Limits live in
@@ -8,6 +8,7 @@ a p95 limit here fails for reasons that have nothing to do with the code. Limits
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -38,16 +39,19 @@ def api(infra: Infra, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]
 
 
 def locust(locustfile: str, host: str, out: Path, env: dict[str, str], *args: str) -> subprocess.Popen[bytes]:
+    # --exit-code-on-error 0: locust would exit 1 on a single failed request; the locustfiles' own
+    # verdicts (no event lost, failures under DMS_FAIL_RATIO_LIMIT) set the exit code instead.
     command = [sys.executable, "-m", "locust", "-f", str(ROOT / "locustfiles" / locustfile), "--headless",
                "--host", host, "--only-summary", "--csv", str(out / Path(locustfile).stem), "--stop-timeout", "5",
-               "--loglevel", "WARNING", *args]
+               "--loglevel", "WARNING", "--exit-code-on-error", "0", *args]
     return subprocess.Popen(command, cwd=ROOT, env={**os.environ, **env}, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT)
 
 
-def test_swarms_lose_nothing_and_fail_no_request(infra: Infra, api: str, gateway: dict[str, str],
-                                                  tmp_path: Path) -> None:
-    # Loss limits stay strict (zero missing, duplicated or reordered events; under 1% failed requests).
+def test_swarms_lose_nothing_and_get_no_error_answer(infra: Infra, api: str, gateway: dict[str, str],
+                                                       tmp_path: Path) -> None:
+    # Loss limits stay strict (zero missing, duplicated or reordered events; under 1% failed requests,
+    # none of them an error answer).
     # The p95 limit is switched off ("inf"); the locustfiles still print p50/p95/p99.
     env = {"JWT_SECRET": JWT_SECRET, "DATABASE_URL": infra.database_url, "GATEWAY_URL": gateway["url"],
            "DMS_WS_DRAIN_S": str(seconds(10)), "DMS_P95_LIMIT_MS": "inf"}
@@ -67,6 +71,28 @@ def test_swarms_lose_nothing_and_fail_no_request(infra: Infra, api: str, gateway
     for name, (code, text) in outputs.items():
         verdicts = "\n".join(line for line in text.splitlines() if line.startswith(("THRESHOLD", "delivery", "[")))
         assert code == 0, f"{name} swarm exited {code}:\n{verdicts}\n{text[-3000:]}"
+    for name, (_, text) in outputs.items():
+        # A request may fail in transport on an overloaded box (a keep-alive connection closed as the
+        # request went out: "HTTP 0"); an error answer from the API or the gateway may not.
+        answered = [error for error in error_report(text) if not error.endswith("HTTP 0")]
+        assert answered == [], f"{name} swarm got error answers: {answered}"
     delivery = next(line for line in outputs["ws"][1].splitlines() if line.startswith("delivery:"))
     assert "'missing': 0" in delivery and "'duplicated': 0" in delivery and "'out_of_order': 0" in delivery
     assert "'received': 0" not in delivery, delivery
+
+
+def error_report(text: str) -> list[str]:
+    """The error messages of locust's summary table ("Error report"), without their counts."""
+    lines = text.splitlines()
+    try:
+        start = next(n for n, line in enumerate(lines) if line.strip() == "Error report")
+    except StopIteration:
+        return []
+    errors = []
+    for line in lines[start + 3:]:  # title, column names, a rule; then rows until the next rule
+        if line.startswith("---"):
+            break
+        match = re.match(r"\s*\d+\s+(.*\S)", line)
+        if match:
+            errors.append(match.group(1))
+    return errors
