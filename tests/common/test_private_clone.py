@@ -119,3 +119,16 @@ def test_an_unreachable_temporary_directory_stops_dms_up_with_one_sentence(priva
     assert "Traceback" not in result.stderr + result.stdout, result.stderr
     assert len(errors) == 1 and "TMPDIR" in errors[0], result.stderr
     print(f"\n{errors[0]}")
+
+
+def test_stand_ins_are_found_and_removed_by_the_path_they_stand_in_for(private_clone: Path, shared: Path) -> None:
+    """The test session removes the stand-ins of its temporary root; nobody else's."""
+    elsewhere = Path(tempfile.mkdtemp(prefix="dms-private-"))  # 0700 as well
+    try:
+        mine = embedded.reachable_dir(private_clone / "clone" / ".dms" / "pgbouncer", "pgbouncer")
+        other = embedded.reachable_dir(elsewhere / ".dms" / "pgbouncer", "pgbouncer")
+        assert mine.parent == shared and mine.is_dir() and other.is_dir() and mine != other
+        assert embedded.remove_stand_ins(private_clone) == [mine]
+        assert not mine.exists() and other.exists()
+    finally:
+        shutil.rmtree(elsewhere, ignore_errors=True)
