@@ -359,6 +359,8 @@ class Stack:
             health.state = "starting"
             if name not in self.specs:  # servers and nginx: started and waited for in one go
                 self._mark_up(name)
+            else:
+                self._write_children_state()  # its new pid, for `dms status`
         elif health.state == "starting" and code is None and name in self.specs:
             if _http_ok(self.specs[name].ready_url, timeout_s=0.5):
                 self._mark_up(name)
