@@ -63,6 +63,7 @@ class Connection:
         self.subscriptions: dict[str, Subscription] = {}
         self.gps_rate = TokenBucket(rate_per_s=GPS_POINTS_PER_S, burst=GPS_BURST)
         self.log = logger.bind(connection_id=connection_id, user_id=identity.user_id, role=identity.role)
+        transport.on_slow_consumer = self._slow_consumer
         self._batch: list[str] = []
         self._batch_timer: gevent.Greenlet | None = None
         # Restaurants see only their own orders' events on a driver's channel.
@@ -83,6 +84,10 @@ class Connection:
     @property
     def frames_sent(self) -> int:
         return self.transport.frames_sent
+
+    def _slow_consumer(self) -> None:
+        self.log.warning("slow consumer: {} frames / {} bytes queued", self.transport.queued_frames,
+                         self.transport.queued_bytes)
 
     # -- outbound ------------------------------------------------------------------------------
     def send_json(self, body: dict[str, Any]) -> None:
@@ -129,6 +134,7 @@ class Connection:
         if sub.buffer is not None:
             sub.buffer.append(out)
             if len(sub.buffer) > MAX_REPLAY_BUFFER:
+                self.log.warning("slow consumer: {} live events held during replay", len(sub.buffer))
                 self.close(CloseCode.SLOW_CONSUMER, "slow consumer", discard_queued=True)
             return
         if out.event_id is not None:

@@ -30,7 +30,7 @@ from common import gateway_stats
 from common.access import check_subscribe
 from common.auth import Identity, claims_of, verify_token
 from common.config import Config
-from common.db import claims, make_pool
+from common.db import SERVICE, claims, make_pool
 from common.errors import DmsError, Forbidden, RateLimited, Unavailable
 from common.events import ADMIN_CONNECTIONS, CONNECTIONS_STATS, DRIVER_LOCATION, ephemeral_frame
 from common.orders import ACTIVE_STATUSES
@@ -365,7 +365,7 @@ class Gateway:
         if not held:
             return
         pairs = list(held)
-        with self.pool.connection() as db:
+        with claims(SERVICE), self.pool.connection() as db:
             rows = db.execute(
                 "SELECT DISTINCT o.restaurant_id::text AS r, o.driver_id::text AS d FROM orders o"
                 " JOIN unnest(%s::uuid[], %s::uuid[]) AS p(r, d) ON o.restaurant_id = p.r AND o.driver_id = p.d"

@@ -94,6 +94,10 @@ class Transport:
     def queued_frames(self) -> int:
         return len(self._queue)
 
+    @property
+    def queued_bytes(self) -> int:
+        return self._queued_bytes
+
     # -- writing -------------------------------------------------------------------------------
     def send(self, frame: bytes) -> bool:
         """Hand one data frame to the socket; False when closing or (then closed 4008) too far behind."""
