@@ -8,7 +8,7 @@ import pytest
 import websocket
 
 from common.auth import mint_token
-from tests.conftest import JWT_SECRET, World
+from tests.conftest import JWT_SECRET, Infra, World
 from tests.helpers import WsClient, http_json
 
 
@@ -80,3 +80,38 @@ def test_tokens_never_reach_the_gateway_log(gateway: dict[str, str], world: Worl
     log = Path(gateway["log"]).read_text()
     assert "connected" in log
     assert world.restaurant not in log and world.restaurant[:-4] not in log
+
+
+@pytest.mark.parametrize("value", ["abc", "-1", "101", "1.5", "1e2"])
+def test_a_bad_batch_ms_gets_400_without_upgrade(gateway: dict[str, str], world: World, value: str) -> None:
+    assert _refused(gateway["url"] + f"?batch_ms={value}&token={world.admin}", None) == 400
+
+
+def test_batch_ms_groups_events_of_one_window(gateway: dict[str, str], infra: Infra, world: World) -> None:
+    import json
+
+    import redis as redis_lib
+
+    from common.events import REDIS_PREFIX
+
+    ws = WsClient.connect(gateway["url"] + f"?batch_ms=100&token={world.admin}")
+    try:
+        assert ws.recv()["type"] == "welcome"
+        channel = f"restaurant:{world.restaurant_id}"
+        ws.subscribe(channel)
+        publisher = redis_lib.Redis.from_url(infra.redis_url)
+        for n in range(3):
+            frame = json.dumps({"type": "event", "channel": channel, "id": None, "event": "test.batch",
+                                "data": {"n": n}, "ts": "2026-01-01T00:00:00Z"})
+            publisher.publish(REDIS_PREFIX + channel, f"-|{frame}")
+        publisher.close()
+        got: list[int] = []
+        while len(got) < 3:
+            frame = ws.recv_until(lambda f: f.get("type") in ("batch", "event"))
+            events = frame["events"] if frame["type"] == "batch" else [frame]
+            got += [e["data"]["n"] for e in events]
+            assert all(e["type"] == "event" and e["channel"] == channel for e in events)
+        assert got == [0, 1, 2]
+        assert any(f.get("type") == "batch" for f in ws.seen)  # three publishes well within 100 ms
+    finally:
+        ws.close()
