@@ -250,6 +250,8 @@ class Gateway:
                 match frame:
                     case Message(data=body):
                         self.frames_in += 1
+                        if conn.closed:
+                            continue  # after our close frame only the peer's close matters
                         for action in session.receive(body, now_s=time.monotonic(), now=datetime.now(UTC)):
                             self._act(conn, action)
                     case Ping(payload=payload):
@@ -298,6 +300,10 @@ class Gateway:
 
     # -- subscriptions and recovery --------------------------------------------------------------
     def _subscribe(self, conn: Connection, action: Subscribe) -> None:
+        with logger.contextualize(connection_id=conn.id):  # a new greenlet starts with an empty context
+            self._subscribe_in_context(conn, action)
+
+    def _subscribe_in_context(self, conn: Connection, action: Subscribe) -> None:
         channel, ref = action.channel, action.ref
         held = conn.subscriptions.get(channel)
         if held is not None:
@@ -330,7 +336,11 @@ class Gateway:
     def resync_all(self) -> None:
         """After Redis came back: refill every live subscription from PostgreSQL, then go live."""
         for conn in list(self.connections):
-            gevent.spawn(self.recovery.resync, conn)
+            gevent.spawn(self._resync, conn)
+
+    def _resync(self, conn: Connection) -> None:
+        with logger.contextualize(connection_id=conn.id):
+            self.recovery.resync(conn)
 
     # -- privacy over time: restaurants on drivers' channels -------------------------------------
     def _driver_order_event(self, channel: str, out: Outgoing) -> None:

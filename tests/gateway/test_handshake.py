@@ -115,3 +115,30 @@ def test_batch_ms_groups_events_of_one_window(gateway: dict[str, str], infra: In
         assert any(f.get("type") == "batch" for f in ws.seen)  # three publishes well within 100 ms
     finally:
         ws.close()
+
+
+def test_after_the_upgrade_only_websocket_frames_follow(gateway: dict[str, str], world: World) -> None:
+    """pywsgi hands the socket over and writes nothing after the 101: no second HTTP response."""
+    import socket
+    import time
+
+    host, port = gateway["url"].split("//")[1].split("/")[0].split(":")
+    sock = socket.create_connection((host, int(port)))
+    sock.settimeout(10)
+    sock.sendall(b"GET /ws?token=" + world.admin.encode() + b" HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
+                 b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+                 b"Sec-WebSocket-Version: 13\r\n\r\n")
+    data = b""
+    while b'"welcome"' not in data:
+        data += sock.recv(65536)
+    head, _, rest = data.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 101 ") and b"Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=" in head
+    assert rest[0] == 0x81  # a final text frame, unmasked
+    ping = b'{"type":"ping","ref":"p"}'
+    mask = b"\x00\x00\x00\x00"  # a zero mask leaves the payload as is; the mask bit is what is required
+    sock.sendall(bytes([0x81, 0x80 | len(ping)]) + mask + ping)
+    deadline = time.monotonic() + 10
+    while b'"pong"' not in rest and time.monotonic() < deadline:
+        rest += sock.recv(65536)
+    sock.close()
+    assert b'"pong"' in rest and b"HTTP/1." not in rest
