@@ -67,6 +67,7 @@ class Config:
     log_format: str = "text"
     ws_ping_interval_s: float = 30.0
     ws_ping_timeout_s: float = 10.0
+    ws_close_timeout_s: float = 5.0  # after a server close frame, drop the TCP connection this much later
     ws_max_subscriptions: int = 50
     ws_max_message_bytes: int = 65536
     ws_max_connections_per_user: int = 10
@@ -120,6 +121,7 @@ class Config:
             log_format=reader.choice("LOG_FORMAT", LOG_FORMATS, "json" if dms_env == "production" else "text"),
             ws_ping_interval_s=reader.number("WS_PING_INTERVAL", 30.0, low=0.05),
             ws_ping_timeout_s=reader.number("WS_PING_TIMEOUT", 10.0, low=0.05),
+            ws_close_timeout_s=reader.number("WS_CLOSE_TIMEOUT", 5.0, low=0.05),
             ws_max_subscriptions=reader.integer("WS_MAX_SUBSCRIPTIONS", 50, low=1),
             ws_max_message_bytes=reader.integer("WS_MAX_MESSAGE_BYTES", 65536, low=256),
             ws_max_connections_per_user=reader.integer("WS_MAX_CONNECTIONS_PER_USER", 10, low=1),

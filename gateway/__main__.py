@@ -15,7 +15,8 @@ from loguru import logger  # noqa: E402
 from common.config import Config, ConfigError  # noqa: E402
 from common.logging import setup_logging  # noqa: E402
 from common.sentry import init_sentry  # noqa: E402
-from gateway.server import Gateway, create_gateway_app  # noqa: E402
+from gateway.server import Gateway, create_gateway_app, raise_fd_limit  # noqa: E402
+from gateway.transport import UpgradeHandler  # noqa: E402
 
 
 def main() -> int:
@@ -26,10 +27,11 @@ def main() -> int:
         return 2
     setup_logging(level=config.log_level, fmt=config.log_format, service="gateway")
     init_sentry(config, service="gateway")
+    limit = raise_fd_limit()
     gateway = Gateway(config, run_relay=config.relay_in_gateway)
     gateway.start()
     server = WSGIServer((config.gateway_host, config.gateway_port), create_gateway_app(gateway),
-                        log=None, error_log=None)
+                        log=None, error_log=None, handler_class=UpgradeHandler)
     # Accepted sockets inherit TCP_NODELAY: small event frames go out at once, not after Nagle's wait.
     server.init_socket()
     server.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -46,7 +48,8 @@ def main() -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         gevent.signal_handler(sig, lambda: gevent.spawn(shut_down))
     server.start()
-    logger.info("gateway {} listening on ws://{}:{}/ws", gateway.id, config.gateway_host, config.gateway_port)
+    logger.info("gateway {} listening on ws://{}:{}/ws (descriptor limit {})", gateway.id, config.gateway_host,
+                config.gateway_port, limit)
     done.wait()
     logger.info("gateway stopped")
     return 0

@@ -1,30 +1,46 @@
-"""One client socket: a bounded outbound queue drained by a single writer greenlet.
+"""One client: its protocol session, its subscriptions, and pre-framed delivery onto its transport.
 
-Only the writer touches the socket for sending, so a stalled client blocks nobody but itself;
-when its queue passes the limits it is closed with 4008 (slow consumer).
+The hub hands every subscriber the same `Outgoing` (frame bytes built once per event); the
+connection only decides whether this subscriber gets it (subscription state, replay buffer,
+duplicates, the per-restaurant filter on `driver:*`) and passes the bytes to its transport.
+With `batch_ms` events that arrive within that window leave as one `batch` frame.
 """
 
 from __future__ import annotations
 
 import json
-from collections import deque
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
 import gevent
-from gevent.event import Event as GEvent
 from loguru import logger
-from wsproto.events import CloseConnection, Ping, TextMessage
 
 from common.auth import Identity
-from gateway.metrics import FRAMES_OUT
-from gateway.protocol import CLOSE_SLOW_CONSUMER, Session
+from gateway import framing
+from gateway.framing import CloseCode
+from gateway.protocol import Session, TokenBucket
+from gateway.transport import Transport
 
-MAX_QUEUED_FRAMES = 1000
-MAX_QUEUED_BYTES = 1024 * 1024
 # Live events held while a subscription replays history; past this the client is too slow.
 MAX_REPLAY_BUFFER = 10_000
-_PING = object()
+GPS_POINTS_PER_S = 5.0
+GPS_BURST = 10.0
+
+
+@dataclass(slots=True)
+class Outgoing:
+    """One event as it leaves the hub: its JSON text and its frame bytes, both built once."""
+
+    event_id: int | None
+    text: str
+    frame: bytes
+    # Set on order events carried by `driver:*`: only admins, the driver and this restaurant get it.
+    restaurant_id: str | None = None
+
+    @classmethod
+    def of(cls, event_id: int | None, text: str, restaurant_id: str | None = None) -> Outgoing:
+        return cls(event_id, text, framing.text(text), restaurant_id)
 
 
 @dataclass
@@ -33,113 +49,102 @@ class Subscription:
 
     last_id: int | None = None
     # Live events that arrived while history was being replayed; None once live.
-    buffer: list[tuple[int | None, str]] | None = field(default_factory=list)
+    buffer: list[Outgoing] | None = field(default_factory=list)
 
 
 class Connection:
-    def __init__(self, *, connection_id: str, identity: Identity, ws: Any, session: Session) -> None:
+    def __init__(self, *, connection_id: str, identity: Identity, transport: Transport, session: Session,
+                 batch_ms: int = 0) -> None:
         self.id = connection_id
         self.identity = identity
-        self.ws = ws
+        self.transport = transport
         self.session = session
+        self.batch_ms = batch_ms
         self.subscriptions: dict[str, Subscription] = {}
-        self.closed = GEvent()
-        self.close_code: int | None = None
-        self.frames_sent = 0
-        # Keepalive state, driven by the gateway's one timer loop.
-        self.next_ping_at = 0.0
-        self.ping_sent_at: float | None = None
-        self._queue: deque[Any] = deque()
-        self._queued_bytes = 0
-        self._wake = GEvent()
-        self._close_request: tuple[int, str] | None = None
-        self._writer = gevent.spawn(self._write_forever)
+        self.gps_rate = TokenBucket(rate_per_s=GPS_POINTS_PER_S, burst=GPS_BURST)
         self.log = logger.bind(connection_id=connection_id, user_id=identity.user_id, role=identity.role)
+        transport.on_slow_consumer = self._slow_consumer
+        self._batch: list[str] = []
+        self._batch_timer: gevent.Greenlet | None = None
+        # Restaurants see only their own orders' events on a driver's channel.
+        self.own_restaurant = identity.restaurant_id if identity.role in ("restaurant", "demo") else None
 
-    # -- outbound ------------------------------------------------------------------------------
-    def send_json(self, body: dict[str, Any]) -> None:
-        self.enqueue(json.dumps(body, separators=(",", ":")))
+    @property
+    def closed(self) -> bool:
+        return self.transport.closing
 
-    def enqueue(self, frame: str) -> bool:
-        """Queue a frame for the writer; False (and a 4008 close) when the client is too far behind."""
-        if self.closed.is_set() or self._close_request is not None:
-            return False
-        if len(self._queue) >= MAX_QUEUED_FRAMES or self._queued_bytes + len(frame) > MAX_QUEUED_BYTES:
-            self.log.warning("slow consumer: {} frames / {} bytes queued", len(self._queue), self._queued_bytes)
-            self.close(CLOSE_SLOW_CONSUMER, "slow consumer", discard_queued=True)
-            return False
-        self._queue.append(frame)
-        self._queued_bytes += len(frame)
-        self._wake.set()
-        return True
+    @property
+    def close_code(self) -> int | None:
+        return self.transport.close_code
 
     @property
     def queued_frames(self) -> int:
-        return len(self._queue)
+        return self.transport.queued_frames
+
+    @property
+    def frames_sent(self) -> int:
+        return self.transport.frames_sent
+
+    def _slow_consumer(self) -> None:
+        self.log.warning("slow consumer: {} frames / {} bytes queued", self.transport.queued_frames,
+                         self.transport.queued_bytes)
+
+    # -- outbound ------------------------------------------------------------------------------
+    def send_json(self, body: dict[str, Any]) -> None:
+        self._flush_batch()  # replies never overtake events already delivered
+        self.transport.send(framing.text(json.dumps(body, separators=(",", ":"))))
+
+    def send_frame(self, out: Outgoing) -> bool:
+        if self.batch_ms <= 0:
+            return self.transport.send(out.frame)
+        self._batch.append(out.text)
+        if self._batch_timer is None:
+            self._batch_timer = gevent.spawn_later(self.batch_ms / 1000.0, self._flush_batch)
+        return not self.transport.closing
+
+    def _flush_batch(self) -> None:
+        timer, self._batch_timer = self._batch_timer, None
+        if timer is not None and timer is not gevent.getcurrent():
+            timer.kill(block=False)
+        if not self._batch:
+            return
+        texts, self._batch = self._batch, []
+        if len(texts) == 1:
+            self.transport.send(framing.text(texts[0]))
+        else:
+            self.transport.send(framing.text('{"type":"batch","events":[' + ",".join(texts) + "]}"))
 
     def ping(self) -> None:
-        if not self.closed.is_set():
-            self._queue.append(_PING)
-            self._wake.set()
+        self.transport.send_control(framing.ping(b"dms"))
 
-    def close(self, code: int, reason: str, *, discard_queued: bool = False) -> None:
-        """Ask the writer to send a close frame after what is queued (or instead of it); idempotent."""
-        if self._close_request is None and not self.closed.is_set():
-            self._close_request = (code, reason)
-            self.close_code = code
-            if discard_queued:
-                self._queue.clear()
-                self._queued_bytes = 0
-            self._wake.set()
-
-    def _write_forever(self) -> None:
-        try:
-            while True:
-                self._wake.wait()
-                self._wake.clear()
-                while self._queue:
-                    item = self._queue.popleft()
-                    if item is _PING:
-                        self._send_raw(self.ws.ws.send(Ping(b"dms")))
-                        continue
-                    self._queued_bytes -= len(item)
-                    self._send_raw(self.ws.ws.send(TextMessage(data=item)))
-                    self.frames_sent += 1
-                    FRAMES_OUT.inc()
-                if self._close_request is not None:
-                    code, reason = self._close_request
-                    self._send_raw(self.ws.ws.send(CloseConnection(code, reason)))
-                    self.ws.connected = False
-                    return
-                if not self.ws.connected:
-                    return
-        except Exception as exc:
-            self.log.debug("writer stopped: {}", type(exc).__name__)
-        finally:
-            self.ws.connected = False
-            self.ws.event.set()  # wake the reader so the handler notices
-            self.closed.set()
-
-    def _send_raw(self, data: bytes) -> None:
-        # simple-websocket's send() uses socket.send, which may write part of a large frame;
-        # sendall keeps frames whole. Called from the writer greenlet only.
-        self.ws.sock.sendall(data)
+    def close(self, code: CloseCode | int, reason: str, *, discard_queued: bool = False) -> None:
+        """Send a close frame (once); the timer loop drops the socket if the peer never answers."""
+        if not discard_queued:
+            self._flush_batch()
+        else:
+            self._batch.clear()
+        if self.transport.close(code, reason, discard_queued=discard_queued):
+            self.session.close_sent(time.monotonic())
 
     # -- inbound events from the hub -------------------------------------------------------------
-    def deliver(self, channel: str, event_id: int | None, frame: str) -> None:
+    def deliver(self, channel: str, out: Outgoing) -> None:
         sub = self.subscriptions.get(channel)
         if sub is None:
             return
         if sub.buffer is not None:
-            sub.buffer.append((event_id, frame))
+            sub.buffer.append(out)
             if len(sub.buffer) > MAX_REPLAY_BUFFER:
-                self.close(CLOSE_SLOW_CONSUMER, "slow consumer", discard_queued=True)
+                self.log.warning("slow consumer: {} live events held during replay", len(sub.buffer))
+                self.close(CloseCode.SLOW_CONSUMER, "slow consumer", discard_queued=True)
             return
-        if event_id is not None:
-            if sub.last_id is not None and event_id <= sub.last_id:
+        if out.event_id is not None:
+            if sub.last_id is not None and out.event_id <= sub.last_id:
                 return  # already delivered by replay or before a resync
-            sub.last_id = event_id
-        self.enqueue(frame)
+            sub.last_id = out.event_id
+        if out.restaurant_id is not None and self.own_restaurant is not None \
+                and out.restaurant_id != self.own_restaurant:
+            return
+        self.send_frame(out)
 
     def go_live(self, channel: str) -> None:
         """End a replay: deliver buffered live events that replay did not cover, then go live."""
@@ -147,5 +152,5 @@ class Connection:
         if sub is None or sub.buffer is None:
             return
         buffered, sub.buffer = sub.buffer, None
-        for event_id, frame in buffered:
-            self.deliver(channel, event_id, frame)
+        for out in buffered:
+            self.deliver(channel, out)

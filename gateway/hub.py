@@ -2,12 +2,15 @@
 
 Channels are reference-counted: the first local subscriber subscribes upstream (and waits for
 Redis to confirm, so nothing published after that point can be missed), the last one
-unsubscribes. Each message is split once into (id, frame) and the same frame string goes to
-every subscriber's queue; nobody waits on a slow socket here.
+unsubscribes. Each message becomes one `Outgoing` (id, text, frame bytes built once: server frames
+are unmasked, so the same bytes serve every subscriber) handed to every local subscriber, which
+writes it through to its socket or queues it; nobody waits on a slow socket here. On `driver:*`
+an order event's restaurant is read here once per message, so each subscriber only compares ids.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -19,6 +22,7 @@ from loguru import logger
 
 from common.errors import Unavailable
 from common.events import REDIS_PREFIX, publish_ephemeral
+from gateway.connection import Outgoing
 from gateway.metrics import DELIVERY_SAMPLE_EVERY, RECONNECTS, observe_delivery
 
 # redis-py reconnects a dropped pub/sub connection inside whichever greenlet notices first. When the
@@ -28,7 +32,7 @@ _LOST = (redis.RedisError, OSError, ValueError, ConcurrentObjectUseError)
 
 
 class Subscriber(Protocol):
-    def deliver(self, channel: str, event_id: int | None, frame: str) -> None: ...
+    def deliver(self, channel: str, out: Outgoing) -> None: ...
 
 
 class Hub:
@@ -46,6 +50,8 @@ class Hub:
         self.messages_in = 0
         self.frames_out = 0
         self.on_reconnect: Callable[[], None] | None = None
+        # Told of each order event on a `driver:*` channel (a restaurant may have lost its view).
+        self.on_driver_order_event: Callable[[str, Outgoing], None] | None = None
 
     # -- lifecycle -----------------------------------------------------------------------------
     def start(self) -> None:
@@ -158,8 +164,25 @@ class Hub:
         self.messages_in += 1
         head, _, frame = str(message["data"]).partition("|")
         event_id = None if head == "-" else int(head)
-        for subscriber in list(self.channels.get(channel, ())):
-            subscriber.deliver(channel, event_id, frame)
-            self.frames_out += 1
+        subscribers = self.channels.get(channel)
+        if not subscribers:
+            return
+        out = Outgoing.of(event_id, frame, _restaurant_of(frame) if event_id is not None and
+                          channel.startswith("driver:") else None)
+        for subscriber in list(subscribers):
+            subscriber.deliver(channel, out)
+        self.frames_out += len(subscribers)
+        if out.restaurant_id is not None and self.on_driver_order_event is not None:
+            self.on_driver_order_event(channel, out)
         if event_id is not None and self.messages_in % DELIVERY_SAMPLE_EVERY == 0:
             observe_delivery(frame)  # sampled: it parses the frame the fan-out passes on unread
+
+
+def _restaurant_of(frame: str) -> str | None:
+    """The restaurant of an order event (None for a driver's own events): who may see it on `driver:*`."""
+    try:
+        data = json.loads(frame).get("data")
+    except ValueError:
+        return None
+    restaurant = data.get("restaurant_id") if isinstance(data, dict) else None
+    return str(restaurant) if restaurant else None

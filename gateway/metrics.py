@@ -1,8 +1,9 @@
 """Prometheus metrics of one gateway process and the relay inside it, served at `GET /metrics`.
 
-Counters and histograms are updated where things happen (frames, disconnects, reconnects, relay
-publishes, hub fan-out); gauges of live state (connections by role, subscriptions, queued frames)
-are read from the Gateway object at scrape time, so they cannot drift from it. Label values come
+Rare events (disconnects, reconnects, relay publishes) update prometheus-client counters where
+they happen. Per-frame counts (frames in and out) are plain integers on the Gateway and its
+transports, read at scrape time with the gauges of live state (connections by role,
+subscriptions, queued frames): no lock per frame on the hot path, and nothing can drift. Label values come
 from bounded sets: roles, disconnect reasons, component and dependency names; never ids.
 
 `dms_gateway_delivery_lag_seconds` is the age of a stored event (now minus its `ts`, the commit
@@ -28,8 +29,6 @@ DELIVERY_SAMPLE_EVERY = 16
 DISCONNECT_REASONS = ("slow_consumer", "ping_timeout")
 LAG_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 
-FRAMES_IN = Counter("dms_gateway_frames_in_total", "Text frames received from clients")
-FRAMES_OUT = Counter("dms_gateway_frames_out_total", "Text frames written to client sockets")
 DISCONNECTS = Counter("dms_gateway_disconnects_total", "Connections the gateway closed, by reason", ["reason"])
 RECONNECTS = Counter("dms_gateway_reconnects_total", "Connections to a dependency lost (then retried)",
                      ["component", "dependency"])
@@ -84,15 +83,19 @@ class GatewayCollector(Collector):
         leader = GaugeMetricFamily("dms_gateway_relay_leader", "1 while this gateway's relay is the active one")
         published = CounterMetricFamily("dms_relay_published_events", "Events this process's relay published")
         messages = CounterMetricFamily("dms_gateway_hub_messages", "Messages the hub received from Redis")
+        frames_in = CounterMetricFamily("dms_gateway_frames_in", "Text frames received from clients")
+        frames_out = CounterMetricFamily("dms_gateway_frames_out", "Frames handed to client sockets")
         by_role = dict.fromkeys(ROLES, 0)
         totals = {"subscriptions": 0, "channels": 0, "queued": 0, "deepest": 0, "leader": 0, "published": 0,
-                  "messages": 0}
+                  "messages": 0, "frames_in": 0, "frames_out": 0}
         for gateway in list(self._gateways):
             for conn in list(gateway.connections):
                 by_role[conn.identity.role] = by_role.get(conn.identity.role, 0) + 1
                 totals["subscriptions"] += len(conn.subscriptions)
                 totals["queued"] += conn.queued_frames
                 totals["deepest"] = max(totals["deepest"], conn.queued_frames)
+            totals["frames_in"] += gateway.frames_in
+            totals["frames_out"] += gateway.frames_out_total()
             totals["channels"] += len(gateway.hub.channels)
             totals["messages"] += gateway.hub.messages_in
             if gateway.relay is not None:
@@ -107,7 +110,10 @@ class GatewayCollector(Collector):
         leader.add_metric([], totals["leader"])
         published.add_metric([], totals["published"])
         messages.add_metric([], totals["messages"])
-        yield from (connections, subscriptions, channels, queued, deepest, leader, published, messages)
+        frames_in.add_metric([], totals["frames_in"])
+        frames_out.add_metric([], totals["frames_out"])
+        yield from (connections, subscriptions, channels, queued, deepest, leader, published, messages, frames_in,
+                    frames_out)
 
 
 GATEWAYS = GatewayCollector()

@@ -14,15 +14,16 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from common.access import InvalidChannel, parse_channel
+from gateway.framing import CloseCode
 
-# Close codes (RFC 6455 and the contract's private range).
-CLOSE_NORMAL = 1000
-CLOSE_GOING_AWAY = 1001
-CLOSE_POLICY = 1008
-CLOSE_TOO_BIG = 1009
-CLOSE_INTERNAL = 1011
-CLOSE_TOKEN_EXPIRED = 4001
-CLOSE_SLOW_CONSUMER = 4008
+# Names kept for callers that predate the enum; each is the CloseCode member.
+CLOSE_NORMAL = CloseCode.NORMAL
+CLOSE_GOING_AWAY = CloseCode.GOING_AWAY
+CLOSE_POLICY = CloseCode.POLICY
+CLOSE_TOO_BIG = CloseCode.TOO_BIG
+CLOSE_INTERNAL = CloseCode.INTERNAL
+CLOSE_TOKEN_EXPIRED = CloseCode.TOKEN_EXPIRED
+CLOSE_SLOW_CONSUMER = CloseCode.SLOW_CONSUMER
 
 MAX_REF_CHARS = 64
 RATE_PER_S = 20.0
@@ -64,11 +65,25 @@ class Location:
 
 @dataclass(frozen=True)
 class Close:
-    code: int
+    """Send a close frame with this code (then wait for the answer or the close timeout)."""
+
+    code: CloseCode
     reason: str
 
 
-Action = Reply | Subscribe | Unsubscribe | Location | Close
+@dataclass(frozen=True)
+class SendPing:
+    """Send a WebSocket ping; a pong must follow within the ping timeout."""
+
+
+@dataclass(frozen=True)
+class Abort:
+    """Drop the TCP connection now: the peer did not answer our close frame in time."""
+
+    reason: str
+
+
+Action = Reply | Subscribe | Unsubscribe | Location | Close | SendPing | Abort
 
 
 def error(code: str, message: str, ref: str | None = None) -> Reply:
@@ -126,6 +141,45 @@ class Session:
     pending: set[str] = field(default_factory=set)
     rate: TokenBucket = field(default_factory=TokenBucket)
     rate_violations: int = 0
+    # Time rules, driven by `tick`: seconds on the caller's monotonic clock, `expires_at` wall time.
+    ping_interval_s: float = 30.0
+    ping_timeout_s: float = 10.0
+    close_timeout_s: float = 5.0
+    expires_at: float = math.inf
+    next_ping_at: float = math.inf
+    ping_sent_at: float | None = None
+    close_sent_at: float | None = None
+
+    def start(self, now_s: float) -> None:
+        """The connection is open: the first ping is due one interval from now."""
+        self.next_ping_at = now_s + self.ping_interval_s
+
+    def pong(self, now_s: float) -> None:
+        if self.ping_sent_at is not None:
+            self.ping_sent_at = None
+            self.next_ping_at = now_s + self.ping_interval_s
+
+    def close_sent(self, now_s: float) -> None:
+        """We sent a close frame: the peer has `close_timeout_s` to answer before we drop it."""
+        if self.close_sent_at is None:
+            self.close_sent_at = now_s
+
+    def tick(self, now_s: float, wall_s: float) -> list[Action]:
+        """What the clock decides: a ping due, a keepalive or token expiry close, a close timed out."""
+        if self.close_sent_at is not None:
+            if now_s - self.close_sent_at >= self.close_timeout_s:
+                return [Abort("no answer to our close frame")]
+            return []
+        if wall_s >= self.expires_at:
+            return [Close(CloseCode.TOKEN_EXPIRED, "token expired")]
+        if self.ping_sent_at is not None:
+            if now_s - self.ping_sent_at >= self.ping_timeout_s:
+                return [Close(CloseCode.INTERNAL, "keepalive ping timeout")]
+            return []
+        if now_s >= self.next_ping_at:
+            self.ping_sent_at = now_s
+            return [SendPing()]
+        return []
 
     def receive(self, text: str | bytes, *, now_s: float, now: datetime) -> list[Action]:
         """Decide what one client frame leads to."""

@@ -1,8 +1,16 @@
-"""The gateway process: handshake, per-connection loop, subscriptions with recovery, drain."""
+"""The gateway node: wires hub, relay, recovery and connections; one greenlet per connection.
+
+Each connection's greenlet blocks in a read (no polling timeout), feeds the bytes to the frame
+parser and the protocol session, and dispatches the resulting actions. One timer loop drives
+`Session.tick` for every connection (pings, keepalive and token expiry, close timeouts), one loop
+re-checks restaurants' rights to drivers' channels, one publishes the admin numbers.
+"""
 
 from __future__ import annotations
 
+import json
 import os
+import resource
 import socket
 import time
 import uuid
@@ -14,54 +22,61 @@ import gevent
 import psycopg
 import psycopg_pool
 import redis
-from flask import Flask, g, jsonify, request
-from flask_sock import Sock
+from flask import request
+from gevent.event import Event as GEvent
 from loguru import logger
-from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
 from common import gateway_stats
 from common.access import check_subscribe
 from common.auth import Identity, claims_of, verify_token
 from common.config import Config
-from common.db import claims, make_pool
-from common.errors import DmsError, Forbidden, Unauthorized, Unavailable
-from common.events import (
-    ADMIN_CONNECTIONS,
-    CONNECTIONS_STATS,
-    DRIVER_LOCATION,
-    RELAY_WATERMARK_KEY,
-    Event,
-    ephemeral_frame,
-)
+from common.db import SERVICE, claims, make_pool
+from common.errors import DmsError, Forbidden, RateLimited, Unavailable
+from common.events import ADMIN_CONNECTIONS, CONNECTIONS_STATS, DRIVER_LOCATION, ephemeral_frame
+from common.orders import ACTIVE_STATUSES
 from common.profiles import ensure_profile
 from common.redis_client import make_redis
-from gateway import metrics
-from gateway.connection import MAX_QUEUED_FRAMES, Connection, Subscription
+from gateway import framing, metrics
+from gateway.app import create_gateway_app
+from gateway.connection import GPS_POINTS_PER_S, Connection, Outgoing, Subscription
+from gateway.framing import CloseCode, CloseReceived, Message, Ping, Pong, ProtocolError
 from gateway.hub import Hub
 from gateway.locations import LocationWriter, Point
 from gateway.protocol import (
-    CLOSE_GOING_AWAY,
-    CLOSE_INTERNAL,
-    CLOSE_TOKEN_EXPIRED,
+    Abort,
+    Action,
     Close,
     Location,
     Reply,
+    SendPing,
     Session,
     Subscribe,
-    TokenBucket,
     Unsubscribe,
     error,
     now_iso,
     subscribed,
     welcome,
 )
-from gateway.relay import PURGED_NAME, Relay
+from gateway.recovery import STORE_ERRORS, Recovery
+from gateway.relay import Relay
+from gateway.transport import Transport
 
-REPLAY_PAGE = 200
-GPS_POINTS_PER_S = 5.0
-GPS_BURST = 10.0
+__all__ = ["Gateway", "create_gateway_app", "raise_fd_limit"]
+
 STATS_EVERY_S = 2.0
-WATERMARK_WAIT_S = 3.0
+STATS_LEASE_PREFIX = "dms:stats-lease:"
+RIGHTS_RECHECK_S = 2.0
+DRIVERS_CHANNEL = "drivers"
+# Events after which a restaurant may have lost its view of a driver: re-check at once.
+_RIGHT_CHANGING_STATUSES = ("delivered", "cancelled")
+
+
+def raise_fd_limit() -> int:
+    """Raise the soft descriptor limit to the hard one: each connection holds one descriptor."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    return hard
 
 
 class Gateway:
@@ -74,6 +89,8 @@ class Gateway:
         self.redis = make_redis(config.redis_url)
         self.hub = Hub(make_redis(config.redis_url, socket_timeout_s=None))
         self.hub.on_reconnect = self.resync_all
+        self.hub.on_driver_order_event = self._driver_order_event
+        self.recovery = Recovery(self.pool, self.redis)
         self.locations = LocationWriter(self.pool)
         self.relay: Relay | None = (
             Relay(listen_url=config.database_listen_url, redis_client=self.redis,
@@ -84,11 +101,15 @@ class Gateway:
         self.per_user: Counter[str] = Counter()
         self.draining = False
         self.slow_consumer_disconnects = 0
+        # Per-frame counts are plain integers, read by the metrics collector at scrape time.
+        self.frames_in = 0
+        self._frames_out_closed = 0
         self.started_at = datetime.now(UTC)
         self._running = False
         self._greenlets: list[gevent.Greenlet] = []
         self._last_frames_out = 0
         self._last_stats_at = time.monotonic()
+        self._recheck_now = GEvent()
 
     # -- lifecycle -----------------------------------------------------------------------------
     def start(self) -> None:
@@ -101,6 +122,7 @@ class Gateway:
             self._greenlets.append(gevent.spawn(relay.run, lambda: self._running))
         self._greenlets.append(gevent.spawn(self._stats_forever))
         self._greenlets.append(gevent.spawn(self._timers_forever))
+        self._greenlets.append(gevent.spawn(self._rights_forever))
 
     def drain(self, *, spread_s: float = 3.0) -> None:
         """Close clients with 1001 spread over `spread_s`, flush GPS, give up the relay, stop."""
@@ -108,9 +130,9 @@ class Gateway:
         clients = list(self.connections)
         logger.info("draining {} connections over {}s", len(clients), spread_s)
         for index, conn in enumerate(clients):
-            gevent.spawn_later(spread_s * index / max(len(clients), 1), conn.close, CLOSE_GOING_AWAY,
+            gevent.spawn_later(spread_s * index / max(len(clients), 1), conn.close, CloseCode.GOING_AWAY,
                                "server shutting down")
-        deadline = time.monotonic() + spread_s + 5
+        deadline = time.monotonic() + spread_s + self.config.ws_close_timeout_s + 1
         while self.connections and time.monotonic() < deadline:
             gevent.sleep(0.05)
         self.stop()
@@ -127,6 +149,9 @@ class Gateway:
             pass
         self.pool.close()
 
+    def frames_out_total(self) -> int:
+        return self._frames_out_closed + sum(conn.frames_sent for conn in list(self.connections))
+
     # -- handshake -----------------------------------------------------------------------------
     def admit(self) -> Identity:
         """Check a WebSocket handshake before upgrading; raise the HTTP error to answer instead."""
@@ -142,110 +167,143 @@ class Gateway:
             token = value.strip() if scheme.lower() == "bearer" else ""
         who = verify_token(token, self.config.jwt_secret.value)
         if self.per_user[who.user_id] >= self.config.ws_max_connections_per_user:
-            from common.errors import RateLimited
-
             raise RateLimited("too many connections for this user", retry_after_s=5)
         return who
 
-    # -- one connection ------------------------------------------------------------------------
-    def serve(self, ws: Any, who: Identity) -> None:
-        conn = Connection(
-            connection_id=uuid.uuid4().hex,
-            identity=who,
-            ws=ws,
-            session=Session(role=who.role, max_subscriptions=self.config.ws_max_subscriptions),
-        )
-        conn.gps_rate = TokenBucket(rate_per_s=GPS_POINTS_PER_S, burst=GPS_BURST)  # type: ignore[attr-defined]
-        if who.role == "driver":
-            self._ensure_driver(who)
+    def open(self, sock: socket.socket, who: Identity, *, batch_ms: int = 0) -> Connection:
+        """Take an upgraded socket: register the connection and start its one greenlet."""
+        config = self.config
+        session = Session(role=who.role, max_subscriptions=config.ws_max_subscriptions,
+                          ping_interval_s=config.ws_ping_interval_s, ping_timeout_s=config.ws_ping_timeout_s,
+                          close_timeout_s=config.ws_close_timeout_s, expires_at=who.expires_at)
+        conn = Connection(connection_id=uuid.uuid4().hex, identity=who, transport=Transport(sock),
+                          session=session, batch_ms=batch_ms)
         self.connections.add(conn)
         self.per_user[who.user_id] += 1
-        conn.log.info("connected")
-        conn.next_ping_at = time.monotonic() + self.config.ws_ping_interval_s
-        try:
-            conn.send_json(welcome(
-                connection_id=conn.id, user_id=who.user_id, role=who.role,
-                ping_interval_s=self.config.ws_ping_interval_s,
-                max_subscriptions=self.config.ws_max_subscriptions, now=datetime.now(UTC),
-            ))
-            self._read_loop(conn)
-        finally:
-            for channel in list(conn.subscriptions):
-                self.hub.remove(conn, channel)
-            conn.subscriptions.clear()
-            self.connections.discard(conn)
-            self.per_user[who.user_id] -= 1
-            if self.per_user[who.user_id] <= 0:
-                del self.per_user[who.user_id]
-            if conn.close_code == 4008:
-                self.slow_consumer_disconnects += 1
-                metrics.DISCONNECTS.labels("slow_consumer").inc()
-            conn.closed.wait(timeout=5)
-            conn.log.bind(close_code=conn.close_code or ws.close_reason).info("disconnected")
+        gevent.spawn(self._serve, conn)
+        return conn
 
-    def _ensure_driver(self, who: Identity) -> None:
+    # -- one connection ------------------------------------------------------------------------
+    def _serve(self, conn: Connection) -> None:
+        who = conn.identity
+        with logger.contextualize(connection_id=conn.id):
+            try:
+                if who.role == "driver":
+                    self._ensure_driver(conn)
+                conn.log.info("connected")
+                conn.session.start(time.monotonic())
+                conn.send_json(welcome(
+                    connection_id=conn.id, user_id=who.user_id, role=who.role,
+                    ping_interval_s=self.config.ws_ping_interval_s,
+                    max_subscriptions=self.config.ws_max_subscriptions, now=datetime.now(UTC),
+                ))
+                self._read_loop(conn)
+            except Exception:
+                conn.log.exception("connection failed")
+                raise
+            finally:
+                self._forget(conn)
+
+    def _forget(self, conn: Connection) -> None:
+        conn.transport.abort()
+        for channel in list(conn.subscriptions):
+            self.hub.remove(conn, channel)
+        conn.subscriptions.clear()
+        self.connections.discard(conn)
+        self._frames_out_closed += conn.frames_sent
+        user = conn.identity.user_id
+        self.per_user[user] -= 1
+        if self.per_user[user] <= 0:
+            del self.per_user[user]
+        if conn.close_code == CloseCode.SLOW_CONSUMER:
+            self.slow_consumer_disconnects += 1
+            metrics.DISCONNECTS.labels("slow_consumer").inc()
+        conn.log.bind(close_code=conn.close_code).info("disconnected")
+
+    def _ensure_driver(self, conn: Connection) -> None:
         """A driver's first connection creates its profile and driver row (as the REST API does)."""
         try:
-            with claims(claims_of(who)), self.pool.connection() as db:
-                ensure_profile(db, who)
+            with claims(claims_of(conn.identity)), self.pool.connection() as db:
+                ensure_profile(db, conn.identity)
         except (DmsError, psycopg.Error, psycopg_pool.PoolTimeout) as exc:
-            logger.warning("could not ensure the driver row: {}", exc)
+            conn.log.warning("could not ensure the driver row: {}", exc)
 
     def _read_loop(self, conn: Connection) -> None:
-        ws = conn.ws
-        while ws.connected and not conn.closed.is_set():
-            text = ws.receive(timeout=1.0)
-            if text is None:
+        """Block in the read; parse; act. Returns when the peer or `abort` ends the connection."""
+        transport, session = conn.transport, conn.session
+        parser = framing.Parser(max_message_bytes=self.config.ws_max_message_bytes)
+        failed = False  # after a protocol error, read and discard until the peer or the timeout ends it
+        while True:
+            data = transport.read()
+            if not data:
+                return
+            if failed:
                 continue
-            metrics.FRAMES_IN.inc()
-            for action in conn.session.receive(text, now_s=time.monotonic(), now=datetime.now(UTC)):
-                self._act(conn, action)
+            try:
+                frames = parser.feed(data)
+            except ProtocolError as exc:
+                conn.log.info("protocol error {}: {}", int(exc.code), exc.reason)
+                conn.close(exc.code, exc.reason, discard_queued=True)
+                failed = True
+                continue
+            for frame in frames:
+                match frame:
+                    case Message(data=body):
+                        self.frames_in += 1
+                        if conn.closed:
+                            continue  # after our close frame only the peer's close matters
+                        for action in session.receive(body, now_s=time.monotonic(), now=datetime.now(UTC)):
+                            self._act(conn, action)
+                    case Ping(payload=payload):
+                        transport.send_control(framing.pong(payload))
+                    case Pong():
+                        session.pong(time.monotonic())
+                    case CloseReceived(code=code):
+                        # The peer's close, or its answer to ours: echo once, then drop the TCP connection.
+                        echo = code if code not in (CloseCode.NO_STATUS,) else CloseCode.NORMAL
+                        transport.close(echo, "")
+                        return
 
-    def _act(self, conn: Connection, action: Any) -> None:
-        if isinstance(action, Reply):
-            conn.send_json(action.body)
-        elif isinstance(action, Subscribe):
-            gevent.spawn(self._subscribe, conn, action)
-        elif isinstance(action, Unsubscribe):
-            conn.subscriptions.pop(action.channel, None)
-            self.hub.remove(conn, action.channel)
-            conn.send_json({"type": "unsubscribed", "channel": action.channel, "ref": action.ref})
-        elif isinstance(action, Location):
-            self._location(conn, action)
-        elif isinstance(action, Close):
-            conn.close(action.code, action.reason)
+    def _act(self, conn: Connection, action: Action) -> None:
+        match action:
+            case Reply(body=body):
+                conn.send_json(body)
+            case Subscribe():
+                gevent.spawn(self._subscribe, conn, action)
+            case Unsubscribe(channel=channel, ref=ref):
+                conn.subscriptions.pop(channel, None)
+                self.hub.remove(conn, channel)
+                conn.send_json({"type": "unsubscribed", "channel": channel, "ref": ref})
+            case Location():
+                self._location(conn, action)
+            case Close(code=code, reason=reason):
+                conn.close(code, reason)
+            case SendPing():
+                conn.ping()
+            case Abort(reason=reason):
+                conn.log.info("dropping the connection: {}", reason)
+                conn.transport.abort()
 
     def _timers_forever(self) -> None:
-        """Keepalive and token expiry for every connection from one loop, not two greenlets each.
-
-        Each tick: a connection whose token has expired is closed with 4001; one due a ping gets a
-        WebSocket ping; one whose ping went unanswered for the timeout is closed with 1011.
-        """
-        interval, timeout = self.config.ws_ping_interval_s, self.config.ws_ping_timeout_s
-        tick_s = max(0.02, min(interval, timeout) / 5)
+        """Keepalive, token expiry and close timeouts for every connection from one loop."""
+        config = self.config
+        tick_s = max(0.02, min(config.ws_ping_interval_s, config.ws_ping_timeout_s, config.ws_close_timeout_s) / 5)
         while self._running:
             now, wall = time.monotonic(), time.time()
             for conn in list(self.connections):
-                if conn.closed.is_set():
-                    continue
-                if wall >= conn.identity.expires_at:
-                    conn.close(CLOSE_TOKEN_EXPIRED, "token expired")
-                elif conn.ping_sent_at is not None:
-                    if conn.ws.pong_received:
-                        conn.ping_sent_at = None
-                        conn.next_ping_at = now + interval
-                    elif now - conn.ping_sent_at >= timeout:
-                        conn.log.info("no pong within {}s", timeout)
-                        conn.close(CLOSE_INTERNAL, "keepalive ping timeout")
+                for action in conn.session.tick(now, wall):
+                    if isinstance(action, Close) and action.code == CloseCode.INTERNAL:
+                        conn.log.info("no pong within {}s", config.ws_ping_timeout_s)
                         metrics.DISCONNECTS.labels("ping_timeout").inc()
-                elif now >= conn.next_ping_at:
-                    conn.ws.pong_received = False
-                    conn.ping_sent_at = now
-                    conn.ping()
+                    self._act(conn, action)
             gevent.sleep(tick_s)
 
     # -- subscriptions and recovery --------------------------------------------------------------
     def _subscribe(self, conn: Connection, action: Subscribe) -> None:
+        with logger.contextualize(connection_id=conn.id):  # a new greenlet starts with an empty context
+            self._subscribe_in_context(conn, action)
+
+    def _subscribe_in_context(self, conn: Connection, action: Subscribe) -> None:
         channel, ref = action.channel, action.ref
         held = conn.subscriptions.get(channel)
         if held is not None:
@@ -257,17 +315,17 @@ class Gateway:
                 check_subscribe(db, conn.identity, channel)
             sub = conn.subscriptions[channel] = Subscription()
             self.hub.add(conn, channel)
-            watermark = self._watermark()
-            recovered = action.since is not None and action.since >= self._purged_through()
+            watermark = self.recovery.watermark()
+            recovered = action.since is not None and action.since >= self.recovery.purged_through()
             conn.send_json(subscribed(channel, ref, watermark, recovered))
             if recovered:
                 assert action.since is not None
-                self._replay(conn, channel, sub, after=action.since, upto=watermark)
+                self.recovery.replay(conn, channel, sub, after=action.since, upto=watermark)
             else:
                 sub.last_id = watermark
             conn.go_live(channel)
             conn.session.subscribe_done(channel, ok=True)
-        except (DmsError, psycopg.Error, psycopg_pool.PoolTimeout, redis.RedisError) as exc:
+        except STORE_ERRORS as exc:
             conn.subscriptions.pop(channel, None)
             self.hub.remove(conn, channel)
             conn.session.subscribe_done(channel, ok=False)
@@ -275,77 +333,83 @@ class Gateway:
             message = exc.message if isinstance(exc, DmsError) else "the event store is unavailable"
             conn.send_json(error(code, message, ref).body)
 
-    def _watermark(self) -> int:
-        """The id up to which the relay has published; events above it will arrive live."""
-        deadline = time.monotonic() + WATERMARK_WAIT_S
-        while True:
-            value = self.redis.get(RELAY_WATERMARK_KEY)
-            if value is not None:
-                return int(value)
-            if time.monotonic() > deadline:
-                raise Unavailable("the relay has not published its position yet")
-            gevent.sleep(0.05)
-
-    def _purged_through(self) -> int:
-        with self.pool.connection() as db:
-            row = db.execute("SELECT last_id FROM relay_cursor WHERE name = %s", (PURGED_NAME,)).fetchone()
-        return int(row["last_id"]) if row else 0
-
-    def _replay(self, conn: Connection, channel: str, sub: Subscription, *, after: int, upto: int) -> None:
-        """Send the channel's stored events in (after, upto], paced by the client's queue."""
-        cursor = after
-        while cursor < upto and not conn.closed.is_set():
-            while conn.queued_frames > MAX_QUEUED_FRAMES // 2 and not conn.closed.is_set():
-                gevent.sleep(0.01)
-            with self.pool.connection() as db:
-                rows = db.execute(
-                    "SELECT id, channels, event, data, created_at FROM events"
-                    " WHERE channels @> ARRAY[%s]::text[] AND id > %s AND id <= %s ORDER BY id LIMIT %s",
-                    (channel, cursor, upto, REPLAY_PAGE),
-                ).fetchall()
-            if not rows:
-                break
-            for row in rows:
-                conn.enqueue(Event.from_row(row).frame(channel))
-            cursor = int(rows[-1]["id"])
-        sub.last_id = max(after, upto)
-
     def resync_all(self) -> None:
         """After Redis came back: refill every live subscription from PostgreSQL, then go live."""
         for conn in list(self.connections):
             gevent.spawn(self._resync, conn)
 
     def _resync(self, conn: Connection) -> None:
-        for channel, sub in list(conn.subscriptions.items()):
-            if sub.buffer is not None:
-                continue  # a subscribe in progress replays by itself
-            sub.buffer = []
+        with logger.contextualize(connection_id=conn.id):
+            self.recovery.resync(conn)
+
+    # -- privacy over time: restaurants on drivers' channels -------------------------------------
+    def _driver_order_event(self, channel: str, out: Outgoing) -> None:
+        """An order event on `driver:*` that may end a restaurant's right: re-check at once."""
+        try:
+            body = json.loads(out.text)
+        except ValueError:
+            return
+        data = body.get("data") if isinstance(body, dict) else None
+        if body.get("event") == "order.assigned" or (
+                isinstance(data, dict) and data.get("status") in _RIGHT_CHANGING_STATUSES):
+            self._recheck_now.set()
+
+    def _rights_forever(self) -> None:
+        while self._running:
+            self._recheck_now.wait(timeout=RIGHTS_RECHECK_S)
+            self._recheck_now.clear()
             try:
-                watermark = self._watermark()
-                after = sub.last_id if sub.last_id is not None else watermark
-                self._replay(conn, channel, sub, after=after, upto=watermark)
-            except (DmsError, psycopg.Error, psycopg_pool.PoolTimeout, redis.RedisError) as exc:
-                conn.log.warning("resync failed, closing so the client recovers: {}", exc)
-                conn.close(CLOSE_INTERNAL, "resynchronisation failed, reconnect with since")
-                return
-            conn.go_live(channel)
+                self.recheck_rights()
+            except (psycopg.Error, psycopg_pool.PoolTimeout) as exc:
+                logger.warning("could not re-check restaurants' driver subscriptions: {}", exc)
+
+    def recheck_rights(self) -> None:
+        """End every restaurant subscription to `driver:D` whose restaurant has no active order with D."""
+        held: dict[tuple[str, str], list[Connection]] = {}
+        for conn in list(self.connections):
+            if conn.own_restaurant is None:
+                continue
+            for channel in list(conn.subscriptions):
+                if channel.startswith("driver:"):
+                    held.setdefault((conn.own_restaurant, channel[len("driver:"):]), []).append(conn)
+        if not held:
+            return
+        pairs = list(held)
+        with claims(SERVICE), self.pool.connection() as db:
+            rows = db.execute(
+                "SELECT DISTINCT o.restaurant_id::text AS r, o.driver_id::text AS d FROM orders o"
+                " JOIN unnest(%s::uuid[], %s::uuid[]) AS p(r, d) ON o.restaurant_id = p.r AND o.driver_id = p.d"
+                " WHERE o.status = ANY(%s)",
+                ([r for r, _ in pairs], [d for _, d in pairs], list(ACTIVE_STATUSES)),
+            ).fetchall()
+        allowed = {(row["r"], row["d"]) for row in rows}
+        for pair, conns in held.items():
+            if pair in allowed:
+                continue
+            channel = f"driver:{pair[1]}"
+            for conn in conns:
+                if conn.subscriptions.pop(channel, None) is None:
+                    continue
+                self.hub.remove(conn, channel)
+                conn.session.subscriptions.discard(channel)
+                conn.log.info("subscription to {} ended: no active order with the driver", channel)
+                conn.send_json({"type": "unsubscribed", "channel": channel, "ref": None, "reason": "forbidden"})
 
     # -- GPS -----------------------------------------------------------------------------------
     def _location(self, conn: Connection, action: Location) -> None:
-        if not conn.gps_rate.take(time.monotonic()):  # type: ignore[attr-defined]
+        if not conn.gps_rate.take(time.monotonic()):
             conn.send_json(error("rate_limited", f"at most {GPS_POINTS_PER_S:g} locations per second",
                                  action.ref).body)
             return
         driver_id = conn.identity.user_id
         point = Point(driver_id, action.lat, action.lng, action.heading, action.speed, action.accuracy,
                       action.recorded_at)
-        channel = f"driver:{driver_id}"
-        frame = ephemeral_frame(channel, DRIVER_LOCATION, {
-            "driver_id": driver_id, "lat": point.lat, "lng": point.lng, "heading": point.heading,
-            "speed": point.speed, "accuracy": point.accuracy, "recorded_at": now_iso(point.recorded_at),
-        }, now_iso(datetime.now(UTC)))
+        data = {"driver_id": driver_id, "lat": point.lat, "lng": point.lng, "heading": point.heading,
+                "speed": point.speed, "accuracy": point.accuracy, "recorded_at": now_iso(point.recorded_at)}
+        ts = now_iso(datetime.now(UTC))
         try:
-            self.hub.publish_ephemeral(channel, frame)
+            for channel in (f"driver:{driver_id}", DRIVERS_CHANNEL):
+                self.hub.publish_ephemeral(channel, ephemeral_frame(channel, DRIVER_LOCATION, data, ts))
         except redis.RedisError as exc:
             conn.log.warning("live location fan-out failed: {}", exc)
         ref = action.ref
@@ -376,52 +440,20 @@ class Gateway:
         }
 
     def _stats_forever(self) -> None:
+        """Every gateway writes its numbers; whichever wins the period's lease publishes the sum.
+
+        The lease (SET NX PX, one per 2 s period) replaces the old tie to the relay leader, so the
+        frame keeps coming when relays run outside the gateways and never comes twice.
+        """
         while self._running:
             try:
                 gateway_stats.publish_instance(self.redis, self.snapshot())
-                if self.relay is not None and self.relay.is_leader:
+                period = int(time.time() // STATS_EVERY_S)
+                lease = f"{STATS_LEASE_PREFIX}{period}"
+                if self.redis.set(lease, self.id, nx=True, px=int(STATS_EVERY_S * 1000 * 2)):
                     body = gateway_stats.read_all(self.redis)
                     frame = ephemeral_frame(ADMIN_CONNECTIONS, CONNECTIONS_STATS, body, now_iso(datetime.now(UTC)))
                     self.hub.publish_ephemeral(ADMIN_CONNECTIONS, frame)
             except redis.RedisError as exc:
                 logger.debug("stats not published: {}", exc)
-            gevent.sleep(STATS_EVERY_S)
-
-
-def create_gateway_app(gateway: Gateway) -> Flask:
-    app = Flask(__name__)
-    app.config["SOCK_SERVER_OPTIONS"] = {"max_message_size": gateway.config.ws_max_message_bytes}
-    sock = Sock(app)
-
-    @app.before_request
-    def _handshake() -> Any:
-        if request.path != "/ws":
-            return None
-        try:
-            g.identity = gateway.admit()
-        except DmsError as exc:
-            body = {"error": {"code": exc.code, "message": exc.message, "details": None}}
-            headers = {"Retry-After": str(getattr(exc, "retry_after_s", 1))} if exc.status in (429, 503) else {}
-            if isinstance(exc, Unauthorized):
-                headers["WWW-Authenticate"] = "Bearer"
-            return jsonify(body), exc.status, headers
-        return None
-
-    @sock.route("/ws")
-    def websocket(ws: Any) -> None:
-        gateway.serve(ws, g.identity)
-
-    metrics.GATEWAYS.track(gateway)
-
-    @app.get("/metrics")
-    def prometheus_metrics() -> Any:
-        return generate_latest(REGISTRY), 200, {"Content-Type": CONTENT_TYPE_LATEST}
-
-    @app.get("/health")
-    def health() -> Any:
-        if gateway.draining:
-            return jsonify({"status": "draining", "id": gateway.id}), 503
-        return jsonify({"status": "ok", "id": gateway.id, "connections": len(gateway.connections),
-                        "relay_leader": bool(gateway.relay and gateway.relay.is_leader)})
-
-    return app
+            gevent.sleep(STATS_EVERY_S - time.time() % STATS_EVERY_S + 0.01)

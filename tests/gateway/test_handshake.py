@@ -8,7 +8,7 @@ import pytest
 import websocket
 
 from common.auth import mint_token
-from tests.conftest import JWT_SECRET, World
+from tests.conftest import JWT_SECRET, Infra, World
 from tests.helpers import WsClient, http_json
 
 
@@ -80,3 +80,65 @@ def test_tokens_never_reach_the_gateway_log(gateway: dict[str, str], world: Worl
     log = Path(gateway["log"]).read_text()
     assert "connected" in log
     assert world.restaurant not in log and world.restaurant[:-4] not in log
+
+
+@pytest.mark.parametrize("value", ["abc", "-1", "101", "1.5", "1e2"])
+def test_a_bad_batch_ms_gets_400_without_upgrade(gateway: dict[str, str], world: World, value: str) -> None:
+    assert _refused(gateway["url"] + f"?batch_ms={value}&token={world.admin}", None) == 400
+
+
+def test_batch_ms_groups_events_of_one_window(gateway: dict[str, str], infra: Infra, world: World) -> None:
+    import json
+
+    import redis as redis_lib
+
+    from common.events import REDIS_PREFIX
+
+    ws = WsClient.connect(gateway["url"] + f"?batch_ms=100&token={world.admin}")
+    try:
+        assert ws.recv()["type"] == "welcome"
+        channel = f"restaurant:{world.restaurant_id}"
+        ws.subscribe(channel)
+        publisher = redis_lib.Redis.from_url(infra.redis_url)
+        for n in range(3):
+            frame = json.dumps({"type": "event", "channel": channel, "id": None, "event": "test.batch",
+                                "data": {"n": n}, "ts": "2026-01-01T00:00:00Z"})
+            publisher.publish(REDIS_PREFIX + channel, f"-|{frame}")
+        publisher.close()
+        got: list[int] = []
+        while len(got) < 3:
+            frame = ws.recv_until(lambda f: f.get("type") in ("batch", "event"))
+            events = frame["events"] if frame["type"] == "batch" else [frame]
+            got += [e["data"]["n"] for e in events]
+            assert all(e["type"] == "event" and e["channel"] == channel for e in events)
+        assert got == [0, 1, 2]
+        assert any(f.get("type") == "batch" for f in ws.seen)  # three publishes well within 100 ms
+    finally:
+        ws.close()
+
+
+def test_after_the_upgrade_only_websocket_frames_follow(gateway: dict[str, str], world: World) -> None:
+    """pywsgi hands the socket over and writes nothing after the 101: no second HTTP response."""
+    import socket
+    import time
+
+    host, port = gateway["url"].split("//")[1].split("/")[0].split(":")
+    sock = socket.create_connection((host, int(port)))
+    sock.settimeout(10)
+    sock.sendall(b"GET /ws?token=" + world.admin.encode() + b" HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
+                 b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+                 b"Sec-WebSocket-Version: 13\r\n\r\n")
+    data = b""
+    while b'"welcome"' not in data:
+        data += sock.recv(65536)
+    head, _, rest = data.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 101 ") and b"Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=" in head
+    assert rest[0] == 0x81  # a final text frame, unmasked
+    ping = b'{"type":"ping","ref":"p"}'
+    mask = b"\x00\x00\x00\x00"  # a zero mask leaves the payload as is; the mask bit is what is required
+    sock.sendall(bytes([0x81, 0x80 | len(ping)]) + mask + ping)
+    deadline = time.monotonic() + 10
+    while b'"pong"' not in rest and time.monotonic() < deadline:
+        rest += sock.recv(65536)
+    sock.close()
+    assert b'"pong"' in rest and b"HTTP/1." not in rest

@@ -125,38 +125,98 @@ def test_no_pong_closes_the_connection(start_gateway: Any, world: World) -> None
     answering.close()
 
 
+class RawClient:
+    """A bare WebSocket client on a blocking socket: what it reads is counted, not raced."""
+
+    def __init__(self, url: str, token: str, *, rcvbuf: int | None = None) -> None:
+        host, port = url.split("//")[1].split("/")[0].split(":")
+        self.sock = socket.socket()
+        if rcvbuf is not None:  # set before connect so the advertised window stays small
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+        self.sock.connect((host, int(port)))
+        self.sock.sendall(
+            b"GET /ws?token=" + token.encode() + b" HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
+            b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")
+        self.buf = b""
+        self.sock.settimeout(seconds(10))
+        while b"\r\n\r\n" not in self.buf:
+            self.buf += self.sock.recv(4096)
+        head, self.buf = self.buf.split(b"\r\n\r\n", 1)
+        assert head.startswith(b"HTTP/1.1 101"), head
+
+    def send(self, body: dict[str, Any]) -> None:
+        payload, mask = json.dumps(body).encode(), b"\x01\x02\x03\x04"
+        masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+        assert len(payload) < 126
+        self.sock.sendall(bytes([0x81, 0x80 | len(payload)]) + mask + masked)
+
+    def frame(self) -> tuple[int, bytes]:
+        """The next server frame (opcode, payload); (-1, b"") when the connection ended."""
+        while True:
+            if len(self.buf) >= 2:
+                n, offset = self.buf[1] & 0x7F, 2
+                if n == 126 and len(self.buf) >= 4:
+                    n, offset = int.from_bytes(self.buf[2:4], "big"), 4
+                elif n == 127 and len(self.buf) >= 10:
+                    n, offset = int.from_bytes(self.buf[2:10], "big"), 10
+                if n < 126 or offset > 2:
+                    if len(self.buf) >= offset + n:
+                        opcode, body = self.buf[0] & 0x0F, self.buf[offset:offset + n]
+                        self.buf = self.buf[offset + n:]
+                        return opcode, body
+            try:
+                chunk = self.sock.recv(1 << 20)
+            except (ConnectionResetError, TimeoutError):
+                return -1, b""
+            if not chunk:
+                return -1, b""
+            self.buf += chunk
+
+    def text(self, predicate: Any) -> dict[str, Any]:
+        while True:
+            opcode, body = self.frame()
+            assert opcode != -1, "the connection ended"
+            if opcode == 1 and predicate(frame := json.loads(body)):
+                return frame  # type: ignore[no-any-return]
+
+
 def test_a_slow_consumer_is_closed_with_4008_and_others_keep_flowing(gateway: dict[str, str], infra: Infra,
                                                                      world: World) -> None:
-    import threading
-
+    """A client that never reads beside one that reads every frame before the next is published:
+    the stalled one is closed with 4008, the reader gets every frame in order. Nothing races."""
     channel = f"restaurant:{world.restaurant_id}"
     frames, pad = 600, "x" * 30_000  # ~18 MB: far past a stalled client's socket buffers and 1 MiB queue
-    slow = _welcomed(gateway["url"], world.admin)
-    fast = _welcomed(gateway["url"], world.admin)
-    received: list[int] = []
-
-    def read_fast() -> None:  # the healthy client reads as fast as frames come
-        while len(received) < frames:
-            received.append(fast.recv_until(lambda f: f.get("event") == "test.bulk", timeout_s=20)["data"]["n"])
-
+    stalled = RawClient(gateway["url"], world.admin, rcvbuf=4096)
+    healthy = RawClient(gateway["url"], world.admin)
+    publisher = redis.Redis.from_url(infra.redis_url)
     try:
-        slow.subscribe(channel)
-        fast.subscribe(channel)
-        publisher = redis.Redis.from_url(infra.redis_url)
-        reader = threading.Thread(target=read_fast)
-        reader.start()
+        for client in (stalled, healthy):
+            client.text(lambda f: f["type"] == "welcome")
+            client.send({"type": "subscribe", "channel": channel, "ref": "s"})
+            client.text(lambda f: f["type"] == "subscribed")
+        received = []
         for n in range(frames):
             frame = json.dumps({"type": "event", "channel": channel, "id": None, "event": "test.bulk",
                                 "data": {"n": n, "pad": pad}, "ts": "2026-01-01T00:00:00Z"})
             publisher.publish(REDIS_PREFIX + channel, f"-|{frame}")
-            time.sleep(0.01)  # ~3 MB/s: a reading client keeps up, a stalled one cannot
-        reader.join(timeout=seconds(60))
-        publisher.close()
+            received.append(healthy.text(lambda f: f.get("event") == "test.bulk")["data"]["n"])
         assert received == list(range(frames))
-        assert _close_code(slow, timeout_s=20) == 4008
+        # Now the stalled client reads: an in-order prefix of the frames, then the 4008 close.
+        got, code = [], None
+        while code is None:
+            opcode, body = stalled.frame()
+            if opcode == 1:
+                got.append(json.loads(body)["data"]["n"])
+            elif opcode == 8:
+                code = int.from_bytes(body[:2], "big")
+            elif opcode == -1:
+                break
+        assert code == 4008
+        assert got == list(range(len(got))) and len(got) < frames
     finally:
-        slow.close()
-        fast.close()
+        publisher.close()
+        stalled.sock.close()
+        healthy.sock.close()
 
 
 @pytest.mark.parametrize("frame", ['{"type": "subscribe", "channel": "orders"}'])

@@ -1,0 +1,242 @@
+"""RFC 6455 framing with no I/O: server frames out (unmasked, built once), a client-frame parser in.
+
+The server never masks, so one event's frame bytes serve every subscriber. The parser takes
+whatever bytes arrived (`feed`) and returns whole messages and control frames; it enforces what a
+server must: client frames are masked, reserved bits and unknown opcodes are refused (1002),
+control frames are short and unfragmented and may come between fragments, a message over the
+size limit is refused from its header alone (1009), and text must be valid UTF-8 (1007).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import struct
+from dataclasses import dataclass
+from enum import IntEnum
+
+OP_CONTINUATION = 0x0
+OP_TEXT = 0x1
+OP_BINARY = 0x2
+OP_CLOSE = 0x8
+OP_PING = 0x9
+OP_PONG = 0xA
+_DATA_OPS = (OP_TEXT, OP_BINARY)
+_CONTROL_OPS = (OP_CLOSE, OP_PING, OP_PONG)
+_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+
+
+class CloseCode(IntEnum):
+    """Close codes the gateway sends or understands (RFC 6455 section 7.4 and the contract)."""
+
+    NORMAL = 1000
+    GOING_AWAY = 1001
+    PROTOCOL_ERROR = 1002
+    UNSUPPORTED_DATA = 1003
+    NO_STATUS = 1005
+    ABNORMAL = 1006
+    INVALID_DATA = 1007
+    POLICY = 1008
+    TOO_BIG = 1009
+    INTERNAL = 1011
+    TOKEN_EXPIRED = 4001
+    SLOW_CONSUMER = 4008
+
+
+class ProtocolError(Exception):
+    """The client broke the framing rules; answer with a close frame carrying `code`."""
+
+    def __init__(self, code: CloseCode, reason: str) -> None:
+        super().__init__(reason)
+        self.code = code
+        self.reason = reason
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """A whole data message (text decoded, binary as bytes)."""
+
+    data: str | bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Ping:
+    payload: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Pong:
+    payload: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class CloseReceived:
+    code: int
+    reason: str
+
+
+Frame = Message | Ping | Pong | CloseReceived
+
+
+def accept_key(key: str) -> str:
+    """The Sec-WebSocket-Accept value for a client's Sec-WebSocket-Key."""
+    return base64.b64encode(hashlib.sha1(key.encode("ascii") + _GUID, usedforsecurity=False).digest()).decode("ascii")
+
+
+def valid_key(key: str) -> bool:
+    try:
+        return len(base64.b64decode(key.encode("ascii"), validate=True)) == 16
+    except (ValueError, UnicodeEncodeError):
+        return False
+
+
+def encode(opcode: int, payload: bytes) -> bytes:
+    """One unfragmented, unmasked server frame."""
+    n = len(payload)
+    if n < 126:
+        header = struct.pack("!BB", 0x80 | opcode, n)
+    elif n < 65536:
+        header = struct.pack("!BBH", 0x80 | opcode, 126, n)
+    else:
+        header = struct.pack("!BBQ", 0x80 | opcode, 127, n)
+    return header + payload
+
+
+def text(body: str) -> bytes:
+    return encode(OP_TEXT, body.encode("utf-8"))
+
+
+def close(code: int, reason: str = "") -> bytes:
+    # A control frame's payload is at most 125 bytes: 2 for the code, the rest a truncated reason.
+    raw = reason.encode("utf-8")[:123].decode("utf-8", "ignore").encode("utf-8")
+    return encode(OP_CLOSE, struct.pack("!H", code) + raw)
+
+
+def ping(payload: bytes = b"") -> bytes:
+    return encode(OP_PING, payload[:125])
+
+
+def pong(payload: bytes = b"") -> bytes:
+    return encode(OP_PONG, payload[:125])
+
+
+def unmask(payload: bytes, mask: bytes) -> bytes:
+    """XOR with the 4-byte mask, done as one big-integer operation rather than byte by byte."""
+    n = len(payload)
+    if n == 0:
+        return b""
+    key = (mask * (n // 4 + 1))[:n]
+    return (int.from_bytes(payload, "little") ^ int.from_bytes(key, "little")).to_bytes(n, "little")
+
+
+def _valid_close_code(code: int) -> bool:
+    # 1004-1006 and 1015 are reserved; 1016-2999 unassigned; 3000-4999 for applications.
+    return code in (1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011, 1012, 1013, 1014) or (
+        3000 <= code <= 4999)
+
+
+class Parser:
+    """Incremental parser of client frames; one per connection."""
+
+    def __init__(self, *, max_message_bytes: int) -> None:
+        self.max_message_bytes = max_message_bytes
+        self._buffer = bytearray()
+        self._fragments: list[bytes] = []
+        self._fragment_bytes = 0
+        self._fragment_opcode: int | None = None
+
+    def feed(self, data: bytes) -> list[Frame]:
+        """Parse what arrived; raise ProtocolError on the first broken rule."""
+        self._buffer += data
+        out: list[Frame] = []
+        while True:
+            frame = self._next_frame()
+            if frame is None:
+                return out
+            result = self._handle(*frame)
+            if result is not None:
+                out.append(result)
+                if isinstance(result, CloseReceived):
+                    self._buffer.clear()  # nothing after a close frame counts
+                    return out
+
+    def _next_frame(self) -> tuple[bool, int, bytes] | None:
+        buf = self._buffer
+        if len(buf) < 2:
+            return None
+        first, second = buf[0], buf[1]
+        fin, opcode = bool(first & 0x80), first & 0x0F
+        if first & 0x70:
+            raise ProtocolError(CloseCode.PROTOCOL_ERROR, "reserved bits set without an extension")
+        if opcode not in _DATA_OPS and opcode not in _CONTROL_OPS and opcode != OP_CONTINUATION:
+            raise ProtocolError(CloseCode.PROTOCOL_ERROR, f"unknown opcode {opcode}")
+        if not second & 0x80:
+            raise ProtocolError(CloseCode.PROTOCOL_ERROR, "client frames must be masked")
+        length, offset = second & 0x7F, 2
+        if opcode in _CONTROL_OPS and (length > 125 or not fin):
+            raise ProtocolError(CloseCode.PROTOCOL_ERROR, "control frames are short and unfragmented")
+        if length == 126:
+            if len(buf) < 4:
+                return None
+            length, offset = struct.unpack_from("!H", buf, 2)[0], 4
+        elif length == 127:
+            if len(buf) < 10:
+                return None
+            length, offset = struct.unpack_from("!Q", buf, 2)[0], 10
+            if length >> 63:
+                raise ProtocolError(CloseCode.PROTOCOL_ERROR, "frame length has its top bit set")
+        if opcode not in _CONTROL_OPS:
+            # Decided from the header, before buffering: a 2 GB claim costs us nothing.
+            total = length + (self._fragment_bytes if opcode == OP_CONTINUATION else 0)
+            if total > self.max_message_bytes:
+                raise ProtocolError(CloseCode.TOO_BIG, f"message over {self.max_message_bytes} bytes")
+        end = offset + 4 + length
+        if len(buf) < end:
+            return None
+        mask = bytes(buf[offset:offset + 4])
+        payload = unmask(bytes(buf[offset + 4:end]), mask)
+        del buf[:end]
+        return fin, opcode, payload
+
+    def _handle(self, fin: bool, opcode: int, payload: bytes) -> Frame | None:
+        if opcode == OP_PING:
+            return Ping(payload)
+        if opcode == OP_PONG:
+            return Pong(payload)
+        if opcode == OP_CLOSE:
+            return _close_received(payload)
+        if opcode == OP_CONTINUATION:
+            if self._fragment_opcode is None:
+                raise ProtocolError(CloseCode.PROTOCOL_ERROR, "continuation without a message to continue")
+            self._fragments.append(payload)
+            self._fragment_bytes += len(payload)
+            if not fin:
+                return None
+            opcode, payload = self._fragment_opcode, b"".join(self._fragments)
+            self._fragments, self._fragment_bytes, self._fragment_opcode = [], 0, None
+        elif self._fragment_opcode is not None:
+            raise ProtocolError(CloseCode.PROTOCOL_ERROR, "a new message started inside a fragmented one")
+        elif not fin:
+            self._fragment_opcode, self._fragments, self._fragment_bytes = opcode, [payload], len(payload)
+            return None
+        if opcode == OP_BINARY:
+            return Message(payload)
+        try:
+            return Message(payload.decode("utf-8"))
+        except UnicodeDecodeError as exc:
+            raise ProtocolError(CloseCode.INVALID_DATA, "text frame is not valid UTF-8") from exc
+
+
+def _close_received(payload: bytes) -> CloseReceived:
+    if not payload:
+        return CloseReceived(CloseCode.NO_STATUS, "")
+    if len(payload) == 1:
+        raise ProtocolError(CloseCode.PROTOCOL_ERROR, "close frame with a one-byte payload")
+    code = struct.unpack_from("!H", payload)[0]
+    if not _valid_close_code(code):
+        raise ProtocolError(CloseCode.PROTOCOL_ERROR, f"invalid close code {code}")
+    try:
+        reason = payload[2:].decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ProtocolError(CloseCode.INVALID_DATA, "close reason is not valid UTF-8") from exc
+    return CloseReceived(code, reason)

@@ -1,0 +1,193 @@
+"""The socket of one WebSocket connection once the handshake is accepted: write-through, one reader.
+
+The HTTP handshake runs in Flask under gevent.pywsgi; `UpgradeHandler` lets the view take the
+accepted socket out of pywsgi (pywsgi then writes no response and does not close it), and the
+view answers 101 itself. From then on `Transport` is the only code touching the socket:
+
+- `send(frame)` writes ready frame bytes at once with a non-blocking send when nothing is queued;
+  only what the kernel does not take is queued, and a writer greenlet, started on demand, flushes
+  the queue with several frames per send. Past `max_queued_frames` or `max_queued_bytes` the
+  connection is closed with 4008 and the backlog dropped.
+- `read()` blocks in recv with no timeout; the connection's one greenlet lives there.
+- `close(code)` sends a close frame after what is queued (or instead of it); `abort()` drops the
+  TCP connection. The caller aborts when the peer answers the close or its timeout passes.
+"""
+
+from __future__ import annotations
+
+import socket
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+import gevent
+from gevent import socket as gsocket
+from gevent.pywsgi import WSGIHandler
+
+from gateway import framing
+from gateway.framing import CloseCode
+
+TAKEOVER_KEY = "dms.take_socket"
+MAX_QUEUED_FRAMES = 1000
+MAX_QUEUED_BYTES = 1024 * 1024
+READ_CHUNK = 65536
+
+
+class UpgradeHandler(WSGIHandler):
+    """pywsgi's handler plus one environ entry: a callable that hands the socket to the app.
+
+    After the hand-over pywsgi's loop sees no socket, so it neither reads another request nor
+    writes or closes anything; the view returns a response that writes nothing (`Taken`).
+    """
+
+    def get_environ(self) -> dict[str, Any]:
+        environ: dict[str, Any] = super().get_environ()
+        environ[TAKEOVER_KEY] = self._take_socket
+        return environ
+
+    def _take_socket(self) -> socket.socket:
+        handler: Any = self  # pywsgi's attributes are untyped
+        sock = handler.socket
+        handler.socket = None
+        self.close_connection = True
+        # A fresh socket object on the same descriptor: pywsgi's buffered reader keeps a reference
+        # on the old one, which would otherwise delay the real close of the descriptor.
+        fd = sock.detach()
+        owned = gsocket.socket(fileno=fd)
+        owned.settimeout(None)
+        return owned
+
+
+class Taken:
+    """WSGI response for a taken-over socket: start_response is never called, nothing is written."""
+
+    def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> list[bytes]:
+        return []
+
+
+def upgrade_response(key: str) -> bytes:
+    return (b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            b"Sec-WebSocket-Accept: " + framing.accept_key(key).encode("ascii") + b"\r\n\r\n")
+
+
+class Transport:
+    """One accepted WebSocket socket; `send`/`close` from any greenlet, `read` from one."""
+
+    def __init__(self, sock: socket.socket, *, max_queued_frames: int = MAX_QUEUED_FRAMES,
+                 max_queued_bytes: int = MAX_QUEUED_BYTES) -> None:
+        self.sock = sock
+        self.max_queued_frames = max_queued_frames
+        self.max_queued_bytes = max_queued_bytes
+        self.frames_sent = 0
+        self.close_code: int | None = None  # the code of the close frame we sent
+        self.aborted = False
+        self._queue: deque[bytes] = deque()
+        self._queued_bytes = 0
+        self._writer: gevent.Greenlet | None = None
+        self.on_slow_consumer: Callable[[], None] | None = None
+
+    @property
+    def closing(self) -> bool:
+        return self.close_code is not None or self.aborted
+
+    @property
+    def queued_frames(self) -> int:
+        return len(self._queue)
+
+    @property
+    def queued_bytes(self) -> int:
+        return self._queued_bytes
+
+    # -- writing -------------------------------------------------------------------------------
+    def send(self, frame: bytes) -> bool:
+        """Hand one data frame to the socket; False when closing or (then closed 4008) too far behind."""
+        if self.close_code is not None or self.aborted:
+            return False
+        if self._queue or self._writer is not None:
+            if (len(self._queue) >= self.max_queued_frames
+                    or self._queued_bytes + len(frame) > self.max_queued_bytes):
+                if self.on_slow_consumer is not None:
+                    self.on_slow_consumer()
+                self.close(CloseCode.SLOW_CONSUMER, "slow consumer", discard_queued=True)
+                return False
+            self._queue.append(frame)
+            self._queued_bytes += len(frame)
+        else:
+            self._write_through(frame)
+        self.frames_sent += 1
+        return True
+
+    def send_control(self, frame: bytes) -> None:
+        """Ping or pong: in order with data, outside the slow-consumer limits, never after a close."""
+        if self.close_code is not None or self.aborted:
+            return
+        if self._queue or self._writer is not None:
+            self._queue.append(frame)
+            self._queued_bytes += len(frame)
+        else:
+            self._write_through(frame)
+
+    def close(self, code: int, reason: str, *, discard_queued: bool = False) -> bool:
+        """Send a close frame after what is queued (or instead of it); False if one was sent already."""
+        if self.close_code is not None or self.aborted:
+            return False
+        self.close_code = code
+        if discard_queued:
+            self._queue.clear()
+            self._queued_bytes = 0
+        frame = framing.close(code, reason)
+        if self._queue or self._writer is not None:
+            self._queue.append(frame)
+        else:
+            self._write_through(frame)
+        return True
+
+    def abort(self) -> None:
+        """Drop the TCP connection now; wakes the reader and any writer (they see EOF or EBADF)."""
+        if self.aborted:
+            return
+        self.aborted = True
+        self._queue.clear()
+        self._queued_bytes = 0
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        self.sock.close()
+
+    def _write_through(self, frame: bytes) -> None:
+        try:
+            sent = self.sock.send(frame, 0, 0.0)  # type: ignore[call-arg]  # gevent: timeout 0 never waits
+        except BlockingIOError:
+            sent = 0
+        except OSError:
+            self.abort()
+            return
+        if sent < len(frame):
+            rest = frame[sent:]
+            self._queue.append(rest)
+            self._queued_bytes += len(rest)
+            self._writer = gevent.spawn(self._flush)
+
+    def _flush(self) -> None:
+        """Writer greenlet: send the backlog, many frames per call, until it is empty."""
+        try:
+            while self._queue and not self.aborted:
+                chunk = b"".join(self._queue)
+                self._queue.clear()
+                self._queued_bytes = 0
+                self.sock.sendall(chunk)
+        except OSError:
+            self.abort()
+        finally:
+            self._writer = None
+
+    # -- reading -------------------------------------------------------------------------------
+    def read(self) -> bytes:
+        """Block until bytes arrive; b"" once the peer or `abort` ended the connection."""
+        if self.aborted:
+            return b""
+        try:
+            return self.sock.recv(READ_CHUNK)
+        except OSError:
+            return b""
