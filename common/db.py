@@ -14,6 +14,7 @@ from psycopg.rows import dict_row
 from psycopg_pool import ConnectionPool
 
 STATEMENT_TIMEOUT_MS = 5000
+IDLE_IN_TRANSACTION_TIMEOUT_MS = 30000
 APP_ROLE = "dms_app"
 STAFF_ROLE = "dms_staff"  # admins and the gateway's own work: bypasses row security
 STAFF_CLAIMS = ("admin", "service")
@@ -59,15 +60,19 @@ def database_role(who: Claims, app_role: str) -> str:
 
 def _apply_claims(app_role: str | None) -> Callable[[psycopg.Connection[Any]], None]:
     def check(conn: psycopg.Connection[Any]) -> None:
-        # Runs at every checkout and opens the transaction the caller then uses: role and claims
-        # are transaction-local (set_config(..., true)), which PgBouncer's transaction pooling
-        # preserves. It also proves the connection is alive.
+        # Runs at every checkout and opens the transaction the caller then uses: role, claims and
+        # timeouts are transaction-local (set_config(..., true)), which PgBouncer's transaction
+        # pooling preserves; a session SET would stay on whichever server connection ran it and
+        # be gone after PgBouncer replaces that connection (server_lifetime). One statement, so
+        # the timeouts cost no round trip. It also proves the connection is alive.
         who = _claims.get()
         role = database_role(who, app_role) if app_role else ""
         conn.execute(
             "SELECT CASE WHEN %s <> '' THEN set_config('role', %s, true) END, set_config('dms.role', %s, true),"
-            " set_config('dms.user_id', %s, true), set_config('dms.restaurant_id', %s, true)",
-            (role, role, who.role, who.user_id or "", who.restaurant_id or ""),
+            " set_config('dms.user_id', %s, true), set_config('dms.restaurant_id', %s, true),"
+            " set_config('statement_timeout', %s, true), set_config('idle_in_transaction_session_timeout', %s, true)",
+            (role, role, who.role, who.user_id or "", who.restaurant_id or "", str(STATEMENT_TIMEOUT_MS),
+             str(IDLE_IN_TRANSACTION_TIMEOUT_MS)),
         )
 
     return check
@@ -75,7 +80,7 @@ def _apply_claims(app_role: str | None) -> Callable[[psycopg.Connection[Any]], N
 
 def _configure(conn: psycopg.Connection[Any]) -> None:
     conn.execute(f"SET statement_timeout = {STATEMENT_TIMEOUT_MS}")
-    conn.execute("SET idle_in_transaction_session_timeout = 30000")
+    conn.execute(f"SET idle_in_transaction_session_timeout = {IDLE_IN_TRANSACTION_TIMEOUT_MS}")
     conn.commit()
 
 
