@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Any, Self
 
 import psycopg
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg.rows import dict_row
 from psycopg_pool import ConnectionPool
 
@@ -100,7 +101,7 @@ def make_pool(
     PgBouncer in transaction mode needs.
     """
     return ConnectionPool(
-        url,
+        with_network_defaults(url),
         name=name,
         min_size=min_size,
         max_size=max_size,
@@ -111,6 +112,22 @@ def make_pool(
         kwargs={"row_factory": dict_row, "prepare_threshold": None, "application_name": f"dms-{name}"},
         connection_class=psycopg.Connection[dict[str, Any]],
     )
+
+
+# Failover: a crashed host sends no TCP reset, so without these a connection to it (or a connect
+# attempt to a host listed in a multi-host URL) waits for the kernel's timeouts, minutes. With
+# them, connecting moves on to the next host after 5 s and an established connection breaks
+# after about 15-25 s of silence, so pools, the relay and LISTEN reconnect to the new primary.
+# Settings given in the URL win.
+NETWORK_DEFAULTS = {"connect_timeout": "5", "keepalives": "1", "keepalives_idle": "10", "keepalives_interval": "5",
+                    "keepalives_count": "3", "tcp_user_timeout": "15000"}
+
+
+def with_network_defaults(url: str) -> str:
+    """`url` with NETWORK_DEFAULTS added where it sets none (works for multi-host URLs too)."""
+    given = conninfo_to_dict(url)
+    missing = {key: value for key, value in NETWORK_DEFAULTS.items() if key not in given}
+    return make_conninfo(url, **missing) if missing else url
 
 
 QueryObserver = Callable[[float], None]
@@ -153,4 +170,5 @@ def _timed_cursor(observe: QueryObserver) -> type[psycopg.Cursor[Any]]:
 
 def connect(url: str, *, autocommit: bool = False) -> psycopg.Connection[dict[str, Any]]:
     """A direct connection outside any pool (migrations, LISTEN, admin tasks)."""
-    return psycopg.connect(url, autocommit=autocommit, row_factory=dict_row, prepare_threshold=None)
+    return psycopg.connect(with_network_defaults(url), autocommit=autocommit, row_factory=dict_row,
+                           prepare_threshold=None)

@@ -35,6 +35,7 @@ from common.events import (
 )
 from common.profiles import ensure_profile
 from common.redis_client import make_redis
+from common.replication import REPLICATION
 from gateway import metrics
 from gateway.connection import MAX_QUEUED_FRAMES, Connection, Subscription
 from gateway.hub import Hub
@@ -71,6 +72,7 @@ class Gateway:
         self.config = config
         self.id = config.gateway_id or f"{socket.gethostname()}-{os.getpid()}"
         self.pool = make_pool(config.database_url, name="gateway", max_size=pool_size)
+        REPLICATION.watch(config.database_url)  # replica-lag gauges, read from the primary per scrape
         self.redis = make_redis(config.redis_url)
         self.hub = Hub(make_redis(config.redis_url, socket_timeout_s=None))
         self.hub.on_reconnect = self.resync_all
