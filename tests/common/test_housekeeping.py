@@ -169,3 +169,17 @@ def test_lookups_on_the_partitioned_table_use_each_partitions_index(fresh_db: st
         assert conn.execute("SELECT count(*) AS n FROM driver_locations").fetchone() == {"n": 1}
         conn.execute("SELECT set_config('dms.user_id', %s, true)", (str(uuid.uuid4()),))
         assert conn.execute("SELECT count(*) AS n FROM driver_locations").fetchone() == {"n": 0}
+
+
+def test_a_step_that_cannot_get_its_lock_is_skipped_not_waited_for(fresh_db: str) -> None:
+    ahead = f"driver_locations_p{_utc_day(7)}"
+    with connect(fresh_db, autocommit=True) as conn, connect(fresh_db) as blocker:
+        conn.execute(f"ALTER TABLE driver_locations DETACH PARTITION {ahead}")
+        conn.execute(f"DROP TABLE {ahead}")
+        # A session holding what ATTACH needs (say, a long VALIDATE or a manual maintenance job).
+        blocker.execute("LOCK TABLE driver_locations IN SHARE UPDATE EXCLUSIVE MODE")
+        report = housekeeping.run(conn, Retention(idempotency_hours=24, location_days=30))
+        assert report.skipped == ["create_partitions"] and ahead not in _partitions(conn)
+        blocker.rollback()
+        assert housekeeping.run(conn, Retention(idempotency_hours=24, location_days=30)).partitions_created == [
+            ahead]
