@@ -12,7 +12,7 @@ import pytest
 import redis
 
 from common import embedded, housekeeping
-from common.config import Retention
+from common.config import Config, ConfigError, Retention, retention_from_env
 from common.db import APP_ROLE, Claims, connect, database_role
 from common.locations import store_points
 from common.migrations import migrate
@@ -183,3 +183,17 @@ def test_a_step_that_cannot_get_its_lock_is_skipped_not_waited_for(fresh_db: str
         blocker.rollback()
         assert housekeeping.run(conn, Retention(idempotency_hours=24, location_days=30)).partitions_created == [
             ahead]
+
+
+def test_retention_settings_are_read_validated_and_default_to_the_contract() -> None:
+    base = {"DATABASE_URL": "postgresql://dms:s3cret@db1:5432,db2:5432/dms?target_session_attrs=read-write",
+            "REDIS_URL": "redis://127.0.0.1:6379/0"}
+    config = Config.from_env(base)
+    assert (config.idempotency_retention_hours, config.location_retention_days) == (24.0, 30)
+    assert "s3cret" not in str(config.public_summary())
+    assert retention_from_env({"IDEMPOTENCY_RETENTION_HOURS": "6", "LOCATION_RETENTION_DAYS": "90"}) == Retention(
+        6.0, 90)
+    with pytest.raises(ConfigError, match="LOCATION_RETENTION_DAYS"):
+        Config.from_env({**base, "LOCATION_RETENTION_DAYS": "1"})  # a day's late points need two
+    with pytest.raises(ConfigError, match="IDEMPOTENCY_RETENTION_HOURS"):
+        retention_from_env({"IDEMPOTENCY_RETENTION_HOURS": "soon"})
