@@ -1,4 +1,4 @@
-"""`dms`: up, restart, status, migrate, seed, token."""
+"""`dms`: up, restart, status, migrate, seed, token, backup, restore."""
 
 from __future__ import annotations
 
@@ -157,11 +157,57 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def cmd_migrate(_: argparse.Namespace) -> int:
+def cmd_migrate(args: argparse.Namespace) -> int:
     from common.migrations import migrate
 
-    applied = migrate(_require("DATABASE_URL"))
+    url = _require("DATABASE_URL")
+    if _setting("DMS_ENV") == "production" and not args.no_backup and _pending_migrations(url):
+        # A migration that goes wrong on production data must have a way back.
+        from common.backup import BackupError, backup, default_path
+
+        try:
+            print("backup before migrating:", backup(url, default_path(_dms_home() / "backups")), flush=True)
+        except BackupError as exc:
+            print(f"dms migrate: no backup, so nothing was migrated ({exc}); --no-backup to skip it",
+                  file=sys.stderr)
+            return 1
+    applied = migrate(url)
     print(f"applied {len(applied)} migration(s)" + (": " + ", ".join(applied) if applied else ""))
+    return 0
+
+
+def _pending_migrations(url: str) -> list[str]:
+    from common.db import connect
+    from common.migrations import discover
+
+    with connect(url) as conn:
+        exists = conn.execute("SELECT to_regclass('schema_migrations') IS NOT NULL AS yes").fetchone()
+        done = {row["name"] for row in conn.execute("SELECT name FROM schema_migrations")} \
+            if exists and exists["yes"] else set()
+    return [m.name for m in discover() if m.name not in done]
+
+
+def cmd_backup(args: argparse.Namespace) -> int:
+    from common.backup import BackupError, backup, default_path
+
+    out = Path(args.out) if args.out else default_path(_dms_home() / "backups")
+    try:
+        print(backup(_require("DATABASE_URL"), out))
+    except BackupError as exc:
+        print(f"dms backup: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_restore(args: argparse.Namespace) -> int:
+    from common.backup import BackupError, restore
+
+    try:
+        restore(_require("DATABASE_URL"), Path(args.file))
+    except BackupError as exc:
+        print(f"dms restore: {exc}", file=sys.stderr)
+        return 1
+    print(f"restored {args.file}")
     return 0
 
 
@@ -200,7 +246,13 @@ def build_parser() -> argparse.ArgumentParser:
     restart = commands.add_parser("restart", help="rolling restart of a running `dms up`, one process at a time")
     restart.add_argument("--timeout", type=float, default=300, help="seconds to wait for it to finish")
     commands.add_parser("status", help="the processes of a running `dms up`: pids, state, restarts after crashes")
-    commands.add_parser("migrate", help="apply pending migrations from sql/")
+    migrate = commands.add_parser("migrate", help="apply pending migrations from sql/ (production: after a backup)")
+    migrate.add_argument("--no-backup", action="store_true",
+                         help="with DMS_ENV=production, migrate without taking a backup first")
+    backup = commands.add_parser("backup", help="pg_dump the database (custom format) to a file")
+    backup.add_argument("--out", help="the file to write (default .dms/backups/dms-<UTC time>.dump)")
+    restore = commands.add_parser("restore", help="restore a `dms backup` file into an empty database")
+    restore.add_argument("file", help="a file written by `dms backup`")
     seed = commands.add_parser("seed", help="create demo data idempotently")
     seed.add_argument("--orders", type=int, default=0, help="also generate this many historical orders")
     token = commands.add_parser("token", help="mint a development JWT")
@@ -219,6 +271,8 @@ HANDLERS: dict[str, Callable[[argparse.Namespace], int]] = {
     "migrate": cmd_migrate,
     "seed": cmd_seed,
     "token": cmd_token,
+    "backup": cmd_backup,
+    "restore": cmd_restore,
 }
 
 

@@ -76,6 +76,8 @@ class Config:
     rate_limit_user: RateLimit = RateLimit(1000, 3600)
     trusted_proxies: tuple[str, ...] = ()
     relay_in_gateway: bool = True  # false when relays run alone (`python -m gateway.relay`)
+    idempotency_retention_hours: float = 24.0  # the relay leader's housekeeping deletes older keys
+    location_retention_days: int = 30  # GPS history: whole day partitions older than this are dropped
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Config:
@@ -93,6 +95,7 @@ class Config:
         if len(secret) < 16:
             reader.errors.append("JWT_SECRET: must be at least 16 characters")
         dsn = reader.text("SENTRY_DSN", "")
+        retention = read_retention(reader)
         config = cls(
             database_url=database_url,
             database_listen_url=reader.url(
@@ -130,6 +133,8 @@ class Config:
             rate_limit_user=reader.rate("RATE_LIMIT_USER", "1000/hour"),
             trusted_proxies=tuple(reader.csv("TRUSTED_PROXIES")),
             relay_in_gateway=reader.flag("RELAY_IN_GATEWAY", True),
+            idempotency_retention_hours=retention.idempotency_hours,
+            location_retention_days=retention.location_days,
         )
         if reader.errors:
             raise ConfigError("invalid configuration: " + "; ".join(reader.errors))
@@ -165,6 +170,29 @@ class Config:
                 value = str(value)
             summary[item.name] = value
         return summary
+
+
+@dataclass(frozen=True)
+class Retention:
+    """How long data that only grows is kept (the relay leader's housekeeping applies it)."""
+
+    idempotency_hours: float = 24.0
+    # At least 2: GPS points may be recorded up to a day before they arrive.
+    location_days: int = 30
+
+
+def read_retention(reader: _Reader) -> Retention:
+    return Retention(reader.number("IDEMPOTENCY_RETENTION_HOURS", 24.0, low=0.001),
+                     reader.integer("LOCATION_RETENTION_DAYS", 30, low=2))
+
+
+def retention_from_env(environ: Mapping[str, str] | None = None) -> Retention:
+    """Only the retention settings: housekeeping needs them where no full `Config` was built."""
+    reader = _Reader(os.environ if environ is None else environ)
+    values = read_retention(reader)
+    if reader.errors:
+        raise ConfigError("invalid configuration: " + "; ".join(reader.errors))
+    return values
 
 
 def redact_url(url: str) -> str:

@@ -10,10 +10,12 @@ from dataclasses import dataclass
 from typing import Any, Self
 
 import psycopg
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg.rows import dict_row
 from psycopg_pool import ConnectionPool
 
 STATEMENT_TIMEOUT_MS = 5000
+IDLE_IN_TRANSACTION_TIMEOUT_MS = 30000
 APP_ROLE = "dms_app"
 STAFF_ROLE = "dms_staff"  # admins and the gateway's own work: bypasses row security
 STAFF_CLAIMS = ("admin", "service")
@@ -59,15 +61,19 @@ def database_role(who: Claims, app_role: str) -> str:
 
 def _apply_claims(app_role: str | None) -> Callable[[psycopg.Connection[Any]], None]:
     def check(conn: psycopg.Connection[Any]) -> None:
-        # Runs at every checkout and opens the transaction the caller then uses: role and claims
-        # are transaction-local (set_config(..., true)), which PgBouncer's transaction pooling
-        # preserves. It also proves the connection is alive.
+        # Runs at every checkout and opens the transaction the caller then uses: role, claims and
+        # timeouts are transaction-local (set_config(..., true)), which PgBouncer's transaction
+        # pooling preserves; a session SET would stay on whichever server connection ran it and
+        # be gone after PgBouncer replaces that connection (server_lifetime). One statement, so
+        # the timeouts cost no round trip. It also proves the connection is alive.
         who = _claims.get()
         role = database_role(who, app_role) if app_role else ""
         conn.execute(
             "SELECT CASE WHEN %s <> '' THEN set_config('role', %s, true) END, set_config('dms.role', %s, true),"
-            " set_config('dms.user_id', %s, true), set_config('dms.restaurant_id', %s, true)",
-            (role, role, who.role, who.user_id or "", who.restaurant_id or ""),
+            " set_config('dms.user_id', %s, true), set_config('dms.restaurant_id', %s, true),"
+            " set_config('statement_timeout', %s, true), set_config('idle_in_transaction_session_timeout', %s, true)",
+            (role, role, who.role, who.user_id or "", who.restaurant_id or "", str(STATEMENT_TIMEOUT_MS),
+             str(IDLE_IN_TRANSACTION_TIMEOUT_MS)),
         )
 
     return check
@@ -75,7 +81,7 @@ def _apply_claims(app_role: str | None) -> Callable[[psycopg.Connection[Any]], N
 
 def _configure(conn: psycopg.Connection[Any]) -> None:
     conn.execute(f"SET statement_timeout = {STATEMENT_TIMEOUT_MS}")
-    conn.execute("SET idle_in_transaction_session_timeout = 30000")
+    conn.execute(f"SET idle_in_transaction_session_timeout = {IDLE_IN_TRANSACTION_TIMEOUT_MS}")
     conn.commit()
 
 
@@ -95,7 +101,7 @@ def make_pool(
     PgBouncer in transaction mode needs.
     """
     return ConnectionPool(
-        url,
+        with_network_defaults(url),
         name=name,
         min_size=min_size,
         max_size=max_size,
@@ -106,6 +112,22 @@ def make_pool(
         kwargs={"row_factory": dict_row, "prepare_threshold": None, "application_name": f"dms-{name}"},
         connection_class=psycopg.Connection[dict[str, Any]],
     )
+
+
+# Failover: a crashed host sends no TCP reset, so without these a connection to it (or a connect
+# attempt to a host listed in a multi-host URL) waits for the kernel's timeouts, minutes. With
+# them, connecting moves on to the next host after 5 s and an established connection breaks
+# after about 15-25 s of silence, so pools, the relay and LISTEN reconnect to the new primary.
+# Settings given in the URL win.
+NETWORK_DEFAULTS = {"connect_timeout": "5", "keepalives": "1", "keepalives_idle": "10", "keepalives_interval": "5",
+                    "keepalives_count": "3", "tcp_user_timeout": "15000"}
+
+
+def with_network_defaults(url: str) -> str:
+    """`url` with NETWORK_DEFAULTS added where it sets none (works for multi-host URLs too)."""
+    given = conninfo_to_dict(url)
+    missing = {key: value for key, value in NETWORK_DEFAULTS.items() if key not in given}
+    return make_conninfo(url, **missing) if missing else url
 
 
 QueryObserver = Callable[[float], None]
@@ -148,4 +170,5 @@ def _timed_cursor(observe: QueryObserver) -> type[psycopg.Cursor[Any]]:
 
 def connect(url: str, *, autocommit: bool = False) -> psycopg.Connection[dict[str, Any]]:
     """A direct connection outside any pool (migrations, LISTEN, admin tasks)."""
-    return psycopg.connect(url, autocommit=autocommit, row_factory=dict_row, prepare_threshold=None)
+    return psycopg.connect(with_network_defaults(url), autocommit=autocommit, row_factory=dict_row,
+                           prepare_threshold=None)

@@ -31,6 +31,7 @@ def render_text(*, database: str, pg_port: int, listen_port: int, workdir: Path,
         "auth_file": str(workdir / "userlist.txt"),
         "logfile": str(workdir / "pgbouncer.log"),
         "pidfile": str(workdir / "pgbouncer.pid"),
+        "auth_type": "trust",  # the embedded test servers have no passwords; production uses SCRAM
         **(overrides or {}),
     }
     out: list[str] = []

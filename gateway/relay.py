@@ -24,6 +24,7 @@ import psycopg
 import redis
 from loguru import logger
 
+from common import housekeeping
 from common.db import connect
 from common.events import NOTIFY_CHANNEL, REDIS_PREFIX, RELAY_WATERMARK_KEY, Event
 from gateway.metrics import RECONNECTS, observe_relay_lag
@@ -147,6 +148,7 @@ class Relay:
             self.redis.set(RELAY_WATERMARK_KEY, self.last_id, nx=True)
             if time.monotonic() >= next_retention:
                 self.purge_old_events(conn)
+                housekeeping.run(conn)  # idempotency keys, samples, GPS day partitions
                 next_retention = time.monotonic() + self.retention_every_s
             wait_s = 0.02 if self._gap is not None else self.poll_interval_s
             for _ in conn.notifies(timeout=wait_s, stop_after=1):

@@ -36,6 +36,7 @@ from common.events import ADMIN_CONNECTIONS, CONNECTIONS_STATS, DRIVER_LOCATION,
 from common.orders import ACTIVE_STATUSES
 from common.profiles import ensure_profile
 from common.redis_client import make_redis
+from common.replication import REPLICATION
 from gateway import framing, metrics
 from gateway.app import create_gateway_app
 from gateway.connection import GPS_POINTS_PER_S, Connection, Outgoing, Subscription
@@ -86,6 +87,7 @@ class Gateway:
         self.config = config
         self.id = config.gateway_id or f"{socket.gethostname()}-{os.getpid()}"
         self.pool = make_pool(config.database_url, name="gateway", max_size=pool_size)
+        REPLICATION.watch(config.database_url)  # replica-lag gauges, read from the primary per scrape
         self.redis = make_redis(config.redis_url)
         self.hub = Hub(make_redis(config.redis_url, socket_timeout_s=None))
         self.hub.on_reconnect = self.resync_all

@@ -140,7 +140,8 @@ def test_lost_redis_and_postgres_connections_are_counted(private_infra: PrivateI
 # -- alert rules -------------------------------------------------------------------------------
 def _rules() -> list[dict[str, Any]]:
     doc = yaml.safe_load(Path(RULES).read_text())
-    rules = [rule for group in doc["groups"] for rule in group["rules"]]
+    # The dms-replication group needs a live replica: tests/topology/test_failover.py checks it.
+    rules = [rule for group in doc["groups"] if group["name"] != "dms-replication" for rule in group["rules"]]
     assert rules
     return rules
 
