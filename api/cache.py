@@ -4,6 +4,10 @@ Keys are `dms:cache:<namespace>:g<generation>:<key>`. A write bumps the namespac
 (`dms:cache:gen:<namespace>`) after its transaction commits, so every entry of the old generation,
 whatever query built it, stops being read at once and expires on its own.
 
+A hit is one round trip: a script reads the generation and the entry and counts the hit, and the
+stored JSON text goes to the client as it is, with an `ETag` (its hash) so a client holding the
+same text gets `304 Not Modified` without a body.
+
 Fails open: when Redis does not answer, reads go to PostgreSQL (`X-Cache: MISS`), writes still
 succeed, a warning is logged and `dms_api_redis_fail_open_total{feature="cache"}` counts it.
 """
@@ -17,9 +21,11 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 import redis
+from flask import Response, current_app, request
 from loguru import logger
 from prometheus_client import Counter
 
@@ -32,8 +38,7 @@ FAIL_OPEN = Counter("dms_api_redis_fail_open_total", "Requests served without Re
                     ["feature"])
 # Per process, next to the Redis counters (which every process shares) so Prometheus can rate them.
 LOOKUPS = Counter("dms_api_cache_lookups_total", "Cache lookups by result", ["result"])
-for _result in ("hit", "miss"):
-    LOOKUPS.labels(_result)
+_LOOKUP_COUNTERS = {"hit": LOOKUPS.labels("hit"), "miss": LOOKUPS.labels("miss")}
 for _feature in ("cache", "ratelimit"):
     FAIL_OPEN.labels(_feature)
 
@@ -41,6 +46,15 @@ for _feature in ("cache", "ratelimit"):
 _RELEASE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
+"""
+
+# KEYS: the generation key, the hits counter; ARGV: the key prefix, the key within the generation.
+# Returns {generation, entry or false}; counts a hit, so a hit costs one round trip in all.
+_LOOKUP = """
+local generation = redis.call('GET', KEYS[1]) or '0'
+local value = redis.call('GET', ARGV[1] .. ':g' .. generation .. ':' .. ARGV[2])
+if value then redis.call('INCR', KEYS[2]) end
+return {generation, value}
 """
 
 _PUT_NEWER = """
@@ -56,14 +70,33 @@ return 1
 """
 
 
-@dataclass(frozen=True)
+@dataclass
 class Cached:
-    value: Any
+    """A cache answer: the JSON text as stored (decoded only when someone asks for `value`)."""
+
+    raw: str
     hit: bool
+
+    @cached_property
+    def value(self) -> Any:
+        return json.loads(self.raw)
 
     @property
     def header(self) -> dict[str, str]:
         return {"X-Cache": "HIT" if self.hit else "MISS"}
+
+    @property
+    def etag(self) -> str:
+        return hashlib.blake2b(self.raw.encode(), digest_size=12).hexdigest()
+
+    def response(self, *, cache_control: str) -> Response:
+        """The stored text as the body, `ETag` and `Cache-Control` set; 304 when If-None-Match matches."""
+        reply = current_app.response_class(self.raw + "\n", mimetype="application/json")
+        reply.headers.update(self.header)
+        reply.headers["Cache-Control"] = cache_control
+        reply.set_etag(self.etag)
+        reply.make_conditional(request)  # 304 and no body when If-None-Match names this text
+        return reply
 
 
 def query_key(**parts: Any) -> str:
@@ -95,13 +128,12 @@ class Cache:
         to `wait_for_rebuild_s`, then read PostgreSQL themselves rather than wait longer.
         """
         try:
-            full_key = self._key(namespace, key)
-            raw = self.redis.get(full_key)
+            full_key, raw = self._lookup(namespace, key)
         except redis.RedisError as exc:
             return self._fail_open(exc, load)
         if raw is not None:
-            self._count(HITS_KEY)
-            return Cached(json.loads(raw), hit=True)
+            _LOOKUP_COUNTERS["hit"].inc()
+            return Cached(raw, hit=True)
         token = uuid.uuid4().hex
         lock_key = f"{full_key}:lock"
         try:
@@ -111,16 +143,16 @@ class Cache:
         if locked:
             self._count(MISSES_KEY)
             try:
-                value = load()
-                self._store(full_key, value, ttl_s)
+                text = self._encode(load())
+                self._store(full_key, text, ttl_s)
             finally:
                 self._release(lock_key, token)
-            return Cached(value, hit=False)
+            return Cached(text, hit=False)
         waited = self._wait_for(full_key)
         self._count(HITS_KEY if waited is not None else MISSES_KEY)
         if waited is not None:
             return Cached(waited, hit=True)
-        return Cached(load(), hit=False)
+        return Cached(self._encode(load()), hit=False)
 
     def put_newer(self, namespace: str, key: str, value: dict[str, Any], *, version: int, ttl_s: int) -> None:
         """Store `value` unless the entry already holds this `version` or a later one.
@@ -137,12 +169,15 @@ class Cache:
 
     def get(self, namespace: str, key: str) -> Any | None:
         try:
-            raw = self.redis.get(self._key(namespace, key))
+            _, raw = self._lookup(namespace, key)
         except redis.RedisError as exc:
             self._warn(exc)
             return None
-        self._count(HITS_KEY if raw is not None else MISSES_KEY)
-        return None if raw is None else json.loads(raw)
+        if raw is None:
+            self._count(MISSES_KEY)
+            return None
+        _LOOKUP_COUNTERS["hit"].inc()
+        return json.loads(raw)
 
     def delete(self, namespace: str, key: str) -> None:
         try:
@@ -157,6 +192,18 @@ class Cache:
         except redis.RedisError as exc:
             self._warn(exc)
 
+    def _lookup(self, namespace: str, key: str) -> tuple[str, str | None]:
+        """(full key, stored text or None) in one round trip; a hit is counted there too."""
+        script = getattr(self.redis, "_dms_lookup_script", None)
+        if script is None:
+            script = self.redis.register_script(_LOOKUP)
+            self.redis._dms_lookup_script = script  # type: ignore[attr-defined]
+        generation, raw = script(keys=[f"{PREFIX}gen:{namespace}", HITS_KEY], args=[f"{PREFIX}{namespace}", key])
+        generation = generation.decode() if isinstance(generation, bytes) else str(generation)
+        if isinstance(raw, bytes):
+            raw = raw.decode()
+        return f"{PREFIX}{namespace}:g{generation}:{key}", raw
+
     def _key(self, namespace: str, key: str) -> str:
         generation = int(self.redis.get(f"{PREFIX}gen:{namespace}") or 0)
         return f"{PREFIX}{namespace}:g{generation}:{key}"
@@ -168,9 +215,9 @@ class Cache:
     def _encode(value: Any) -> str:
         return json.dumps(value, separators=(",", ":"), default=str)
 
-    def _store(self, full_key: str, value: Any, ttl_s: int) -> None:
+    def _store(self, full_key: str, text: str, ttl_s: int) -> None:
         try:
-            self.redis.set(full_key, self._encode(value), ex=self._ttl(ttl_s))
+            self.redis.set(full_key, text, ex=self._ttl(ttl_s))
         except redis.RedisError as exc:
             self._warn(exc)
 
@@ -180,7 +227,7 @@ class Cache:
         except redis.RedisError as exc:
             self._warn(exc)
 
-    def _wait_for(self, full_key: str) -> Any | None:
+    def _wait_for(self, full_key: str) -> str | None:
         deadline = time.monotonic() + self.wait_for_rebuild_s
         while time.monotonic() < deadline:
             time.sleep(self.poll_interval_s)
@@ -190,11 +237,11 @@ class Cache:
                 self._warn(exc)
                 return None
             if raw is not None:
-                return json.loads(raw)
+                return raw.decode() if isinstance(raw, bytes) else str(raw)
         return None
 
     def _count(self, key: str) -> None:
-        LOOKUPS.labels("hit" if key == HITS_KEY else "miss").inc()
+        _LOOKUP_COUNTERS["hit" if key == HITS_KEY else "miss"].inc()
         try:
             self.redis.incr(key)
         except redis.RedisError as exc:
@@ -202,7 +249,7 @@ class Cache:
 
     def _fail_open(self, exc: Exception, load: Callable[[], Any]) -> Cached:
         self._warn(exc)
-        return Cached(load(), hit=False)
+        return Cached(self._encode(load()), hit=False)
 
     @staticmethod
     def _warn(exc: Exception) -> None:

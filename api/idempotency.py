@@ -43,17 +43,28 @@ def request_fingerprint(body: Any) -> str:
 
 def claim(conn: psycopg.Connection[Any], *, user_id: str, key: str, fingerprint: str) -> Replay | None:
     """Claim the key inside the caller's transaction; return the stored reply if it was used."""
+    return finish_claim(conn, send_claim(conn, user_id=user_id, key=key, fingerprint=fingerprint),
+                        user_id=user_id, key=key, fingerprint=fingerprint)
+
+
+def send_claim(conn: psycopg.Connection[Any], *, user_id: str, key: str, fingerprint: str) -> psycopg.Cursor[Any]:
+    """The claim's statements, without reading their answer: in pipeline mode they share a round trip."""
     conn.execute(
         "DELETE FROM idempotency_keys WHERE user_id = %s AND key = %s"
         " AND created_at < now() - make_interval(hours => %s)",
         (user_id, key, KEY_TTL_HOURS),
     )
-    inserted = conn.execute(
+    return conn.execute(
         "INSERT INTO idempotency_keys (user_id, key, request_hash) VALUES (%s, %s, %s)"
         " ON CONFLICT (user_id, key) DO NOTHING RETURNING key",
         (user_id, key, fingerprint),
-    ).fetchone()
-    if inserted is not None:
+    )
+
+
+def finish_claim(conn: psycopg.Connection[Any], inserted: psycopg.Cursor[Any], *, user_id: str, key: str,
+                 fingerprint: str) -> Replay | None:
+    """None when `send_claim` took the key; else the stored reply, or Conflict."""
+    if inserted.fetchone() is not None:
         return None
     row = conn.execute(
         "SELECT request_hash, status_code, response FROM idempotency_keys WHERE user_id = %s AND key = %s",

@@ -1,8 +1,9 @@
 """REST rate limits in Redis: fixed windows per client IP and per user, shared by every API process.
 
-Each window is one Redis counter, `dms:rl:<scope>:<who>:<period>:<window number>`, raised with
-INCR and given its expiry in the same MULTI/EXEC, so a crash between the two cannot leave a
-counter that never expires. Every limited response carries `X-RateLimit-Limit`,
+Each window is one Redis counter, `dms:rl:<scope>:<who>:<period>:<window number>`. One Lua
+script raises every counter of the request (IP and user) and gives a new counter its expiry, so
+a request costs one round trip and a crash between INCR and EXPIRE cannot leave a counter that
+never expires. Every limited response carries `X-RateLimit-Limit`,
 `X-RateLimit-Remaining` and `X-RateLimit-Reset` (seconds until the tighter window resets); a
 refused one is 429 `rate_limited` with `Retry-After`.
 
@@ -19,7 +20,7 @@ import ipaddress
 import math
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import redis
 from flask import Flask, g, request
@@ -27,12 +28,22 @@ from loguru import logger
 
 from api.cache import FAIL_OPEN
 from api.context import services
-from common.auth import verify_token
 from common.config import Config, RateLimit
 from common.errors import RateLimited, Unauthorized
 
 KEY_PREFIX = "dms:rl:"
 UNLIMITED_PATHS = ("/health", "/ready", "/metrics")
+
+# KEYS: the counters; ARGV: their expiries in seconds, in the same order. Returns the counts.
+_HIT = """
+local counts = {}
+for i, key in ipairs(KEYS) do
+    local count = redis.call('INCR', key)
+    if count == 1 then redis.call('EXPIRE', key, ARGV[i]) end
+    counts[i] = count
+end
+return counts
+"""
 
 
 @dataclass(frozen=True)
@@ -86,23 +97,31 @@ def _user_id() -> str | None:
     if scheme.lower() != "bearer" or not token.strip():
         return None
     try:
-        return verify_token(token.strip(), services().config.jwt_secret.value).user_id
+        g.verified = services().tokens.verify(token.strip())  # the route's authenticate() reuses it
     except Unauthorized:
         return None
+    return cast(str, g.verified.user_id)
 
 
 def hit(client: redis.Redis, counters: list[tuple[str, RateLimit]], *, now_s: float) -> list[Window]:
-    """Count one request against every (subject, limit) pair in one round trip."""
-    pipe = client.pipeline(transaction=True)
+    """Count one request against every (subject, limit) pair in one round trip (one script call)."""
+    keys: list[str] = []
     resets: list[int] = []
     for subject, limit in counters:
         window = int(now_s // limit.period_s)
-        key = f"{KEY_PREFIX}{subject}:{limit.period_s}:{window}"
-        pipe.incr(key)
-        pipe.expire(key, limit.period_s + 1)
+        keys.append(f"{KEY_PREFIX}{subject}:{limit.period_s}:{window}")
         resets.append(max(1, math.ceil((window + 1) * limit.period_s - now_s)))
-    replies = pipe.execute()
-    return [Window(limit.count, int(replies[2 * n]), resets[n]) for n, (_, limit) in enumerate(counters)]
+    counts = _script(client)(keys=keys, args=[limit.period_s + 1 for _, limit in counters])
+    return [Window(limit.count, int(counts[n]), resets[n]) for n, (_, limit) in enumerate(counters)]
+
+
+def _script(client: redis.Redis) -> Any:
+    """The registered script, once per client: EVALSHA after the first call, EVAL if Redis forgot it."""
+    script = getattr(client, "_dms_rate_script", None)
+    if script is None:
+        script = client.register_script(_HIT)
+        client._dms_rate_script = script  # type: ignore[attr-defined]
+    return script
 
 
 def install_rate_limiter(app: Flask, config: Config) -> None:

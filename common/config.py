@@ -75,6 +75,7 @@ class Config:
     rate_limit_user: RateLimit = RateLimit(1000, 3600)
     trusted_proxies: tuple[str, ...] = ()
     relay_in_gateway: bool = True  # false when relays run alone (`python -m gateway.relay`)
+    log_sample_info: float = 1.0  # share of routine access lines written (contract section 5 "Logs")
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Config:
@@ -128,6 +129,7 @@ class Config:
             rate_limit_user=reader.rate("RATE_LIMIT_USER", "1000/hour"),
             trusted_proxies=tuple(reader.csv("TRUSTED_PROXIES")),
             relay_in_gateway=reader.flag("RELAY_IN_GATEWAY", True),
+            log_sample_info=reader.number("LOG_SAMPLE_INFO", 1.0, low=0.0, high=1.0),
         )
         if reader.errors:
             raise ConfigError("invalid configuration: " + "; ".join(reader.errors))

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import logging
+import random
 import re
 import sys
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from types import FrameType
 from typing import Any
 
@@ -13,6 +16,27 @@ from loguru import logger
 # Tokens travel in `?token=` on WebSocket URLs; no log line may carry one.
 _TOKEN_IN_TEXT = re.compile(r"(token=)[^&\s\"']+", re.IGNORECASE)
 _BEARER_IN_TEXT = re.compile(r"(Bearer\s+)[A-Za-z0-9._~+/=-]+", re.IGNORECASE)
+
+
+SLOW_REQUEST_MS = 200.0  # contract section 5 "Logs": slower requests are always written
+
+
+def log_context(**ids: str) -> AbstractContextManager[None]:
+    """Every loguru line written inside the block carries `ids` (`request_id=`, `connection_id=`).
+
+    loguru keeps them in a contextvar, and every greenlet has its own context (greenlet >= 0.4.17),
+    so two requests served at once by one gevent process never see each other's id; lines of
+    deeper modules and of stdlib loggers routed in here carry it too.
+    """
+    return logger.contextualize(**ids)
+
+
+def keep_access_line(*, status: int, duration_ms: float, sample: float,
+                     draw: Callable[[], float] = random.random) -> bool:
+    """Whether to write a request's access line: `sample` of the fast successful ones, all others."""
+    if sample >= 1.0 or status >= 400 or duration_ms > SLOW_REQUEST_MS:
+        return True
+    return draw() < sample
 
 
 def scrub(text: str) -> str:

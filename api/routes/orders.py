@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import uuid
+from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
@@ -100,61 +103,85 @@ def create_order() -> Any:
             raise ValidationFailed("a restaurant orders for itself", details={"restaurant_id": "not yours"})
         restaurant_id = who.restaurant_id
     key = idempotency.idempotency_key()
-    with services().pool.connection() as conn, conn.transaction():
-        if key is not None:
-            replay = idempotency.claim(conn, user_id=who.user_id, key=key,
-                                       fingerprint=idempotency.request_fingerprint(body))
+    fingerprint = idempotency.request_fingerprint(body) if key is not None else ""
+    product_ids = list({item["product_id"] for item in items})
+    with services().pool.connection() as conn:
+        # Round trip 1: claim the key and read what the order needs, in one pipeline. The pool's
+        # checkout has begun the transaction with the caller's claims (row-level security).
+        with conn.pipeline():
+            claimed = (idempotency.send_claim(conn, user_id=who.user_id, key=key, fingerprint=fingerprint)
+                       if key is not None else None)
+            known = conn.execute("SELECT now() AS now, EXISTS (SELECT 1 FROM restaurants WHERE id = %s) AS known",
+                                 (restaurant_id,))
+            found = conn.execute("SELECT id, name, price FROM products WHERE id = ANY(%s) AND active",
+                                 (product_ids,))
+        if claimed is not None and key is not None:
+            replay = idempotency.finish_claim(conn, claimed, user_id=who.user_id, key=key, fingerprint=fingerprint)
             if replay is not None:
                 return jsonify(replay.body), replay.status, {"Idempotent-Replayed": "true"}
-        if conn.execute("SELECT 1 FROM restaurants WHERE id = %s", (restaurant_id,)).fetchone() is None:
+        facts = known.fetchone()
+        assert facts is not None
+        if not facts["known"]:
             raise ValidationFailed("no such restaurant", details={"restaurant_id": "unknown"})
-        order = _insert_order(conn, who, restaurant_id, clean, items)
-        order_items = load_items(conn, [order["id"]])[str(order["id"])]
-        events.write_event(
-            conn,
-            event=events.ORDER_CREATED,
-            channels=events.order_channels(order),
-            data=order_event_data(order, request_id=request_id()),
-        )
-        reply = order_json(order, order_items)
-        if key is not None:
-            idempotency.record(conn, user_id=who.user_id, key=key, status=201, body=reply)
+        order, lines = _build_order(who, restaurant_id, clean, items, found.fetchall(), now=facts["now"])
+        reply = order_json(order, lines)
+        # Round trip 2: every write and the commit in one pipeline; the transaction stays open for
+        # no more than this, and the event is drawn last. Separate statements, not one with CTEs:
+        # the order_items policy must see the order row, which a sibling CTE could not.
+        with conn.pipeline():
+            _send_inserts(conn, order, lines)
+            conn.execute("INSERT INTO events (channels, event, data) VALUES (%s, %s, %s)",
+                         (events.order_channels(order), events.ORDER_CREATED,
+                          json.dumps(order_event_data(order, request_id=request_id()), default=str)))
+            if key is not None:
+                idempotency.record(conn, user_id=who.user_id, key=key, status=201, body=reply)
+            conn.commit()
     return jsonify(reply), 201, {"Location": f"/api/orders/{reply['id']}"}
 
 
-def _insert_order(conn: psycopg.Connection[Any], who: Identity, restaurant_id: str, clean: dict[str, Any],
-                  items: list[dict[str, Any]]) -> dict[str, Any]:
-    product_ids = list({item["product_id"] for item in items})
-    products = {
-        str(row["id"]): row
-        for row in conn.execute(
-            "SELECT id, name, price FROM products WHERE id = ANY(%s) AND active", (product_ids,)
-        ).fetchall()
-    }
+def _build_order(who: Identity, restaurant_id: str, clean: dict[str, Any], items: list[dict[str, Any]],
+                 products_found: list[dict[str, Any]], *, now: datetime) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The order row and its lines as the database will hold them, priced from the catalogue.
+
+    Built here, before anything is written, so the reply, the event and the idempotency record
+    need no read-back: the id is ours, the timestamps are the transaction's `now()` (the columns'
+    default), status and version are the columns' defaults.
+    """
+    products = {str(row["id"]): row for row in products_found}
     missing = {f"items[{n}].product_id": "unknown or inactive product"
                for n, item in enumerate(items) if item["product_id"] not in products}
     if missing:
         raise ValidationFailed("some products are unknown or inactive", details=missing)
+    order_id = str(uuid.uuid4())
     lines = []
     total = Decimal("0.00")
     for line_no, item in enumerate(items, start=1):
         product = products[item["product_id"]]
         line_total = product["price"] * item["quantity"]
         total += line_total
-        lines.append((line_no, item["product_id"], product["name"], item["quantity"], product["price"], line_total))
-    order = conn.execute(
-        f"INSERT INTO orders (restaurant_id, created_by, total_amount, notes, customer_name)"
-        f" VALUES (%s, %s, %s, %s, %s) RETURNING {ORDER_COLUMNS}",
-        (restaurant_id, who.user_id, total, clean.get("notes"), clean.get("customer_name")),
-    ).fetchone()
-    assert order is not None
-    with conn.cursor() as cur:
-        cur.executemany(
-            "INSERT INTO order_items (order_id, line_no, product_id, name, quantity, unit_price, line_total)"
-            " VALUES (%s, %s, %s, %s, %s, %s, %s)",
-            [(order["id"], *line) for line in lines],
-        )
-    return order
+        lines.append({"order_id": order_id, "line_no": line_no, "product_id": item["product_id"],
+                      "name": product["name"], "quantity": item["quantity"], "unit_price": product["price"],
+                      "line_total": line_total})
+    order = {"id": order_id, "restaurant_id": restaurant_id, "created_by": who.user_id, "driver_id": None,
+             "status": "pending", "total_amount": total, "notes": clean.get("notes"),
+             "customer_name": clean.get("customer_name"), "version": 1, "created_at": now, "updated_at": now}
+    return order, lines
+
+
+def _send_inserts(conn: psycopg.Connection[Any], order: dict[str, Any], lines: list[dict[str, Any]]) -> None:
+    conn.execute(
+        "INSERT INTO orders (id, restaurant_id, created_by, total_amount, notes, customer_name, created_at,"
+        " updated_at) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
+        (order["id"], order["restaurant_id"], order["created_by"], order["total_amount"], order["notes"],
+         order["customer_name"], order["created_at"], order["updated_at"]),
+    )
+    conn.execute(
+        "INSERT INTO order_items (order_id, line_no, product_id, name, quantity, unit_price, line_total)"
+        " SELECT %s, * FROM unnest(%s::smallint[], %s::uuid[], %s::text[], %s::integer[], %s::numeric[],"
+        " %s::numeric[])",
+        (order["id"], *([line[column] for line in lines]
+                        for column in ("line_no", "product_id", "name", "quantity", "unit_price", "line_total"))),
+    )
 
 
 @bp.get("")
@@ -190,8 +217,6 @@ def list_orders() -> Any:
 
 
 def _uuid_query(name: str, value: str) -> str:
-    import uuid
-
     try:
         return str(uuid.UUID(value))
     except ValueError as exc:
