@@ -155,3 +155,49 @@ def test_the_user_limit_still_refuses_after_one_script_counts_both(infra: Infra,
         assert statuses == [200, 200, 200, 429]
     finally:
         app.extensions["dms"].close()
+
+
+def test_the_created_order_reply_and_event_match_what_was_stored(client: Any, world: World, infra: Infra) -> None:
+    """The reply and the event are built before the writes; they must equal what the database holds."""
+    from common.db import connect
+
+    body = {"items": [{"product_id": world.products[0]["id"], "quantity": 3},
+                      {"product_id": world.products[1]["id"], "quantity": 1}],
+            "notes": "ring twice", "customer_name": "Zoë"}
+    created = client.post("/api/orders", json=body, headers=auth(world.restaurant,
+                                                                 **{"Idempotency-Key": uuid.uuid4().hex}))
+    assert created.status_code == 201
+    reply = created.get_json()
+    stored = client.get(f"/api/orders/{reply['id']}", headers=auth(world.restaurant))
+    assert stored.status_code == 200 and stored.headers["X-Cache"] == "MISS"
+    assert stored.get_json() == reply
+    with connect(infra.database_url) as conn:
+        row = conn.execute("SELECT channels, data FROM events WHERE event = 'order.created'"
+                           " AND data->>'order_id' = %s", (reply["id"],)).fetchone()
+    assert row is not None
+    assert row["data"]["updated_at"] == reply["updated_at"] and row["data"]["total_amount"] == reply["total_amount"]
+    assert row["data"]["version"] == 1 and row["data"]["status"] == "pending"
+    assert row["data"]["request_id"] == created.headers["X-Request-ID"]
+    assert set(row["channels"]) == {"orders", f"restaurant:{world.restaurant_id}", f"order:{reply['id']}"}
+
+
+def test_an_expired_idempotency_key_starts_afresh(client: Any, world: World, infra: Infra) -> None:
+    from common.auth import verify_token
+    from common.db import connect
+    from tests.conftest import JWT_SECRET
+
+    key = f"old-{uuid.uuid4()}"
+    user_id = verify_token(world.restaurant, JWT_SECRET).user_id
+    with connect(infra.database_url) as conn:
+        conn.execute("INSERT INTO idempotency_keys (user_id, key, request_hash, status_code, response, created_at)"
+                     " VALUES (%s, %s, 'another body', 201, '{}', now() - interval '25 hours')", (user_id, key))
+        conn.commit()
+    body = {"items": [{"product_id": world.products[0]["id"], "quantity": 1}]}
+    first = client.post("/api/orders", json=body, headers=auth(world.restaurant, **{"Idempotency-Key": key}))
+    assert first.status_code == 201 and "Idempotent-Replayed" not in first.headers
+    again = client.post("/api/orders", json=body, headers=auth(world.restaurant, **{"Idempotency-Key": key}))
+    assert again.status_code == 201 and again.headers["Idempotent-Replayed"] == "true"
+    assert again.get_json() == first.get_json()
+    other = client.post("/api/orders", json={"items": [{"product_id": world.products[0]["id"], "quantity": 2}]},
+                        headers=auth(world.restaurant, **{"Idempotency-Key": key}))
+    assert other.status_code == 409
