@@ -25,7 +25,7 @@ from functools import cached_property
 from typing import Any
 
 import redis
-from flask import Response, current_app, request
+from flask import Response, current_app, g, has_request_context, request
 from loguru import logger
 from prometheus_client import Counter
 
@@ -68,6 +68,50 @@ end
 redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[3])
 return 1
 """
+
+
+@dataclass(frozen=True)
+class Prefetched:
+    """A cache entry the rate limiter's script read in its round trip (api/ratelimit.py)."""
+
+    namespace: str
+    key: str
+    full_key: str
+    raw: str | None
+
+
+# endpoint -> the (namespace, key) its view will look up, computed from the request alone.
+PREFETCHERS: dict[str, Callable[[], tuple[str, str] | None]] = {}
+
+
+def prefetches(endpoint: str) -> Callable[[Callable[[], tuple[str, str] | None]], Callable[[], tuple[str, str] | None]]:
+    """Register how to name a view's cache entry before it runs, so the limiter can read it early."""
+
+    def register(compute: Callable[[], tuple[str, str] | None]) -> Callable[[], tuple[str, str] | None]:
+        PREFETCHERS[endpoint] = compute
+        return compute
+
+    return register
+
+
+def prefetch_key() -> tuple[str, str] | None:
+    """The current request's cache entry, when its view has one and the request names it validly."""
+    compute = PREFETCHERS.get(request.endpoint or "")
+    if compute is None or request.method != "GET":
+        return None
+    try:
+        return compute()
+    except Exception:  # an invalid request: its view will answer with the error
+        return None
+
+
+def _prefetched(namespace: str, key: str) -> Prefetched | None:
+    if not has_request_context():
+        return None
+    found: Prefetched | None = g.pop("cache_prefetch", None)
+    if found is None or found.namespace != namespace or found.key != key:
+        return None
+    return found
 
 
 @dataclass
@@ -193,7 +237,13 @@ class Cache:
             self._warn(exc)
 
     def _lookup(self, namespace: str, key: str) -> tuple[str, str | None]:
-        """(full key, stored text or None) in one round trip; a hit is counted there too."""
+        """(full key, stored text or None) in one round trip; a hit is counted there too.
+
+        No round trip at all when the rate limiter's script already read this entry.
+        """
+        early = _prefetched(namespace, key)
+        if early is not None:
+            return early.full_key, early.raw
         script = getattr(self.redis, "_dms_lookup_script", None)
         if script is None:
             script = self.redis.register_script(_LOOKUP)

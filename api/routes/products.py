@@ -6,7 +6,7 @@ from typing import Any
 
 from flask import Blueprint, jsonify, request
 
-from api.cache import cache, query_key
+from api.cache import cache, prefetches, query_key
 from api.context import require, services
 from api.pagination import Page, keyset_query, page_args, page_body
 from api.validation import Field, Validator, json_body, uuid_arg
@@ -107,6 +107,22 @@ def load_list(category: str | None, active: bool | None, q: str | None, page: Pa
     with services().pool.connection() as conn:
         rows = conn.execute(sql, params).fetchall()
     return page_body(rows, [product_json(row) for row in rows[: page.limit]], page.limit)
+
+
+@prefetches("products.list_products")
+def _list_entry() -> tuple[str, str]:
+    """The list's cache entry from the query string alone (raises where the view would refuse)."""
+    page = page_args()
+    q = (request.args.get("q") or "").strip() or None
+    if q is not None and len(q) > 200:
+        raise ValidationFailed("q is too long")
+    return NAMESPACE, list_key(category=request.args.get("category"), active=_active_arg(), q=q, limit=page.limit,
+                               cursor=request.args.get("cursor"))
+
+
+@prefetches("products.get_product")
+def _one_entry() -> tuple[str, str]:
+    return NAMESPACE, f"one:{uuid_arg(request.view_args['product_id'] if request.view_args else '', what='product')}"
 
 
 def list_key(*, category: str | None, active: bool | None, q: str | None, limit: int, cursor: str | None) -> str:

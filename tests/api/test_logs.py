@@ -49,7 +49,7 @@ def _app(infra: Infra, **env: str) -> Any:
 
 def _client(app: Any) -> Any:
     client = app.test_client()
-    client.environ_base["REMOTE_ADDR"] = f"192.0.2.{uuid.uuid4().int % 250 + 1}"
+    client.environ_base["REMOTE_ADDR"] = f"198.19.{uuid.uuid4().int % 250 + 1}.{uuid.uuid4().int % 250 + 1}"
     return client
 
 
