@@ -18,9 +18,10 @@ from api.services import Services
 from common.auth import Identity, claims_of
 from common.db import ANONYMOUS, set_claims
 from common.errors import Forbidden, Unauthorized
-from common.logging import keep_access_line, log_context
+from common.logging import enabled, keep_access_line, log_context
 from common.profiles import ensure_profile
 
+_INFO_ENABLED = lambda: enabled("INFO")  # noqa: E731 - read per request: tests reconfigure logging
 _VALID_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{8,128}$")
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -133,8 +134,8 @@ def install_request_hooks(app: Flask) -> None:
         if request.headers.get("X-Forwarded-Proto") == "https" or request.is_secure:
             response.headers["Strict-Transport-Security"] = "max-age=31536000; includeSubDomains"
         duration_ms = (time.perf_counter() - g.get("started", time.perf_counter())) * 1000
-        if not keep_access_line(status=response.status_code, duration_ms=duration_ms,
-                                sample=services().config.log_sample_info):
+        if not _INFO_ENABLED() or not keep_access_line(status=response.status_code, duration_ms=duration_ms,
+                                                       sample=services().config.log_sample_info):
             return response
         who = g.get("identity")
         logger.bind(

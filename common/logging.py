@@ -19,6 +19,12 @@ _BEARER_IN_TEXT = re.compile(r"(Bearer\s+)[A-Za-z0-9._~+/=-]+", re.IGNORECASE)
 
 
 SLOW_REQUEST_MS = 200.0  # contract section 5 "Logs": slower requests are always written
+_min_level_no = 0  # what setup_logging configured; 0 (everything) until it runs
+
+
+def enabled(level: str) -> bool:
+    """Whether a line at `level` would be written: a hot path skips building lines nobody keeps."""
+    return logger.level(level).no >= _min_level_no
 
 
 def log_context(**ids: str) -> AbstractContextManager[None]:
@@ -66,6 +72,8 @@ def _patch_record(record: Any) -> None:
 
 def setup_logging(*, level: str = "INFO", fmt: str = "text", service: str = "dms") -> None:
     """Replace every sink with one on stderr; safe to call again (tests, reloads)."""
+    global _min_level_no
+    _min_level_no = logger.level(level).no
     logger.remove()
     logger.configure(extra={"service": service}, patcher=_patch_record)
     if fmt == "json":

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
-from flask import Blueprint, jsonify, request
+from flask import Blueprint, g, jsonify, request
 
 from api.cache import cache, prefetches, query_key
 from api.context import require, services
@@ -83,7 +83,7 @@ def list_products() -> Any:
     q = (request.args.get("q") or "").strip() or None
     if q is not None and len(q) > 200:
         raise ValidationFailed("q is too long", details={"q": "at most 200 characters"})
-    key = list_key(category=category, active=active, q=q, limit=page.limit, cursor=request.args.get("cursor"))
+    _, key = _list_entry()
     found = cache().get_or_load(NAMESPACE, key, lambda: load_list(category, active, q, page), ttl_s=TTL_S)
     return found.response(cache_control=CATALOGUE_CACHE_CONTROL)
 
@@ -109,9 +109,20 @@ def load_list(category: str | None, active: bool | None, q: str | None, page: Pa
     return page_body(rows, [product_json(row) for row in rows[: page.limit]], page.limit)
 
 
-@prefetches("products.list_products")
 def _list_entry() -> tuple[str, str]:
-    """The list's cache entry from the query string alone (raises where the view would refuse)."""
+    """The list's cache entry from the query string alone (raises where the view would refuse).
+
+    Remembered for the request: the rate limiter asks first, the view again.
+    """
+    if "list_entry" not in g:
+        g.list_entry = _compute_list_entry()
+    return cast(tuple[str, str], g.list_entry)
+
+
+prefetches("products.list_products")(_list_entry)
+
+
+def _compute_list_entry() -> tuple[str, str]:
     page = page_args()
     q = (request.args.get("q") or "").strip() or None
     if q is not None and len(q) > 200:
