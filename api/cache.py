@@ -57,6 +57,22 @@ if value then redis.call('INCR', KEYS[2]) end
 return {generation, value}
 """
 
+# KEYS: the lock, the misses counter; ARGV: our token, the lock's ttl (ms). 1 when we took it.
+_LOCK_AND_COUNT = """
+if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
+    redis.call('INCR', KEYS[2])
+    return 1
+end
+return 0
+"""
+
+# KEYS: the entry, its lock; ARGV: the value, its ttl (s), our lock token.
+_STORE_AND_RELEASE = """
+redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
+if redis.call('GET', KEYS[2]) == ARGV[3] then redis.call('DEL', KEYS[2]) end
+return 1
+"""
+
 _PUT_NEWER = """
 local current = redis.call('GET', KEYS[1])
 if current then
@@ -181,16 +197,18 @@ class Cache:
         token = uuid.uuid4().hex
         lock_key = f"{full_key}:lock"
         try:
-            locked = bool(self.redis.set(lock_key, token, nx=True, px=self.lock_ttl_ms))
+            # The miss is counted in the same round trip as the lock is taken.
+            locked = bool(self._script(_LOCK_AND_COUNT)(keys=[lock_key, MISSES_KEY], args=[token, self.lock_ttl_ms]))
         except redis.RedisError as exc:
             return self._fail_open(exc, load)
         if locked:
-            self._count(MISSES_KEY)
+            _LOOKUP_COUNTERS["miss"].inc()
             try:
                 text = self._encode(load())
-                self._store(full_key, text, ttl_s)
-            finally:
+            except BaseException:
                 self._release(lock_key, token)
+                raise
+            self._store_and_release(full_key, text, ttl_s, lock_key, token)
             return Cached(text, hit=False)
         waited = self._wait_for(full_key)
         self._count(HITS_KEY if waited is not None else MISSES_KEY)
@@ -236,6 +254,22 @@ class Cache:
         except redis.RedisError as exc:
             self._warn(exc)
 
+    def _script(self, source: str) -> Any:
+        """A registered script of this client (EVALSHA; EVAL again if Redis restarted and forgot it)."""
+        scripts: dict[str, Any] | None = getattr(self.redis, "_dms_cache_scripts", None)
+        if scripts is None:
+            scripts = {}
+            self.redis._dms_cache_scripts = scripts  # type: ignore[attr-defined]
+        if source not in scripts:
+            scripts[source] = self.redis.register_script(source)
+        return scripts[source]
+
+    def _store_and_release(self, full_key: str, text: str, ttl_s: int, lock_key: str, token: str) -> None:
+        try:
+            self._script(_STORE_AND_RELEASE)(keys=[full_key, lock_key], args=[text, self._ttl(ttl_s), token])
+        except redis.RedisError as exc:
+            self._warn(exc)
+
     def _lookup(self, namespace: str, key: str) -> tuple[str, str | None]:
         """(full key, stored text or None) in one round trip; a hit is counted there too.
 
@@ -244,11 +278,8 @@ class Cache:
         early = _prefetched(namespace, key)
         if early is not None:
             return early.full_key, early.raw
-        script = getattr(self.redis, "_dms_lookup_script", None)
-        if script is None:
-            script = self.redis.register_script(_LOOKUP)
-            self.redis._dms_lookup_script = script  # type: ignore[attr-defined]
-        generation, raw = script(keys=[f"{PREFIX}gen:{namespace}", HITS_KEY], args=[f"{PREFIX}{namespace}", key])
+        generation, raw = self._script(_LOOKUP)(keys=[f"{PREFIX}gen:{namespace}", HITS_KEY],
+                                                args=[f"{PREFIX}{namespace}", key])
         generation = generation.decode() if isinstance(generation, bytes) else str(generation)
         if isinstance(raw, bytes):
             raw = raw.decode()
@@ -264,12 +295,6 @@ class Cache:
     @staticmethod
     def _encode(value: Any) -> str:
         return json.dumps(value, separators=(",", ":"), default=str)
-
-    def _store(self, full_key: str, text: str, ttl_s: int) -> None:
-        try:
-            self.redis.set(full_key, text, ex=self._ttl(ttl_s))
-        except redis.RedisError as exc:
-            self._warn(exc)
 
     def _release(self, lock_key: str, token: str) -> None:
         try:
