@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -223,5 +224,25 @@ def test_a_cached_catalogue_read_is_one_redis_round_trip(infra: Infra, world: Wo
         # An invalid query is not prefetched and is still refused by the view.
         bad = client.get("/api/products?limit=0", headers=auth(world.restaurant))
         assert bad.status_code == 422
+    finally:
+        app.extensions["dms"].close()
+
+
+def test_a_refused_request_reads_no_cache_entry(infra: Infra, world: World) -> None:
+    app = create_app(Config.from_env(infra.env(RATE_LIMIT_IP="2/minute", RATE_LIMIT_USER="1000/hour")))
+    try:
+        client = _client(app)
+        url = f"/api/products?limit=3&category=refused-{uuid.uuid4().hex[:6]}"
+        # Fixed windows reset on the minute: start well inside one.
+        wait_for(lambda: 60 - time.time() % 60 > 5, timeout_s=8, interval_s=0.2, message="a fresh window")
+        assert [client.get(url, headers=auth(world.restaurant)).status_code for _ in range(2)] == [200, 200]
+        store = redis.Redis.from_url(infra.redis_url, decode_responses=True)
+        before = _commands(store)
+        refused = client.get(url, headers=auth(world.restaurant))
+        after = _commands(store)
+        assert refused.status_code == 429 and "ETag" not in refused.headers
+        used = {name: after[name] - before.get(name, 0) for name in after
+                if after[name] != before.get(name, 0) and name != "info"}
+        assert used == {"evalsha": 1, "incr": 2}, used  # the two counters; no GET, no hit counted
     finally:
         app.extensions["dms"].close()
