@@ -210,6 +210,7 @@ def test_a_cached_catalogue_read_is_one_redis_round_trip(infra: Infra, world: Wo
     try:
         client = _client(app)
         url = f"/api/products?limit=7&category=prefetch-{uuid.uuid4().hex[:6]}"
+        wait_for(lambda: 60 - time.time() % 60 > 5, timeout_s=8, interval_s=0.2, message="a fresh window")
         assert client.get(url, headers=auth(world.restaurant)).headers["X-Cache"] == "MISS"
         store = redis.Redis.from_url(infra.redis_url, decode_responses=True)
         before = _commands(store)
