@@ -18,6 +18,7 @@ from loguru import logger  # noqa: E402
 
 from api.app import create_app  # noqa: E402
 from api.performance import run_sampler  # noqa: E402
+from api.warm import run_warmer  # noqa: E402
 from common.config import Config, ConfigError  # noqa: E402
 from common.logging import setup_logging  # noqa: E402
 from common.sentry import init_sentry  # noqa: E402
@@ -82,7 +83,9 @@ def main() -> int:
         "api listening on http://{}:{}", config.api_host, config.api_port
     )
     sampler = gevent.spawn(run_sampler, app)  # history rows and alert checks, once a minute
+    warmer = gevent.spawn(run_warmer, app)  # the catalogue cache, at start and whenever Redis lost it
     server.serve_forever()
+    warmer.kill(block=True, timeout=2)
     sampler.kill(block=True, timeout=2)
     app.extensions["dms"].close()
     logger.info("api stopped")

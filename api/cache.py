@@ -4,6 +4,10 @@ Keys are `dms:cache:<namespace>:g<generation>:<key>`. A write bumps the namespac
 (`dms:cache:gen:<namespace>`) after its transaction commits, so every entry of the old generation,
 whatever query built it, stops being read at once and expires on its own.
 
+A hit is one round trip: a script reads the generation and the entry and counts the hit, and the
+stored JSON text goes to the client as it is, with an `ETag` (its hash) so a client holding the
+same text gets `304 Not Modified` without a body.
+
 Fails open: when Redis does not answer, reads go to PostgreSQL (`X-Cache: MISS`), writes still
 succeed, a warning is logged and `dms_api_redis_fail_open_total{feature="cache"}` counts it.
 """
@@ -17,9 +21,11 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 import redis
+from flask import Response, current_app, g, has_request_context, request
 from loguru import logger
 from prometheus_client import Counter
 
@@ -32,8 +38,7 @@ FAIL_OPEN = Counter("dms_api_redis_fail_open_total", "Requests served without Re
                     ["feature"])
 # Per process, next to the Redis counters (which every process shares) so Prometheus can rate them.
 LOOKUPS = Counter("dms_api_cache_lookups_total", "Cache lookups by result", ["result"])
-for _result in ("hit", "miss"):
-    LOOKUPS.labels(_result)
+_LOOKUP_COUNTERS = {"hit": LOOKUPS.labels("hit"), "miss": LOOKUPS.labels("miss")}
 for _feature in ("cache", "ratelimit"):
     FAIL_OPEN.labels(_feature)
 
@@ -41,6 +46,31 @@ for _feature in ("cache", "ratelimit"):
 _RELEASE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
+"""
+
+# KEYS: the generation key, the hits counter; ARGV: the key prefix, the key within the generation.
+# Returns {generation, entry or false}; counts a hit, so a hit costs one round trip in all.
+_LOOKUP = """
+local generation = redis.call('GET', KEYS[1]) or '0'
+local value = redis.call('GET', ARGV[1] .. ':g' .. generation .. ':' .. ARGV[2])
+if value then redis.call('INCR', KEYS[2]) end
+return {generation, value}
+"""
+
+# KEYS: the lock, the misses counter; ARGV: our token, the lock's ttl (ms). 1 when we took it.
+_LOCK_AND_COUNT = """
+if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
+    redis.call('INCR', KEYS[2])
+    return 1
+end
+return 0
+"""
+
+# KEYS: the entry, its lock; ARGV: the value, its ttl (s), our lock token.
+_STORE_AND_RELEASE = """
+redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
+if redis.call('GET', KEYS[2]) == ARGV[3] then redis.call('DEL', KEYS[2]) end
+return 1
 """
 
 _PUT_NEWER = """
@@ -57,13 +87,76 @@ return 1
 
 
 @dataclass(frozen=True)
+class Prefetched:
+    """A cache entry the rate limiter's script read in its round trip (api/ratelimit.py)."""
+
+    namespace: str
+    key: str
+    full_key: str
+    raw: str | None
+
+
+# endpoint -> the (namespace, key) its view will look up, computed from the request alone.
+PREFETCHERS: dict[str, Callable[[], tuple[str, str] | None]] = {}
+
+
+def prefetches(endpoint: str) -> Callable[[Callable[[], tuple[str, str] | None]], Callable[[], tuple[str, str] | None]]:
+    """Register how to name a view's cache entry before it runs, so the limiter can read it early."""
+
+    def register(compute: Callable[[], tuple[str, str] | None]) -> Callable[[], tuple[str, str] | None]:
+        PREFETCHERS[endpoint] = compute
+        return compute
+
+    return register
+
+
+def prefetch_key() -> tuple[str, str] | None:
+    """The current request's cache entry, when its view has one and the request names it validly."""
+    compute = PREFETCHERS.get(request.endpoint or "")
+    if compute is None or request.method != "GET":
+        return None
+    try:
+        return compute()
+    except Exception:  # an invalid request: its view will answer with the error
+        return None
+
+
+def _prefetched(namespace: str, key: str) -> Prefetched | None:
+    if not has_request_context():
+        return None
+    found: Prefetched | None = g.pop("cache_prefetch", None)
+    if found is None or found.namespace != namespace or found.key != key:
+        return None
+    return found
+
+
+@dataclass
 class Cached:
-    value: Any
+    """A cache answer: the JSON text as stored (decoded only when someone asks for `value`)."""
+
+    raw: str
     hit: bool
+
+    @cached_property
+    def value(self) -> Any:
+        return json.loads(self.raw)
 
     @property
     def header(self) -> dict[str, str]:
         return {"X-Cache": "HIT" if self.hit else "MISS"}
+
+    @property
+    def etag(self) -> str:
+        return hashlib.blake2b(self.raw.encode(), digest_size=12).hexdigest()
+
+    def response(self, *, cache_control: str) -> Response:
+        """The stored text as the body, `ETag` and `Cache-Control` set; 304 when If-None-Match matches."""
+        reply = current_app.response_class(self.raw + "\n", mimetype="application/json")
+        reply.headers.update(self.header)
+        reply.headers["Cache-Control"] = cache_control
+        reply.set_etag(self.etag)
+        reply.make_conditional(request)  # 304 and no body when If-None-Match names this text
+        return reply
 
 
 def query_key(**parts: Any) -> str:
@@ -95,32 +188,33 @@ class Cache:
         to `wait_for_rebuild_s`, then read PostgreSQL themselves rather than wait longer.
         """
         try:
-            full_key = self._key(namespace, key)
-            raw = self.redis.get(full_key)
+            full_key, raw = self._lookup(namespace, key)
         except redis.RedisError as exc:
             return self._fail_open(exc, load)
         if raw is not None:
-            self._count(HITS_KEY)
-            return Cached(json.loads(raw), hit=True)
+            _LOOKUP_COUNTERS["hit"].inc()
+            return Cached(raw, hit=True)
         token = uuid.uuid4().hex
         lock_key = f"{full_key}:lock"
         try:
-            locked = bool(self.redis.set(lock_key, token, nx=True, px=self.lock_ttl_ms))
+            # The miss is counted in the same round trip as the lock is taken.
+            locked = bool(self._script(_LOCK_AND_COUNT)(keys=[lock_key, MISSES_KEY], args=[token, self.lock_ttl_ms]))
         except redis.RedisError as exc:
             return self._fail_open(exc, load)
         if locked:
-            self._count(MISSES_KEY)
+            _LOOKUP_COUNTERS["miss"].inc()
             try:
-                value = load()
-                self._store(full_key, value, ttl_s)
-            finally:
+                text = self._encode(load())
+            except BaseException:
                 self._release(lock_key, token)
-            return Cached(value, hit=False)
+                raise
+            self._store_and_release(full_key, text, ttl_s, lock_key, token)
+            return Cached(text, hit=False)
         waited = self._wait_for(full_key)
         self._count(HITS_KEY if waited is not None else MISSES_KEY)
         if waited is not None:
             return Cached(waited, hit=True)
-        return Cached(load(), hit=False)
+        return Cached(self._encode(load()), hit=False)
 
     def put_newer(self, namespace: str, key: str, value: dict[str, Any], *, version: int, ttl_s: int) -> None:
         """Store `value` unless the entry already holds this `version` or a later one.
@@ -137,12 +231,15 @@ class Cache:
 
     def get(self, namespace: str, key: str) -> Any | None:
         try:
-            raw = self.redis.get(self._key(namespace, key))
+            _, raw = self._lookup(namespace, key)
         except redis.RedisError as exc:
             self._warn(exc)
             return None
-        self._count(HITS_KEY if raw is not None else MISSES_KEY)
-        return None if raw is None else json.loads(raw)
+        if raw is None:
+            self._count(MISSES_KEY)
+            return None
+        _LOOKUP_COUNTERS["hit"].inc()
+        return json.loads(raw)
 
     def delete(self, namespace: str, key: str) -> None:
         try:
@@ -157,6 +254,37 @@ class Cache:
         except redis.RedisError as exc:
             self._warn(exc)
 
+    def _script(self, source: str) -> Any:
+        """A registered script of this client (EVALSHA; EVAL again if Redis restarted and forgot it)."""
+        scripts: dict[str, Any] | None = getattr(self.redis, "_dms_cache_scripts", None)
+        if scripts is None:
+            scripts = {}
+            self.redis._dms_cache_scripts = scripts  # type: ignore[attr-defined]
+        if source not in scripts:
+            scripts[source] = self.redis.register_script(source)
+        return scripts[source]
+
+    def _store_and_release(self, full_key: str, text: str, ttl_s: int, lock_key: str, token: str) -> None:
+        try:
+            self._script(_STORE_AND_RELEASE)(keys=[full_key, lock_key], args=[text, self._ttl(ttl_s), token])
+        except redis.RedisError as exc:
+            self._warn(exc)
+
+    def _lookup(self, namespace: str, key: str) -> tuple[str, str | None]:
+        """(full key, stored text or None) in one round trip; a hit is counted there too.
+
+        No round trip at all when the rate limiter's script already read this entry.
+        """
+        early = _prefetched(namespace, key)
+        if early is not None:
+            return early.full_key, early.raw
+        generation, raw = self._script(_LOOKUP)(keys=[f"{PREFIX}gen:{namespace}", HITS_KEY],
+                                                args=[f"{PREFIX}{namespace}", key])
+        generation = generation.decode() if isinstance(generation, bytes) else str(generation)
+        if isinstance(raw, bytes):
+            raw = raw.decode()
+        return f"{PREFIX}{namespace}:g{generation}:{key}", raw
+
     def _key(self, namespace: str, key: str) -> str:
         generation = int(self.redis.get(f"{PREFIX}gen:{namespace}") or 0)
         return f"{PREFIX}{namespace}:g{generation}:{key}"
@@ -168,19 +296,13 @@ class Cache:
     def _encode(value: Any) -> str:
         return json.dumps(value, separators=(",", ":"), default=str)
 
-    def _store(self, full_key: str, value: Any, ttl_s: int) -> None:
-        try:
-            self.redis.set(full_key, self._encode(value), ex=self._ttl(ttl_s))
-        except redis.RedisError as exc:
-            self._warn(exc)
-
     def _release(self, lock_key: str, token: str) -> None:
         try:
             self.redis.eval(_RELEASE, 1, lock_key, token)
         except redis.RedisError as exc:
             self._warn(exc)
 
-    def _wait_for(self, full_key: str) -> Any | None:
+    def _wait_for(self, full_key: str) -> str | None:
         deadline = time.monotonic() + self.wait_for_rebuild_s
         while time.monotonic() < deadline:
             time.sleep(self.poll_interval_s)
@@ -190,11 +312,11 @@ class Cache:
                 self._warn(exc)
                 return None
             if raw is not None:
-                return json.loads(raw)
+                return raw.decode() if isinstance(raw, bytes) else str(raw)
         return None
 
     def _count(self, key: str) -> None:
-        LOOKUPS.labels("hit" if key == HITS_KEY else "miss").inc()
+        _LOOKUP_COUNTERS["hit" if key == HITS_KEY else "miss"].inc()
         try:
             self.redis.incr(key)
         except redis.RedisError as exc:
@@ -202,7 +324,7 @@ class Cache:
 
     def _fail_open(self, exc: Exception, load: Callable[[], Any]) -> Cached:
         self._warn(exc)
-        return Cached(load(), hit=False)
+        return Cached(self._encode(load()), hit=False)
 
     @staticmethod
     def _warn(exc: Exception) -> None:

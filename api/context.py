@@ -9,16 +9,19 @@ from collections.abc import Callable
 from functools import wraps
 from typing import Any, TypeVar, cast
 
+import sentry_sdk
 from flask import Flask, current_app, g, request
 from loguru import logger
 
 from api.replicas import install_replica_hooks
 from api.services import Services
-from common.auth import Identity, claims_of, verify_token
+from common.auth import Identity, claims_of
 from common.db import ANONYMOUS, set_claims
 from common.errors import Forbidden, Unauthorized
+from common.logging import enabled, keep_access_line, log_context
 from common.profiles import ensure_profile
 
+_INFO_ENABLED = lambda: enabled("INFO")  # noqa: E731 - read per request: tests reconfigure logging
 _VALID_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{8,128}$")
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -49,22 +52,30 @@ def _bearer_token() -> str:
 def authenticate() -> Identity:
     """Verify the bearer token once per request and remember the identity."""
     if g.get("identity") is None:
-        g.identity = verify_token(_bearer_token(), services().config.jwt_secret.value)
+        g.identity = g.get("verified") or services().tokens.verify(_bearer_token())
         set_claims(claims_of(g.identity))  # every query of this request runs under row-level security
         _ensure_profile(g.identity)
     return cast(Identity, g.identity)
 
 
 def _ensure_profile(who: Identity) -> None:
-    """The contract creates a profile on a user's first authenticated request."""
+    """The contract creates a profile on a user's first authenticated request.
+
+    Remembered in this process first (no round trip at all), then in Redis for the other processes.
+    """
+    seen = services().profiles_seen
+    if seen.get(who.user_id):
+        return
     cache_key = f"dms:profile-seen:{who.user_id}"
     try:
         if services().redis.get(cache_key):
+            seen.put(who.user_id, True)
             return
     except Exception:
         logger.debug("profile cache unavailable")
     with services().pool.connection() as conn:
         ensure_profile(conn, who)
+    seen.put(who.user_id, True)
     try:
         services().redis.set(cache_key, "1", ex=3600)
     except Exception:
@@ -99,6 +110,17 @@ def install_request_hooks(app: Flask) -> None:
         incoming = request.headers.get("X-Request-ID", "")
         g.request_id = incoming if _VALID_REQUEST_ID.match(incoming) else uuid.uuid4().hex
         g.started = time.perf_counter()
+        # Every line of this request, warnings and deeper modules included, carries its id.
+        g.log_context = log_context(request_id=g.request_id)
+        g.log_context.__enter__()
+        if sentry_sdk.get_client().is_active():
+            sentry_sdk.set_tag("request_id", g.request_id)  # this request's scope (the Flask integration's)
+
+    @app.teardown_request
+    def _end(_exc: BaseException | None) -> None:
+        entered = g.pop("log_context", None)
+        if entered is not None:
+            entered.__exit__(None, None, None)
 
     @app.after_request
     def _finish(response: Any) -> Any:
@@ -112,6 +134,9 @@ def install_request_hooks(app: Flask) -> None:
         if request.headers.get("X-Forwarded-Proto") == "https" or request.is_secure:
             response.headers["Strict-Transport-Security"] = "max-age=31536000; includeSubDomains"
         duration_ms = (time.perf_counter() - g.get("started", time.perf_counter())) * 1000
+        if not _INFO_ENABLED() or not keep_access_line(status=response.status_code, duration_ms=duration_ms,
+                                                       sample=services().config.log_sample_info):
+            return response
         who = g.get("identity")
         logger.bind(
             request_id=request_id(),

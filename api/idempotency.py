@@ -43,17 +43,35 @@ def request_fingerprint(body: Any) -> str:
 
 def claim(conn: psycopg.Connection[Any], *, user_id: str, key: str, fingerprint: str) -> Replay | None:
     """Claim the key inside the caller's transaction; return the stored reply if it was used."""
-    conn.execute(
-        "DELETE FROM idempotency_keys WHERE user_id = %s AND key = %s"
-        " AND created_at < now() - make_interval(hours => %s)",
-        (user_id, key, KEY_TTL_HOURS),
-    )
-    inserted = conn.execute(
-        "INSERT INTO idempotency_keys (user_id, key, request_hash) VALUES (%s, %s, %s)"
-        " ON CONFLICT (user_id, key) DO NOTHING RETURNING key",
-        (user_id, key, fingerprint),
-    ).fetchone()
-    if inserted is not None:
+    return finish_claim(conn, send_claim(conn, user_id=user_id, key=key, fingerprint=fingerprint),
+                        user_id=user_id, key=key, fingerprint=fingerprint)
+
+
+# Takes the key when it is new or its record expired (then starts it afresh): one statement, so a
+# caller can put it in front of its own reads. A live key is left alone and nothing is returned.
+CLAIM_SQL = (
+    "INSERT INTO idempotency_keys (user_id, key, request_hash) VALUES (%s, %s, %s)"
+    " ON CONFLICT (user_id, key) DO UPDATE SET request_hash = EXCLUDED.request_hash, status_code = NULL,"
+    " response = NULL, created_at = now()"
+    " WHERE idempotency_keys.created_at < now() - make_interval(hours => %s)"
+    " RETURNING key"
+)
+
+
+def claim_params(*, user_id: str, key: str, fingerprint: str) -> tuple[str, str, str, int]:
+    return user_id, key, fingerprint, KEY_TTL_HOURS
+
+
+def send_claim(conn: psycopg.Connection[Any], *, user_id: str, key: str, fingerprint: str) -> bool:
+    """Whether this request took the key (False: it was used, see `finish_claim`)."""
+    return conn.execute(CLAIM_SQL, claim_params(user_id=user_id, key=key, fingerprint=fingerprint)).fetchone() \
+        is not None
+
+
+def finish_claim(conn: psycopg.Connection[Any], claimed: bool, *, user_id: str, key: str,
+                 fingerprint: str) -> Replay | None:
+    """None when the claim took the key; else the stored reply, or Conflict."""
+    if claimed:
         return None
     row = conn.execute(
         "SELECT request_hash, status_code, response FROM idempotency_keys WHERE user_id = %s AND key = %s",

@@ -1,8 +1,9 @@
 """REST rate limits in Redis: fixed windows per client IP and per user, shared by every API process.
 
-Each window is one Redis counter, `dms:rl:<scope>:<who>:<period>:<window number>`, raised with
-INCR and given its expiry in the same MULTI/EXEC, so a crash between the two cannot leave a
-counter that never expires. Every limited response carries `X-RateLimit-Limit`,
+Each window is one Redis counter, `dms:rl:<scope>:<who>:<period>:<window number>`. One Lua
+script raises every counter of the request (IP and user) and gives a new counter its expiry, so
+a request costs one round trip and a crash between INCR and EXPIRE cannot leave a counter that
+never expires. Every limited response carries `X-RateLimit-Limit`,
 `X-RateLimit-Remaining` and `X-RateLimit-Reset` (seconds until the tighter window resets); a
 refused one is 429 `rate_limited` with `Retry-After`.
 
@@ -19,20 +20,43 @@ import ipaddress
 import math
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import redis
 from flask import Flask, g, request
 from loguru import logger
 
-from api.cache import FAIL_OPEN
+from api.cache import FAIL_OPEN, HITS_KEY, Prefetched, prefetch_key
+from api.cache import PREFIX as CACHE_PREFIX
 from api.context import services
-from common.auth import verify_token
 from common.config import Config, RateLimit
 from common.errors import RateLimited, Unauthorized
 
 KEY_PREFIX = "dms:rl:"
 UNLIMITED_PATHS = ("/health", "/ready", "/metrics")
+
+# KEYS: n counters, then (optionally) a cache generation key and the hits counter.
+# ARGV: n, n expiries (s), n limits, then (optionally) the cache key prefix and the key.
+# Returns the n counts, then (when asked and no limit is exceeded) {generation, entry or false}.
+_HIT = """
+local n = tonumber(ARGV[1])
+local out = {}
+local over = false
+for i = 1, n do
+    local count = redis.call('INCR', KEYS[i])
+    if count == 1 then redis.call('EXPIRE', KEYS[i], ARGV[1 + i]) end
+    out[i] = count
+    if count > tonumber(ARGV[1 + n + i]) then over = true end
+end
+if #KEYS > n and not over then
+    local generation = redis.call('GET', KEYS[n + 1]) or '0'
+    local value = redis.call('GET', ARGV[2 + 2 * n] .. ':g' .. generation .. ':' .. ARGV[3 + 2 * n])
+    if value then redis.call('INCR', KEYS[n + 2]) end
+    out[n + 1] = generation
+    out[n + 2] = value
+end
+return out
+"""
 
 
 @dataclass(frozen=True)
@@ -86,23 +110,47 @@ def _user_id() -> str | None:
     if scheme.lower() != "bearer" or not token.strip():
         return None
     try:
-        return verify_token(token.strip(), services().config.jwt_secret.value).user_id
+        g.verified = services().tokens.verify(token.strip())  # the route's authenticate() reuses it
     except Unauthorized:
         return None
+    return cast(str, g.verified.user_id)
 
 
-def hit(client: redis.Redis, counters: list[tuple[str, RateLimit]], *, now_s: float) -> list[Window]:
-    """Count one request against every (subject, limit) pair in one round trip."""
-    pipe = client.pipeline(transaction=True)
+def hit(client: redis.Redis, counters: list[tuple[str, RateLimit]], *, now_s: float,
+        lookup: tuple[str, str] | None = None) -> tuple[list[Window], Prefetched | None]:
+    """Count one request against every (subject, limit) pair in one round trip (one script call).
+
+    With `lookup` (namespace, key) the same call also reads that cache entry, unless a limit is
+    exceeded: a cached read then costs one Redis round trip in all.
+    """
+    keys: list[str] = []
     resets: list[int] = []
     for subject, limit in counters:
         window = int(now_s // limit.period_s)
-        key = f"{KEY_PREFIX}{subject}:{limit.period_s}:{window}"
-        pipe.incr(key)
-        pipe.expire(key, limit.period_s + 1)
+        keys.append(f"{KEY_PREFIX}{subject}:{limit.period_s}:{window}")
         resets.append(max(1, math.ceil((window + 1) * limit.period_s - now_s)))
-    replies = pipe.execute()
-    return [Window(limit.count, int(replies[2 * n]), resets[n]) for n, (_, limit) in enumerate(counters)]
+    args: list[Any] = [len(counters), *(limit.period_s + 1 for _, limit in counters),
+                       *(limit.count for _, limit in counters)]
+    if lookup is not None:
+        keys += [f"{CACHE_PREFIX}gen:{lookup[0]}", HITS_KEY]
+        args += [f"{CACHE_PREFIX}{lookup[0]}", lookup[1]]
+    out = _script(client)(keys=keys, args=args)
+    windows = [Window(limit.count, int(out[n]), resets[n]) for n, (_, limit) in enumerate(counters)]
+    prefetched = None
+    if lookup is not None and len(out) > len(counters):
+        generation, raw = out[len(counters)], out[len(counters) + 1]
+        prefetched = Prefetched(lookup[0], lookup[1], f"{CACHE_PREFIX}{lookup[0]}:g{generation}:{lookup[1]}",
+                                raw if raw else None)
+    return windows, prefetched
+
+
+def _script(client: redis.Redis) -> Any:
+    """The registered script, once per client: EVALSHA after the first call, EVAL if Redis forgot it."""
+    script = getattr(client, "_dms_rate_script", None)
+    if script is None:
+        script = client.register_script(_HIT)
+        client._dms_rate_script = script  # type: ignore[attr-defined]
+    return script
 
 
 def install_rate_limiter(app: Flask, config: Config) -> None:
@@ -118,7 +166,7 @@ def install_rate_limiter(app: Flask, config: Config) -> None:
         if user_id is not None:
             counters.append((f"user:{user_id}", config.rate_limit_user))
         try:
-            windows = hit(services().redis, counters, now_s=time.time())
+            windows, g.cache_prefetch = hit(services().redis, counters, now_s=time.time(), lookup=prefetch_key())
         except redis.RedisError as exc:
             FAIL_OPEN.labels("ratelimit").inc()
             logger.warning("rate limiter unavailable, letting the request through: {}", type(exc).__name__)

@@ -10,10 +10,12 @@ import redis
 from psycopg_pool import ConnectionPool
 
 from api.replicas import ReadPool, Replica, ReplicaRouter
+from common.auth import TokenVerifier, TtlCache
 from common.config import Config
 from common.db import make_pool
 from common.redis_client import make_redis
 
+PROFILE_SEEN_TTL_S = 300.0
 Pool = ConnectionPool[psycopg.Connection[dict[str, Any]]]
 
 
@@ -24,8 +26,13 @@ class Services:
     replicas: list[Pool]
     redis: redis.Redis
     router: ReplicaRouter = field(init=False, repr=False)
+    # In-process memories that spare a request the JWT check and the profile round trip.
+    tokens: TokenVerifier = field(init=False, repr=False)
+    profiles_seen: TtlCache[str, bool] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
+        self.tokens = TokenVerifier(self.config.jwt_secret.value)
+        self.profiles_seen = TtlCache(max_entries=10_000, ttl_s=PROFILE_SEEN_TTL_S)
         self.router = ReplicaRouter(
             self.pool, [Replica(f"replica-{n}", pool) for n, pool in enumerate(self.replicas)], self.redis
         )

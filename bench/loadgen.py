@@ -49,15 +49,20 @@ def build_request(mode: str, config: dict[str, Any], rng: random.Random) -> tupl
 
 def main() -> int:
     config = json.loads(sys.argv[1])
-    target = urlsplit(config["base_url"])
-    client = HTTPClient(target.hostname or "127.0.0.1", target.port, concurrency=config["concurrency"],
-                        connection_timeout=10, network_timeout=30)
+    # Several API processes: requests go to each in turn, as a round-robin proxy would send them.
+    urls = config.get("base_urls") or [config["base_url"]]
+    clients = []
+    for url in urls:
+        target = urlsplit(url)
+        clients.append(HTTPClient(target.hostname or "127.0.0.1", target.port,
+                                  concurrency=max(4, config["concurrency"] // len(urls)),
+                                  connection_timeout=10, network_timeout=30))
     rng = random.Random(config.get("seed", 1))
     hist, statuses, cache = Histogram(), Counter[str](), Counter[str]()
     rate, total = config["rate"], int(config["rate"] * config["duration_s"])
     pool = Pool(config["concurrency"] * 4)
 
-    def one(scheduled: float, request: tuple[str, str, bytes, dict[str, str]]) -> None:
+    def one(scheduled: float, request: tuple[str, str, bytes, dict[str, str]], client: HTTPClient) -> None:
         method, path, body, headers = request
         try:
             response = client.request(method, path, body=body, headers=headers)
@@ -74,7 +79,7 @@ def main() -> int:
         delay = scheduled - time.perf_counter()
         if delay > 0:
             gevent.sleep(delay)
-        pool.spawn(one, scheduled, build_request(config["mode"], config, rng))
+        pool.spawn(one, scheduled, build_request(config["mode"], config, rng), clients[n % len(clients)])
     pool.join(timeout=60)
     elapsed = time.perf_counter() - started
     ok = sum(count for status, count in statuses.items() if status.startswith("2"))

@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
+import threading
 import time
 import uuid
 import warnings
+from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Generic, TypeVar
 
 import jwt
 
 from common.db import Claims
 from common.errors import Unauthorized
 
+K = TypeVar("K")
+V = TypeVar("V")
 ROLES = ("admin", "restaurant", "driver", "demo")
 ROLES_WITH_RESTAURANT = ("restaurant", "demo")
 ALGORITHM = "HS256"
@@ -79,6 +85,79 @@ def verify_token(token: str, secret: str, *, leeway_s: float = 0.0) -> Identity:
         restaurant_id=_uuid(restaurant_id, "restaurant_id") if restaurant_id else None,
         expires_at=float(claims["exp"]),
     )
+
+
+class TtlCache(Generic[K, V]):
+    """A bounded in-process map whose entries expire: least recently used go first when full.
+
+    Per process on purpose: a hit costs a dict lookup, where Redis would cost a round trip.
+    """
+
+    def __init__(self, *, max_entries: int, ttl_s: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.max_entries = max_entries
+        self.ttl_s = ttl_s
+        self.clock = clock
+        self._entries: OrderedDict[K, tuple[float, V]] = OrderedDict()
+        self._lock = threading.Lock()  # real threads too (test clients, the pool's workers)
+
+    def get(self, key: K) -> V | None:
+        with self._lock:
+            found = self._entries.get(key)
+            if found is None:
+                return None
+            if found[0] <= self.clock():
+                del self._entries[key]
+                return None
+            self._entries.move_to_end(key)
+            return found[1]
+
+    def put(self, key: K, value: V, *, ttl_s: float | None = None) -> None:
+        """Keep `value` for `ttl_s` (default the cache's own), never longer than the cache's ttl."""
+        ttl = self.ttl_s if ttl_s is None else min(ttl_s, self.ttl_s)
+        if ttl <= 0:
+            return
+        with self._lock:
+            self._entries[key] = (self.clock() + ttl, value)
+            self._entries.move_to_end(key)
+            while len(self._entries) > self.max_entries:
+                self._entries.popitem(last=False)
+
+    def discard(self, key: K) -> None:
+        with self._lock:
+            self._entries.pop(key, None)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._entries.clear()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+
+class TokenVerifier:
+    """`verify_token` with a memory: a token seen recently is not checked again until it expires.
+
+    HMAC and claim parsing cost about as much as a cached read's whole Redis work; a client sends
+    the same token for hours. An entry lives `ttl_s` at most and never past the token's own `exp`
+    (read on the wall clock), so an expired token is refused exactly as without the cache.
+    Failures are not remembered: a bad token costs the full check every time, as before.
+    """
+
+    def __init__(self, secret: str, *, max_entries: int = 10_000, ttl_s: float = 60.0,
+                 clock: Callable[[], float] = time.monotonic, wall: Callable[[], float] = time.time) -> None:
+        self.secret = secret
+        self.wall = wall
+        self.cache: TtlCache[str, Identity] = TtlCache(max_entries=max_entries, ttl_s=ttl_s, clock=clock)
+
+    def verify(self, token: str) -> Identity:
+        found = self.cache.get(token)
+        if found is not None:
+            if found.expires_at > self.wall():
+                return found
+            self.cache.discard(token)
+        who = verify_token(token, self.secret)
+        self.cache.put(token, who, ttl_s=who.expires_at - self.wall())
+        return who
 
 
 def mint_token(

@@ -78,6 +78,7 @@ class Config:
     relay_in_gateway: bool = True  # false when relays run alone (`python -m gateway.relay`)
     idempotency_retention_hours: float = 24.0  # the relay leader's housekeeping deletes older keys
     location_retention_days: int = 30  # GPS history: whole day partitions older than this are dropped
+    log_sample_info: float = 1.0  # share of routine access lines written (contract section 5 "Logs")
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Config:
@@ -135,6 +136,7 @@ class Config:
             relay_in_gateway=reader.flag("RELAY_IN_GATEWAY", True),
             idempotency_retention_hours=retention.idempotency_hours,
             location_retention_days=retention.location_days,
+            log_sample_info=reader.number("LOG_SAMPLE_INFO", 1.0, low=0.0, high=1.0),
         )
         if reader.errors:
             raise ConfigError("invalid configuration: " + "; ".join(reader.errors))

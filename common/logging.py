@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import logging
+import random
 import re
 import sys
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from types import FrameType
 from typing import Any
 
@@ -13,6 +16,33 @@ from loguru import logger
 # Tokens travel in `?token=` on WebSocket URLs; no log line may carry one.
 _TOKEN_IN_TEXT = re.compile(r"(token=)[^&\s\"']+", re.IGNORECASE)
 _BEARER_IN_TEXT = re.compile(r"(Bearer\s+)[A-Za-z0-9._~+/=-]+", re.IGNORECASE)
+
+
+SLOW_REQUEST_MS = 200.0  # contract section 5 "Logs": slower requests are always written
+_min_level_no = 0  # what setup_logging configured; 0 (everything) until it runs
+
+
+def enabled(level: str) -> bool:
+    """Whether a line at `level` would be written: a hot path skips building lines nobody keeps."""
+    return logger.level(level).no >= _min_level_no
+
+
+def log_context(**ids: str) -> AbstractContextManager[None]:
+    """Every loguru line written inside the block carries `ids` (`request_id=`, `connection_id=`).
+
+    loguru keeps them in a contextvar, and every greenlet has its own context (greenlet >= 0.4.17),
+    so two requests served at once by one gevent process never see each other's id; lines of
+    deeper modules and of stdlib loggers routed in here carry it too.
+    """
+    return logger.contextualize(**ids)
+
+
+def keep_access_line(*, status: int, duration_ms: float, sample: float,
+                     draw: Callable[[], float] = random.random) -> bool:
+    """Whether to write a request's access line: `sample` of the fast successful ones, all others."""
+    if sample >= 1.0 or status >= 400 or duration_ms > SLOW_REQUEST_MS:
+        return True
+    return draw() < sample
 
 
 def scrub(text: str) -> str:
@@ -42,6 +72,8 @@ def _patch_record(record: Any) -> None:
 
 def setup_logging(*, level: str = "INFO", fmt: str = "text", service: str = "dms") -> None:
     """Replace every sink with one on stderr; safe to call again (tests, reloads)."""
+    global _min_level_no
+    _min_level_no = logger.level(level).no
     logger.remove()
     logger.configure(extra={"service": service}, patcher=_patch_record)
     if fmt == "json":

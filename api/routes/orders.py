@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import json
+import uuid
+from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
 import psycopg
 from flask import Blueprint, jsonify, request
+from psycopg import sql
 
 from api import idempotency
 from api.cache import cache
@@ -100,61 +104,103 @@ def create_order() -> Any:
             raise ValidationFailed("a restaurant orders for itself", details={"restaurant_id": "not yours"})
         restaurant_id = who.restaurant_id
     key = idempotency.idempotency_key()
-    with services().pool.connection() as conn, conn.transaction():
+    fingerprint = idempotency.request_fingerprint(body) if key is not None else ""
+    product_ids = list({item["product_id"] for item in items})
+    with services().pool.connection() as conn:
+        # Round trip 1 (after the checkout that began the transaction with the caller's claims, so
+        # row-level security applies): claim the key and read everything the order needs.
+        facts = conn.execute(_READ_WITH_CLAIM if key is not None else _READ, (
+            *(idempotency.claim_params(user_id=who.user_id, key=key, fingerprint=fingerprint)
+              if key is not None else ()), restaurant_id, product_ids)).fetchone()
+        assert facts is not None
         if key is not None:
-            replay = idempotency.claim(conn, user_id=who.user_id, key=key,
-                                       fingerprint=idempotency.request_fingerprint(body))
+            replay = idempotency.finish_claim(conn, facts["claimed"], user_id=who.user_id, key=key,
+                                              fingerprint=fingerprint)
             if replay is not None:
                 return jsonify(replay.body), replay.status, {"Idempotent-Replayed": "true"}
-        if conn.execute("SELECT 1 FROM restaurants WHERE id = %s", (restaurant_id,)).fetchone() is None:
+        if not facts["known"]:
             raise ValidationFailed("no such restaurant", details={"restaurant_id": "unknown"})
-        order = _insert_order(conn, who, restaurant_id, clean, items)
-        order_items = load_items(conn, [order["id"]])[str(order["id"])]
-        events.write_event(
-            conn,
-            event=events.ORDER_CREATED,
-            channels=events.order_channels(order),
-            data=order_event_data(order, request_id=request_id()),
-        )
-        reply = order_json(order, order_items)
-        if key is not None:
-            idempotency.record(conn, user_id=who.user_id, key=key, status=201, body=reply)
+        order, lines = _build_order(who, restaurant_id, clean, items, facts["products"], now=facts["now"])
+        reply = order_json(order, lines)
+        # Round trip 2: every write and the COMMIT in one message, so the transaction (and the
+        # outbox row, drawn last) is held for one round trip. See _send_writes.
+        _send_writes(conn, order, lines, event=order_event_data(order, request_id=request_id()),
+                     idempotency_record=(who.user_id, key, reply) if key is not None else None)
     return jsonify(reply), 201, {"Location": f"/api/orders/{reply['id']}"}
 
 
-def _insert_order(conn: psycopg.Connection[Any], who: Identity, restaurant_id: str, clean: dict[str, Any],
-                  items: list[dict[str, Any]]) -> dict[str, Any]:
-    product_ids = list({item["product_id"] for item in items})
-    products = {
-        str(row["id"]): row
-        for row in conn.execute(
-            "SELECT id, name, price FROM products WHERE id = ANY(%s) AND active", (product_ids,)
-        ).fetchall()
-    }
+# now() is the transaction's start, the value the orders columns' defaults would take. Prices
+# travel as text so they stay exact decimals.
+_READ = (
+    "SELECT now() AS now, EXISTS (SELECT 1 FROM restaurants WHERE id = %s) AS known,"
+    " (SELECT coalesce(json_agg(json_build_object('id', p.id, 'name', p.name, 'price', p.price::text)), '[]')"
+    "  FROM products p WHERE p.id = ANY(%s::uuid[]) AND p.active) AS products"
+)
+_READ_WITH_CLAIM = (f"WITH claimed AS ({idempotency.CLAIM_SQL}) "
+                    + _READ.replace("SELECT now() AS now,", "SELECT now() AS now, EXISTS (SELECT 1 FROM claimed)"
+                                    " AS claimed,", 1))
+
+
+def _build_order(who: Identity, restaurant_id: str, clean: dict[str, Any], items: list[dict[str, Any]],
+                 products_found: list[dict[str, Any]], *, now: datetime) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The order row and its lines as the database will hold them, priced from the catalogue.
+
+    Built here, before anything is written, so the reply, the event and the idempotency record
+    need no read-back: the id is ours, the timestamps are the transaction's `now()` (the columns'
+    default), status and version are the columns' defaults.
+    """
+    products = {str(row["id"]): {**row, "price": Decimal(row["price"])} for row in products_found}
     missing = {f"items[{n}].product_id": "unknown or inactive product"
                for n, item in enumerate(items) if item["product_id"] not in products}
     if missing:
         raise ValidationFailed("some products are unknown or inactive", details=missing)
+    order_id = str(uuid.uuid4())
     lines = []
     total = Decimal("0.00")
     for line_no, item in enumerate(items, start=1):
         product = products[item["product_id"]]
         line_total = product["price"] * item["quantity"]
         total += line_total
-        lines.append((line_no, item["product_id"], product["name"], item["quantity"], product["price"], line_total))
-    order = conn.execute(
-        f"INSERT INTO orders (restaurant_id, created_by, total_amount, notes, customer_name)"
-        f" VALUES (%s, %s, %s, %s, %s) RETURNING {ORDER_COLUMNS}",
-        (restaurant_id, who.user_id, total, clean.get("notes"), clean.get("customer_name")),
-    ).fetchone()
-    assert order is not None
-    with conn.cursor() as cur:
-        cur.executemany(
-            "INSERT INTO order_items (order_id, line_no, product_id, name, quantity, unit_price, line_total)"
-            " VALUES (%s, %s, %s, %s, %s, %s, %s)",
-            [(order["id"], *line) for line in lines],
-        )
-    return order
+        lines.append({"order_id": order_id, "line_no": line_no, "product_id": item["product_id"],
+                      "name": product["name"], "quantity": item["quantity"], "unit_price": product["price"],
+                      "line_total": line_total})
+    order = {"id": order_id, "restaurant_id": restaurant_id, "created_by": who.user_id, "driver_id": None,
+             "status": "pending", "total_amount": total, "notes": clean.get("notes"),
+             "customer_name": clean.get("customer_name"), "version": 1, "created_at": now, "updated_at": now}
+    return order, lines
+
+
+def _send_writes(conn: psycopg.Connection[Any], order: dict[str, Any], lines: list[dict[str, Any]], *,
+                 event: dict[str, Any], idempotency_record: tuple[str, str, dict[str, Any]] | None) -> None:
+    """The order, its items, the outbox row, the idempotency record and COMMIT as one message.
+
+    Several statements in one message need client-side binding (the extended protocol takes one
+    statement per message); psycopg quotes every value. They stay separate statements, not CTEs
+    of one: the order_items policy must see the order row, which a sibling CTE could not. (psycopg's
+    pipeline mode would also batch them, but under gevent it spins while waiting for the results.)
+    """
+    statements: list[sql.Composable] = [
+        sql.SQL("INSERT INTO orders (id, restaurant_id, created_by, total_amount, notes, customer_name, created_at,"
+                " updated_at) VALUES ({}, {}, {}, {}, {}, {}, {}, {})").format(*map(sql.Literal, (
+                    order["id"], order["restaurant_id"], order["created_by"], order["total_amount"], order["notes"],
+                    order["customer_name"], order["created_at"], order["updated_at"]))),
+        sql.SQL("INSERT INTO order_items (order_id, line_no, product_id, name, quantity, unit_price, line_total)"
+                " SELECT {}::uuid, * FROM unnest({}::smallint[], {}::uuid[], {}::text[], {}::integer[],"
+                " {}::numeric[], {}::numeric[])").format(sql.Literal(order["id"]), *(
+                    sql.Literal([line[column] for line in lines])
+                    for column in ("line_no", "product_id", "name", "quantity", "unit_price", "line_total"))),
+        sql.SQL("INSERT INTO events (channels, event, data) VALUES ({}::text[], {}, {}::jsonb)").format(
+            sql.Literal(events.order_channels(order)), sql.Literal(events.ORDER_CREATED),
+            sql.Literal(json.dumps(event, default=str))),
+    ]
+    if idempotency_record is not None:
+        user_id, key, reply = idempotency_record
+        statements.append(sql.SQL(
+            "UPDATE idempotency_keys SET status_code = 201, response = {}::jsonb WHERE user_id = {} AND key = {}"
+        ).format(sql.Literal(json.dumps(reply)), sql.Literal(user_id), sql.Literal(key)))
+    statements.append(sql.SQL("COMMIT"))
+    with psycopg.ClientCursor(conn) as cur:
+        cur.execute(sql.SQL("; ").join(statements))
 
 
 @bp.get("")
@@ -190,8 +236,6 @@ def list_orders() -> Any:
 
 
 def _uuid_query(name: str, value: str) -> str:
-    import uuid
-
     try:
         return str(uuid.UUID(value))
     except ValueError as exc:

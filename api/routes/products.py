@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
-from flask import Blueprint, jsonify, request
+from flask import Blueprint, g, jsonify, request
 
-from api.cache import cache, query_key
+from api.cache import cache, prefetches, query_key
 from api.context import require, services
-from api.pagination import keyset_query, page_args, page_body
+from api.pagination import Page, keyset_query, page_args, page_body
 from api.validation import Field, Validator, json_body, uuid_arg
 from common.errors import NotFound, ValidationFailed
 from common.events import iso
@@ -18,6 +18,9 @@ bp = Blueprint("products", __name__, url_prefix="/api/products")
 
 NAMESPACE = "products"
 TTL_S = 3600
+# Browsers and apps may show what they hold for a minute and keep showing it for up to the hour
+# of the catalogue's revalidation while they ask again; asking again costs a 304 and no body.
+CATALOGUE_CACHE_CONTROL = "private, max-age=60, stale-while-revalidate=3600"
 PRODUCT_COLUMNS = "id, name, description, category, unit, price, active, created_at, updated_at"
 _FIELDS = {
     "name": Field("string", min=1, max=200),
@@ -80,6 +83,13 @@ def list_products() -> Any:
     q = (request.args.get("q") or "").strip() or None
     if q is not None and len(q) > 200:
         raise ValidationFailed("q is too long", details={"q": "at most 200 characters"})
+    _, key = _list_entry()
+    found = cache().get_or_load(NAMESPACE, key, lambda: load_list(category, active, q, page), ttl_s=TTL_S)
+    return found.response(cache_control=CATALOGUE_CACHE_CONTROL)
+
+
+def load_list(category: str | None, active: bool | None, q: str | None, page: Page) -> dict[str, Any]:
+    """One catalogue page from PostgreSQL, as the list endpoint answers it."""
     where: list[str] = []
     params: list[Any] = []
     if category is not None:
@@ -93,16 +103,42 @@ def list_products() -> Any:
         where.append("to_tsvector('simple', name || ' ' || description) @@ plainto_tsquery('simple', %s)")
         params.append(q)
     sql, params = keyset_query(f"SELECT {PRODUCT_COLUMNS} FROM products", where, params, page)
+    # The primary, not a replica: a lagging replica would refill the new generation with old rows.
+    with services().pool.connection() as conn:
+        rows = conn.execute(sql, params).fetchall()
+    return page_body(rows, [product_json(row) for row in rows[: page.limit]], page.limit)
 
-    def load() -> dict[str, Any]:
-        # The primary, not a replica: a lagging replica would refill the new generation with old rows.
-        with services().pool.connection() as conn:
-            rows = conn.execute(sql, params).fetchall()
-        return page_body(rows, [product_json(row) for row in rows[: page.limit]], page.limit)
 
-    key = query_key(category=category, active=active, q=q, limit=page.limit, cursor=request.args.get("cursor"))
-    found = cache().get_or_load(NAMESPACE, f"list:{key}", load, ttl_s=TTL_S)
-    return jsonify(found.value), 200, found.header
+def _list_entry() -> tuple[str, str]:
+    """The list's cache entry from the query string alone (raises where the view would refuse).
+
+    Remembered for the request: the rate limiter asks first, the view again.
+    """
+    if "list_entry" not in g:
+        g.list_entry = _compute_list_entry()
+    return cast(tuple[str, str], g.list_entry)
+
+
+prefetches("products.list_products")(_list_entry)
+
+
+def _compute_list_entry() -> tuple[str, str]:
+    page = page_args()
+    q = (request.args.get("q") or "").strip() or None
+    if q is not None and len(q) > 200:
+        raise ValidationFailed("q is too long")
+    return NAMESPACE, list_key(category=request.args.get("category"), active=_active_arg(), q=q, limit=page.limit,
+                               cursor=request.args.get("cursor"))
+
+
+@prefetches("products.get_product")
+def _one_entry() -> tuple[str, str]:
+    return NAMESPACE, f"one:{uuid_arg(request.view_args['product_id'] if request.view_args else '', what='product')}"
+
+
+def list_key(*, category: str | None, active: bool | None, q: str | None, limit: int, cursor: str | None) -> str:
+    """The cache key of one catalogue list query (the warmer builds the same keys)."""
+    return "list:" + query_key(category=category, active=active, q=q, limit=limit, cursor=cursor)
 
 
 @bp.get("/<product_id>")
@@ -117,9 +153,9 @@ def get_product(product_id: str) -> Any:
 
     # An unknown id is cached as {} too; creating a product moves to a new generation anyway.
     found = cache().get_or_load(NAMESPACE, f"one:{product_id}", lambda: load() or {}, ttl_s=TTL_S)
-    if not found.value:
+    if found.raw == "{}":
         raise NotFound("no such product")
-    return jsonify(found.value), 200, found.header
+    return found.response(cache_control=CATALOGUE_CACHE_CONTROL)
 
 
 @bp.patch("/<product_id>")

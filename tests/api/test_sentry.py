@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import re
 import threading
 import zlib
 from collections.abc import Iterator
@@ -78,6 +79,32 @@ def test_an_unhandled_error_reaches_sentry(infra: Infra, receiver: tuple[int, li
                  if secret_token.encode() in b]
         assert leaks == []
         assert secret_token not in process.log()
+    finally:
+        process.stop()
+
+
+def test_sentry_events_carry_the_request_id_as_a_tag(infra: Infra, receiver: tuple[int, list[bytes]],
+                                                     tmp_path: Path) -> None:
+    port, bodies = receiver
+    api_port = embedded.free_port()
+    env = infra.env(API_PORT=str(api_port), SENTRY_DSN=f"http://publickey@127.0.0.1:{port}/1",
+                    SENTRY_TRACES_SAMPLE_RATE="0")
+    process = Process("api", env, tmp_path / "api.log")
+    try:
+        process.wait_http_ok(f"http://127.0.0.1:{api_port}/health")
+        request_ids = [f"sentry-tag-{n}-0001" for n in range(2)]
+        for request_id in request_ids:
+            status, headers, _ = http_json("GET", f"http://127.0.0.1:{api_port}/api/_test/boom",
+                                           token=mint_token(JWT_SECRET, role="admin"),
+                                           headers={"X-Request-ID": request_id})
+            assert status == 500 and headers["X-Request-ID"] == request_id
+        for request_id in request_ids:
+            pattern = re.compile(rb'"tags":\s*\{[^}]*"request_id":\s*"' + request_id.encode() + rb'"')
+            wait_for(lambda p=pattern: any(p.search(b) for b in bodies), timeout_s=15,
+                     message=f"a Sentry event tagged {request_id}")
+        # The error line of the log carries it too.
+        wait_for(lambda: all(f"'request_id': '{rid}'" in process.log() or f'"request_id": "{rid}"' in process.log()
+                             for rid in request_ids), timeout_s=5, message="request_id on the error log line")
     finally:
         process.stop()
 
