@@ -28,10 +28,12 @@ FROM (SELECT (data->>'order_id')::uuid AS order_id, min(created_at) AS at FROM e
       WHERE event = 'order.status_changed' AND data->>'status' = 'confirmed' GROUP BY 1) e
 WHERE o.id = e.order_id AND o.confirmed_at IS NULL;
 
--- Analytics over a date range (admin) and the export: an index-only scan on created_at carrying
--- every column the aggregates and the CSV need.
-CREATE INDEX orders_created_analytics ON orders (created_at, id)
-    INCLUDE (restaurant_id, status, total_amount, driver_id, confirmed_at, delivered_at);
--- The same for one restaurant (restaurant and demo users see only their own rows).
-CREATE INDEX orders_restaurant_created_analytics ON orders (restaurant_id, created_at, id)
+-- Analytics over a date range (admins): an index-only range scan on created_at carrying just what
+-- the aggregates read; kept narrow (no uuids beyond the restaurant) so that even a whole year of
+-- orders is cheaper to read from it than from the table.
+CREATE INDEX orders_created_analytics ON orders (created_at)
+    INCLUDE (restaurant_id, status, total_amount, confirmed_at, delivered_at);
+-- The same for one restaurant (restaurant and demo users); driver_id is there because the
+-- row-security policy on orders reads it, and an index-only scan needs every column it checks.
+CREATE INDEX orders_restaurant_created_analytics ON orders (restaurant_id, created_at)
     INCLUDE (status, total_amount, driver_id, confirmed_at, delivered_at);
