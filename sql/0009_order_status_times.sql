@@ -37,3 +37,6 @@ CREATE INDEX orders_created_analytics ON orders (created_at)
 -- row-security policy on orders reads it, and an index-only scan needs every column it checks.
 CREATE INDEX orders_restaurant_created_analytics ON orders (restaurant_id, created_at)
     INCLUDE (status, total_amount, driver_id, confirmed_at, delivered_at);
+-- How many UTC days the orders span: without it the planner guesses one group per row for the
+-- by-day grouping and sorts every row (on disk for a year) instead of hashing a few hundred days.
+CREATE STATISTICS orders_created_utc_day ON ((created_at AT TIME ZONE 'UTC')::date) FROM orders;

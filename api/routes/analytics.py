@@ -16,10 +16,11 @@ from common.orders import money
 bp = Blueprint("analytics", __name__, url_prefix="/api/analytics")
 
 DEFAULT_SPAN = timedelta(days=7)
-# The grouping key of each row, as text: a UTC calendar day, a restaurant id, a status.
+# The grouping key of each row: a UTC calendar day, a restaurant id, a status (made text in Python;
+# a date groups faster than a to_char() string).
 GROUPS = {
-    "day": "to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD')",
-    "restaurant": "restaurant_id::text",
+    "day": "(created_at AT TIME ZONE 'UTC')::date",
+    "restaurant": "restaurant_id",
     "status": "status",
 }
 
@@ -79,7 +80,7 @@ def order_analytics() -> Any:
         rows = conn.execute(analytics_sql(group_by, scoped=scoped), params).fetchall()
     return jsonify({
         "from": events.iso(start), "to": events.iso(end), "group_by": group_by,
-        "rows": [{"key": row["key"], "orders": row["orders"], "revenue": money(row["revenue"]),
+        "rows": [{"key": str(row["key"]), "orders": row["orders"], "revenue": money(row["revenue"]),
                   "delivered": row["delivered"],
                   "avg_delivery_minutes": None if row["avg_delivery_minutes"] is None
                   else round(float(row["avg_delivery_minutes"]), 1)} for row in rows],

@@ -327,3 +327,36 @@ def test_export_checks_its_range_and_role(client: Any, world: World) -> None:
     bad = client.get("/api/orders/export.csv?created_from=tomorrow", headers=auth(world.admin))
     assert bad.status_code == 422 and set(bad.get_json()["error"]["details"]) == {"created_from"}
     assert client.get("/api/orders/export.csv", headers=auth(world.driver)).status_code == 403
+
+
+# -- read replica -------------------------------------------------------------------------------------
+
+
+def test_fleet_analytics_and_export_read_from_a_replica(infra: Infra, world: World) -> None:
+    """The primary listed as its own replica (a server not in recovery is never behind): every read
+    of these three endpoints is counted against the replica target, none against the primary."""
+    from api.app import create_app
+    from api.replicas import READS
+    from common.config import Config
+    from tests.helpers import wait_for
+
+    config = Config.from_env(infra.env(DATABASE_REPLICA_URLS=infra.database_url, RATE_LIMIT_IP="1000000/minute",
+                                       RATE_LIMIT_USER="1000000/hour"))
+    app = create_app(config)
+    try:
+        router = app.extensions["dms"].router
+        wait_for(lambda: all(replica.usable for replica in router.replicas), message="the replica checked")
+        client = app.test_client()
+        admin = World.token("admin")
+        client.get("/api/drivers", headers=auth(admin))  # the first request creates the profile
+        for path in ("/api/drivers", "/api/analytics/orders?group_by=status",
+                     "/api/orders/export.csv?created_from=1950-01-01&created_to=1950-01-02"):
+            replica_before = READS.labels("replica")._value.get()
+            primary_before = READS.labels("primary")._value.get()
+            response = client.get(path, headers=auth(admin))
+            assert response.status_code == 200, path
+            response.get_data()
+            assert READS.labels("replica")._value.get() > replica_before, path
+            assert READS.labels("primary")._value.get() == primary_before, path
+    finally:
+        app.extensions["dms"].close()
