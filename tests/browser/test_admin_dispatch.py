@@ -132,7 +132,8 @@ def test_an_admin_page_left_open_leaves_most_of_the_hourly_budget(browser: Any, 
         page.clock.install()
         page.goto(f"{stack.api}/admin#token={world.admin}")
         page.wait_for_selector('#conn[data-state="connected"]', timeout=seconds(10) * MS)
-        page.wait_for_selector("#chart g.day", timeout=seconds(10) * MS)
+        page.wait_for_selector('[data-body="database"] > *', timeout=seconds(10) * MS)
+        page.wait_for_load_state("networkidle")
         at_start = len(requests)
         hours = 2
         for _ in range(hours * 60):  # minute by minute, so each minute's requests start before the next
