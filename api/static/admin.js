@@ -371,7 +371,7 @@
       const row = byDay.get(key) || { orders: 0, revenue: "0.00" };
       days.push({ key, orders: row.orders, revenue: row.revenue });
     }
-    const W = 720, H = 240, left = 40, right = 20, top = 24, bottom = 30;
+    const W = 720, H = 240, left = 40, right = 20, top = 40, bottom = 30;
     const step = (W - left - right) / days.length;
     const maxOrders = Math.max(1, ...days.map((d) => d.orders));
     const maxRevenue = Math.max(1, ...days.map((d) => Number(d.revenue)));
@@ -385,19 +385,22 @@
     days.forEach((day, i) => {
       const x = left + i * step;
       const barTop = yOrders(day.orders);
+      const tall = H - bottom - barTop > 20;
       nodes.push(svg("g", { class: "day", "data-day": day.key, "data-orders": day.orders, "data-revenue": day.revenue },
         svg("rect", { class: "bar", x: (x + step * 0.15).toFixed(1), y: barTop.toFixed(1), width: (step * 0.7).toFixed(1),
                       height: (H - bottom - barTop).toFixed(1) },
           svg("title", { text: day.key + ": " + day.orders + " orders, revenue " + day.revenue })),
-        svg("text", { class: "bar-value", x: (x + step / 2).toFixed(1), y: (barTop - 4).toFixed(1), text: String(day.orders) }),
+        // Inside a tall bar (clear of the revenue label above it), else just above a short one.
+        svg("text", { class: "bar-value" + (tall ? " inside" : ""), x: (x + step / 2).toFixed(1),
+                      y: (tall ? barTop + 14 : barTop - 4).toFixed(1), text: String(day.orders) }),
         svg("text", { class: "axis-label", x: (x + step / 2).toFixed(1), y: H - 10, text: day.key.slice(5) })));
-      points.push([x + step / 2, yRevenue(Number(day.revenue)), day.revenue, barTop]);
+      points.push([x + step / 2, yRevenue(Number(day.revenue)), day.revenue, tall ? H : barTop]);
     });
     nodes.push(svg("polyline", { class: "revenue-line", points: points.map((p) => p[0].toFixed(1) + "," + p[1].toFixed(1)).join(" ") }));
     for (const [px, py, revenue, barTop] of points) {
       nodes.push(svg("circle", { class: "revenue-dot", cx: px.toFixed(1), cy: py.toFixed(1), r: 3 }));
       // Above the dot and clear of the bar's own number, which sits just above the bar.
-      const labelY = Math.max(top, Math.min(py - 8, barTop - 18));
+      const labelY = Math.max(top - 8, Math.min(py - 8, barTop - 18));
       nodes.push(svg("text", { class: "revenue-value", x: px.toFixed(1), y: labelY.toFixed(1), text: revenue }));
     }
     const chart = $("#chart");
