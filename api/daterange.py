@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 
@@ -10,6 +11,8 @@ from flask import request
 from common.errors import ValidationFailed
 
 MAX_RANGE = timedelta(days=366)
+# An unencoded `+02:00` offset arrives as ` 02:00` (a `+` in a query string is a space).
+_SPACED_OFFSET = re.compile(r"(T\d{2}:\d{2}(?::\d{2}(?:\.\d+)?)?) (\d{2}(?::?\d{2})?)$")
 
 
 @dataclass(frozen=True)
@@ -27,6 +30,7 @@ def parse_moment(raw: str) -> datetime:
     text = raw.strip()
     if not text:
         raise ValueError("expected an ISO-8601 date or date-time")
+    text = _SPACED_OFFSET.sub(r"\1+\2", text)
     try:
         if len(text) == 10:
             day = date.fromisoformat(text)

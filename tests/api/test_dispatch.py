@@ -159,6 +159,17 @@ def test_the_order_list_filters_by_creation_time(client: Any, world: World, infr
     assert ids(world.other_restaurant, f"created_from={start}&created_to={end}") == []  # restaurants see their own
 
 
+def test_date_parameters_read_dates_zones_and_unencoded_offsets() -> None:
+    from api.daterange import parse_moment
+
+    assert parse_moment("2026-03-01") == datetime(2026, 3, 1, tzinfo=UTC)
+    assert parse_moment("2026-03-01T08:00:00") == datetime(2026, 3, 1, 8, tzinfo=UTC)  # no zone: UTC
+    assert parse_moment("2026-03-01T08:00:00Z") == datetime(2026, 3, 1, 8, tzinfo=UTC)
+    assert parse_moment("2026-03-01T10:00:00+02:00") == datetime(2026, 3, 1, 8, tzinfo=UTC)
+    assert parse_moment("2026-03-01T10:00:00 02:00") == datetime(2026, 3, 1, 8, tzinfo=UTC)  # `+` sent bare
+    assert parse_moment("2026-03-01T10:00:00.5 0200") == datetime(2026, 3, 1, 8, 0, 0, 500000, tzinfo=UTC)
+
+
 def test_bad_creation_times_name_the_fields(client: Any, world: World) -> None:
     response = client.get("/api/orders?created_from=yesterday&created_to=2026-13-01", headers=auth(world.admin))
     assert response.status_code == 422 and error_code(response) == "validation_error"
