@@ -13,6 +13,8 @@ from api.metrics import install_metrics
 from api.ratelimit import install_rate_limiter
 from api.routes import cache_admin, drivers, health, orders, pages, products, realtime, restaurants, testing, users
 from api.routes import performance as performance_routes
+from api.routes.analytics import bp as analytics_bp
+from api.routes.export import bp as export_bp
 from api.services import Services
 from common.config import Config
 
@@ -21,6 +23,7 @@ BLUEPRINTS = (health.bp, openapi.bp, restaurants.bp, users.bp, products.bp, orde
               pages.bp)
 
 OBSERVABILITY_BLUEPRINTS = (metrics.bp, performance_routes.bp, cache_admin.bp)
+DISPATCH_BLUEPRINTS = (analytics_bp, export_bp)
 
 
 def create_app(config: Config | None = None, *, services: Services | None = None) -> Flask:
@@ -38,7 +41,7 @@ def create_app(config: Config | None = None, *, services: Services | None = None
     install_metrics(app)  # before the rate limiter, so refused requests are timed too
     install_rate_limiter(app, config)  # after the request hooks, so a 429 carries the request id
     register_error_handlers(app)
-    for blueprint in (*BLUEPRINTS, *OBSERVABILITY_BLUEPRINTS):
+    for blueprint in (*BLUEPRINTS, *OBSERVABILITY_BLUEPRINTS, *DISPATCH_BLUEPRINTS):
         app.register_blueprint(blueprint)
     if config.env == "test":
         app.register_blueprint(testing.bp)

@@ -115,6 +115,25 @@ SCHEMAS: dict[str, Schema] = {
     "DriverLocation": _obj({"driver_id": UUID, "lat": NUMBER, "lng": NUMBER, "heading": _nullable(NUMBER),
                             "speed": _nullable(NUMBER), "accuracy": _nullable(NUMBER), "recorded_at": TIME},
                            ["driver_id", "lat", "lng", "heading", "speed", "accuracy", "recorded_at"]),
+    "Driver": _obj({"id": UUID, "display_name": STRING,
+                    "status": {"type": "string", "enum": ["online", "offline", "on_break"]},
+                    "last_location": _nullable(_obj({
+                        "lat": NUMBER, "lng": NUMBER, "recorded_at": TIME,
+                        "age_s": {**NUMBER, "description": "seconds between recorded_at and the answer"}},
+                        ["lat", "lng", "recorded_at", "age_s"])),
+                    "active_order_ids": {"type": "array", "items": UUID}},
+                   ["id", "display_name", "status", "last_location", "active_order_ids"]),
+    "OrderAnalytics": _obj({"from": TIME, "to": TIME,
+                            "group_by": {"type": "string", "enum": ["day", "restaurant", "status"]},
+                            "rows": {"type": "array", "items": _obj({
+                                "key": {**STRING, "description": "YYYY-MM-DD (UTC), a restaurant id or a status"},
+                                "orders": INTEGER,
+                                "revenue": {**MONEY, "description": "total of the orders that were not cancelled"},
+                                "delivered": INTEGER,
+                                "avg_delivery_minutes": {**_nullable(NUMBER),
+                                                         "description": "confirmed to delivered; null when none"}},
+                                ["key", "orders", "revenue", "delivered", "avg_delivery_minutes"])}},
+                           ["from", "to", "group_by", "rows"]),
     "Status": _obj({"status": STRING}, ["status"], extra=True),
     "Connections": _obj({"total": {"type": "integer"}, "by_role": _obj({
         role: {"type": "integer"} for role in ("admin", "restaurant", "driver", "demo")}),
@@ -227,6 +246,10 @@ def _query(name: str, schema: Schema, description: str = "") -> Schema:
 
 PAGE_PARAMS = [_query("limit", {"type": "integer", "minimum": 1, "maximum": 200, "default": 50}),
                _query("cursor", STRING, "next_cursor of the previous page")]
+DATE_PARAM: Schema = {"type": "string", "description": "ISO-8601 date (midnight UTC) or date-time (UTC "
+                                                   "when it has no zone)", "example": "2026-03-01"}
+CREATED_PARAMS = [_query("created_from", DATE_PARAM, "created at or after"),
+                  _query("created_to", DATE_PARAM, "created before")]
 X_CACHE = {"X-Cache": {"schema": {"type": "string", "enum": ["HIT", "MISS"]}}}
 WRITE_ERRORS = ("403",)
 
@@ -281,7 +304,24 @@ def _paths() -> dict[str, Schema]:
                              "schema": {"type": "string", "minLength": 1, "maxLength": 255}}]),
             "get": _op("orders the caller may see, newest first", ("200", ok("a page", _page("Order"))),
                        errors=("422",), params=[_query("status", STRING), _query("restaurant_id", UUID),
-                                                _query("driver_id", UUID), *PAGE_PARAMS]),
+                                                _query("driver_id", UUID), *CREATED_PARAMS, *PAGE_PARAMS]),
+        },
+        "/api/orders/export.csv": {
+            "get": _op("the orders the caller may see, oldest first, as CSV streamed page by page (admin; "
+                       "restaurant and demo: their own); a leading = + - @ tab or CR in customer_name gets a ' "
+                       "before it so spreadsheets do not run it",
+                       ("200", {"description": "a header row, then one row per order",
+                                "content": {"text/csv": {"schema": STRING}}}),
+                       errors=("403", "422"), params=CREATED_PARAMS),
+        },
+        "/api/analytics/orders": {
+            "get": _op("orders, revenue and delivery time over [from, to) grouped by UTC day, restaurant or "
+                       "status (admin; restaurant and demo: their own); at most 366 days, default the last 7",
+                       ("200", ok("one row per group that has orders", _ref("OrderAnalytics"))),
+                       errors=("403", "422"), params=[
+                           _query("from", DATE_PARAM, "inclusive"), _query("to", DATE_PARAM, "exclusive"),
+                           _query("group_by", {"type": "string", "enum": ["day", "restaurant", "status"],
+                                               "default": "day"})]),
         },
         "/api/orders/{order_id}": {
             "get": _op("one order", ("200", ok("found", _ref("Order"))), errors=("404",),
@@ -303,6 +343,12 @@ def _paths() -> dict[str, Schema]:
         "/api/drivers/me/locations": {
             "post": _op("store up to 500 GPS points of the calling driver and publish them live",
                         ("202", ok("stored", _ref("Accepted"))), body="LocationBatch", errors=WRITE_ERRORS),
+        },
+        "/api/drivers": {
+            "get": _op("every driver with status, last position and active orders (admin)",
+                       ("200", ok("a page", _page("Driver"))), errors=("403", "422"), params=[
+                           _query("status", {"type": "string", "enum": ["online", "offline", "on_break"]}),
+                           *PAGE_PARAMS]),
         },
         "/api/drivers/{driver_id}/location": {
             "get": _op("latest position (admin, the driver, a restaurant with an active order assigned to it)",

@@ -12,6 +12,7 @@ from common.auth import Identity
 from common.errors import DmsError, Forbidden
 from common.orders import ACTIVE_STATUSES
 
+ADMIN_CHANNELS = ("orders", "drivers", "admin:connections")
 _CHANNEL = re.compile(r"^(restaurant|order|driver):([0-9a-fA-F-]{36})$")
 
 
@@ -20,8 +21,12 @@ class InvalidChannel(DmsError):
 
 
 def parse_channel(channel: str) -> tuple[str, str | None]:
-    """`restaurant:RID` -> ("restaurant", RID); `orders` -> ("orders", None); else InvalidChannel."""
-    if channel in ("orders", "admin:connections"):
+    """`restaurant:RID` -> ("restaurant", RID); `orders` -> ("orders", None); else InvalidChannel.
+
+    `orders`, `drivers` and `admin:connections` have no key and are for admins only: check_subscribe
+    lets admins through before any per-kind rule, so every other role falls through to Forbidden.
+    """
+    if channel in ADMIN_CHANNELS:
         return channel, None
     match = _CHANNEL.match(channel)
     if match is None:

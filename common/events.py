@@ -20,6 +20,7 @@ NOTIFY_CHANNEL = "dms_events"
 REDIS_PREFIX = "dms:ch:"
 RELAY_WATERMARK_KEY = "dms:relay:last_id"
 ALL_ORDERS = "orders"
+ALL_DRIVERS = "drivers"  # every driver's status changes and locations (admin)
 ADMIN_CONNECTIONS = "admin:connections"
 
 

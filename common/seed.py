@@ -114,7 +114,7 @@ def _copy_orders(conn: psycopg.Connection[Any], rng: random.Random, size: int, p
     statuses = ("delivered",) * 8 + ("cancelled", "pending", "confirmed", "preparing", "ready", "delivering")
     with conn.cursor() as cur:
         with cur.copy("COPY orders (id, restaurant_id, created_by, driver_id, status, total_amount, customer_name,"
-                      " version, created_at, updated_at) FROM STDIN") as order_copy:
+                      " version, created_at, updated_at, confirmed_at, delivered_at) FROM STDIN") as order_copy:
             items: list[tuple[Any, ...]] = []
             for _ in range(size):
                 order_id = uuid.uuid4()
@@ -130,8 +130,14 @@ def _copy_orders(conn: psycopg.Connection[Any], rng: random.Random, size: int, p
                     items.append((order_id, line_no, product["id"], product["name"], quantity, product["price"],
                                   line_total))
                 driver = rng.choice(drivers) if status in ("delivering", "delivered") and drivers else None
+                # Past pending, an order was confirmed minutes later; a delivered one arrived within the hour or two.
+                confirmed = created + timedelta(minutes=rng.randint(1, 10)) if status not in ("pending", "cancelled") \
+                    else None
+                delivered = confirmed + timedelta(minutes=rng.randint(15, 90)) \
+                    if status == "delivered" and confirmed else None
                 order_copy.write_row((order_id, restaurant_id, creators[restaurant_id], driver, status, total,
-                                      f"Customer {rng.randint(1, 5000)}", 1, created, created))
+                                      f"Customer {rng.randint(1, 5000)}", 1, created, delivered or created, confirmed,
+                                      delivered))
         with cur.copy("COPY order_items (order_id, line_no, product_id, name, quantity, unit_price, line_total)"
                       " FROM STDIN") as item_copy:
             for item in items:

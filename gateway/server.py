@@ -32,7 +32,7 @@ from common.auth import Identity, claims_of, verify_token
 from common.config import Config
 from common.db import SERVICE, claims, make_pool
 from common.errors import DmsError, Forbidden, RateLimited, Unavailable
-from common.events import ADMIN_CONNECTIONS, CONNECTIONS_STATS, DRIVER_LOCATION, ephemeral_frame
+from common.events import ADMIN_CONNECTIONS, ALL_DRIVERS, CONNECTIONS_STATS, DRIVER_LOCATION, driver_channel, ephemeral_frame
 from common.orders import ACTIVE_STATUSES
 from common.profiles import ensure_profile
 from common.redis_client import make_redis
@@ -67,7 +67,7 @@ __all__ = ["Gateway", "create_gateway_app", "raise_fd_limit"]
 STATS_EVERY_S = 2.0
 STATS_LEASE_PREFIX = "dms:stats-lease:"
 RIGHTS_RECHECK_S = 2.0
-DRIVERS_CHANNEL = "drivers"
+
 # Events after which a restaurant may have lost its view of a driver: re-check at once.
 _RIGHT_CHANGING_STATUSES = ("delivered", "cancelled")
 
@@ -410,7 +410,7 @@ class Gateway:
                 "speed": point.speed, "accuracy": point.accuracy, "recorded_at": now_iso(point.recorded_at)}
         ts = now_iso(datetime.now(UTC))
         try:
-            for channel in (f"driver:{driver_id}", DRIVERS_CHANNEL):
+            for channel in (driver_channel(driver_id), ALL_DRIVERS):
                 self.hub.publish_ephemeral(channel, ephemeral_frame(channel, DRIVER_LOCATION, data, ts))
         except redis.RedisError as exc:
             conn.log.warning("live location fan-out failed: {}", exc)

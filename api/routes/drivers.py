@@ -1,4 +1,4 @@
-"""Drivers: their own status and GPS batches, and the latest position for those allowed to see it."""
+"""Drivers: their own status and GPS batches, the latest position for those allowed to see it, the fleet list."""
 
 from __future__ import annotations
 
@@ -6,15 +6,17 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import redis
-from flask import Blueprint, jsonify
+from flask import Blueprint, jsonify, request
 from loguru import logger
 
 from api.context import identity, request_id, require, services
+from api.pagination import keyset_query, page_args, page_body
 from api.validation import Field, Validator, json_body, uuid_arg
 from common import events
 from common.access import driver_visible_to_restaurant
 from common.errors import NotFound, ValidationFailed
 from common.locations import store_points
+from common.orders import ACTIVE_STATUSES
 
 bp = Blueprint("drivers", __name__, url_prefix="/api/drivers")
 
@@ -53,7 +55,7 @@ def set_status() -> Any:
             events.write_event(
                 conn,
                 event=events.DRIVER_STATUS_CHANGED,
-                channels=[events.driver_channel(who.user_id)],
+                channels=[events.driver_channel(who.user_id), events.ALL_DRIVERS],
                 data={"driver_id": who.user_id, "status": row["status"], "previous_status": before["status"],
                       "updated_at": events.iso(row["updated_at"]), "request_id": request_id()},
             )
@@ -106,8 +108,10 @@ def post_locations() -> Any:
 
 
 def _publish(driver_id: str, points: list[dict[str, Any]]) -> None:
-    """Live positions are ephemeral; the rows are committed, so a Redis failure only costs liveness."""
-    channel = events.driver_channel(driver_id)
+    """Live positions are ephemeral; the rows are committed, so a Redis failure only costs liveness.
+
+    Each point goes to the driver's own channel and to `drivers` (the admins' fleet view)."""
+    channels = (events.driver_channel(driver_id), events.ALL_DRIVERS)
     ts = events.iso(datetime.now(UTC))
     try:
         with services().redis.pipeline(transaction=False) as pipe:
@@ -115,8 +119,9 @@ def _publish(driver_id: str, points: list[dict[str, Any]]) -> None:
                 data = {"driver_id": driver_id, "lat": point["lat"], "lng": point["lng"],
                         "heading": point.get("heading"), "speed": point.get("speed"),
                         "accuracy": point.get("accuracy"), "recorded_at": events.iso(point["recorded_at"])}
-                events.publish_ephemeral(pipe, channel, events.ephemeral_frame(channel, events.DRIVER_LOCATION,
-                                                                               data, ts))
+                for channel in channels:
+                    events.publish_ephemeral(pipe, channel, events.ephemeral_frame(channel, events.DRIVER_LOCATION,
+                                                                                   data, ts))
             pipe.execute()
     except redis.RedisError as exc:
         logger.warning("driver locations stored but not published live: {}", type(exc).__name__)
@@ -142,3 +147,44 @@ def get_location(driver_id: str) -> Any:
     return jsonify({"driver_id": str(row["id"]), "lat": row["lat"], "lng": row["lng"], "heading": row["heading"],
                     "speed": row["speed"], "accuracy": row["accuracy"],
                     "recorded_at": events.iso(row["location_recorded_at"])})
+
+
+# One row per driver: the profile's name, the live status and position, and the orders it carries
+# now. A subquery so the keyset helper's bare (created_at, id) names the profile's columns.
+_FLEET = (
+    "SELECT * FROM (SELECT d.id, p.display_name, d.status, d.lat, d.lng, d.location_recorded_at, p.created_at,"
+    " ARRAY(SELECT o.id FROM orders o WHERE o.driver_id = d.id AND o.status = ANY(%s)"
+    "       ORDER BY o.created_at, o.id) AS active_order_ids"
+    " FROM drivers d JOIN profiles p ON p.id = d.id) AS fleet"
+)
+
+
+@bp.get("")
+@require("admin")
+def list_drivers() -> Any:
+    """The fleet for dispatch, newest driver first, from a read replica when one is fresh enough."""
+    page = page_args()
+    where: list[str] = []
+    params: list[Any] = [list(ACTIVE_STATUSES)]
+    status = request.args.get("status")
+    if status is not None:
+        if status not in DRIVER_STATUSES:
+            raise ValidationFailed("unknown driver status",
+                                   details={"status": f"one of: {', '.join(DRIVER_STATUSES)}"})
+        where.append("status = %s")
+        params.append(status)
+    sql, params = keyset_query(_FLEET, where, params, page)
+    with services().read_pool().connection() as conn:
+        rows = conn.execute(sql, params).fetchall()
+    now = datetime.now(UTC)
+    return jsonify(page_body(rows, [_fleet_json(row, now) for row in rows[: page.limit]], page.limit))
+
+
+def _fleet_json(row: dict[str, Any], now: datetime) -> dict[str, Any]:
+    location = None
+    if row["lat"] is not None and row["location_recorded_at"] is not None:
+        recorded_at = row["location_recorded_at"]
+        location = {"lat": row["lat"], "lng": row["lng"], "recorded_at": events.iso(recorded_at),
+                    "age_s": round(max(0.0, (now - recorded_at).total_seconds()), 1)}
+    return {"id": str(row["id"]), "display_name": row["display_name"], "status": row["status"],
+            "last_location": location, "active_order_ids": [str(order_id) for order_id in row["active_order_ids"]]}

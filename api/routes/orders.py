@@ -15,6 +15,7 @@ from psycopg import sql
 from api import idempotency
 from api.cache import cache
 from api.context import identity, request_id, require, services
+from api.daterange import query_range
 from api.pagination import keyset_query, page_args, page_body
 from api.validation import Field, Validator, json_body, uuid_arg
 from common import events
@@ -221,6 +222,13 @@ def list_orders() -> Any:
         if value is not None:
             where.append(f"{name} = %s")
             params.append(_uuid_query(name, value))
+    created = query_range("created_from", "created_to")
+    if created.start is not None:
+        where.append("created_at >= %s")
+        params.append(created.start)
+    if created.end is not None:
+        where.append("created_at < %s")
+        params.append(created.end)
     if who.role in ("restaurant", "demo"):
         where.append("restaurant_id = %s")
         params.append(who.restaurant_id)

@@ -74,10 +74,15 @@
     }
   }
 
+  // `options.json` sends a JSON body (and its Content-Type); other options go to fetch as they are.
   async function api(token, path, options) {
+    const { json, ...rest } = options || {};
+    const headers = { Authorization: "Bearer " + token, Accept: "application/json" };
+    if (json !== undefined) headers["Content-Type"] = "application/json";
     const response = await fetch(path, {
-      ...(options || {}),
-      headers: { Authorization: "Bearer " + token, Accept: "application/json" },
+      ...rest,
+      body: json !== undefined ? JSON.stringify(json) : rest.body,
+      headers,
       cache: "no-store",
       credentials: "omit",
     });

@@ -39,7 +39,7 @@ def test_status_change_writes_an_event_in_the_same_transaction(client: Any, worl
     body = response.get_json()
     assert body["id"] == world.driver_id and body["status"] == "online" and body["updated_at"].endswith("Z")
     (event,) = _events(infra, world.driver_id)
-    assert event["event"] == "driver.status_changed" and event["channels"] == [f"driver:{world.driver_id}"]
+    assert event["event"] == "driver.status_changed" and event["channels"] == [f"driver:{world.driver_id}", "drivers"]
     assert event["data"] == {"driver_id": world.driver_id, "status": "online", "previous_status": "offline",
                              "updated_at": body["updated_at"], "request_id": "driver-status-0001"}
     client.post("/api/drivers/me/status", json={"status": "on_break"}, headers=auth(world.driver))

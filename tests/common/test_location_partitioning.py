@@ -105,7 +105,8 @@ def test_a_million_points_move_to_partitions_under_short_locks_while_writes_go_o
           f"slowest concurrent GPS commit {writer.slowest_s * 1000:.0f} ms over {writer.written} commits")
     assert writer.errors == []
     assert any('partition constraint for table "driver_locations_legacy" is implied' in n for n in notices), notices
-    assert migrate(url) == []  # `dms migrate` sees all three as applied
+    # `dms migrate` sees all three as applied (and applies only what came after them)
+    assert not [name for name in migrate(url) if name[:4] in STEPS]
     with connect(url) as conn:
         total = conn.execute("SELECT count(*) AS n FROM driver_locations").fetchone()
         assert total == {"n": POINTS + writer.written + 1}

@@ -121,7 +121,7 @@ def test_policies_are_backed_by_indexes(infra: Infra, scene: Any) -> None:
     with as_claims(infra.database_url, _restaurant(scene, "a")) as conn:
         plan = _plan(conn, "SELECT id, status FROM orders")
         assert any(name in plan for name in ("orders_board_covering", "orders_restaurant_status_created",
-                                             "orders_active")), plan
+                                             "orders_active", "orders_restaurant_created_analytics")), plan
         assert "order_items_pkey" in _plan(conn, "SELECT order_id FROM order_items")
         assert "restaurants_pkey" in _plan(conn, "SELECT name FROM restaurants")
     with as_claims(infra.database_url, Claims("driver", scene["driver_1"])) as conn:
