@@ -32,7 +32,14 @@ from common.auth import Identity, claims_of, verify_token
 from common.config import Config
 from common.db import SERVICE, claims, make_pool
 from common.errors import DmsError, Forbidden, RateLimited, Unavailable
-from common.events import ADMIN_CONNECTIONS, ALL_DRIVERS, CONNECTIONS_STATS, DRIVER_LOCATION, driver_channel, ephemeral_frame
+from common.events import (
+    ADMIN_CONNECTIONS,
+    ALL_DRIVERS,
+    CONNECTIONS_STATS,
+    DRIVER_LOCATION,
+    driver_channel,
+    ephemeral_frame,
+)
 from common.orders import ACTIVE_STATUSES
 from common.profiles import ensure_profile
 from common.redis_client import make_redis
