@@ -58,13 +58,14 @@ class ClientPool:
     procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
 
     @classmethod
-    def start(cls, *, kind: str, url: str, profile: Profile, channels: list[str]) -> ClientPool:
+    def start(cls, *, kind: str, url: str, profile: Profile, channels: list[str],
+              connect_timeout_s: float = 120.0) -> ClientPool:
         pool = cls()
         per_proc = -(-profile.clients // profile.processes)
         for index in range(profile.processes):
             count = min(per_proc, profile.clients - index * per_proc)
             config = {"kind": kind, "url": url, "secret": BENCH_SECRET, "count": count, "channels": channels,
-                      "offset": index * per_proc}
+                      "offset": index * per_proc, "connect_timeout_s": connect_timeout_s}
             pool.procs.append(python_module("bench.wsclients", json.dumps(config), stdin=subprocess.PIPE,
                                             stdout=subprocess.PIPE))
         return pool

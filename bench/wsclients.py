@@ -24,7 +24,7 @@ import websocket  # noqa: E402
 from gevent.fileobject import FileObjectPosix  # noqa: E402
 from gevent.lock import BoundedSemaphore  # noqa: E402
 
-from bench.common import Histogram  # noqa: E402
+from bench.common import Histogram, raise_nofile  # noqa: E402
 from common.auth import mint_token  # noqa: E402
 
 CONNECT_CONCURRENCY = 64
@@ -156,6 +156,9 @@ class Client:
 
 def main() -> int:
     config = json.loads(sys.argv[1])
+    # Thousands of sockets in one process: the default soft limit (often 1024) is not enough.
+    if raise_nofile() < config["count"] + 64:
+        print(f"open-files limit too low for {config['count']} clients", file=sys.stderr, flush=True)
     shared = Shared()
     clients = [
         Client(shared, config["kind"], config["url"],
