@@ -59,13 +59,14 @@ class ClientPool:
 
     @classmethod
     def start(cls, *, kind: str, url: str, profile: Profile, channels: list[str],
-              connect_timeout_s: float = 120.0) -> ClientPool:
+              connect_timeout_s: float = 120.0, connect_concurrency: int = 64) -> ClientPool:
         pool = cls()
         per_proc = -(-profile.clients // profile.processes)
         for index in range(profile.processes):
             count = min(per_proc, profile.clients - index * per_proc)
             config = {"kind": kind, "url": url, "secret": BENCH_SECRET, "count": count, "channels": channels,
-                      "offset": index * per_proc, "connect_timeout_s": connect_timeout_s}
+                      "offset": index * per_proc, "connect_timeout_s": connect_timeout_s,
+                      "connect_concurrency": connect_concurrency}
             pool.procs.append(python_module("bench.wsclients", json.dumps(config), stdin=subprocess.PIPE,
                                             stdout=subprocess.PIPE))
         return pool

@@ -60,6 +60,7 @@ class Client:
         self.shared, self.kind, self.url, self.token, self.channel = shared, kind, url, token, channel
         self.ids = array("q")
         self.last_id: int | None = None
+        self.connected_once = False
         self.ws: websocket.WebSocket | None = None
 
     # -- connecting ----------------------------------------------------------------------------
@@ -105,6 +106,7 @@ class Client:
                     self.connect()
                 if first:
                     self.shared.connected += 1
+                    self.connected_once = True
                     first = False
                 else:
                     self.shared.reconnects += 1
@@ -166,11 +168,14 @@ def main() -> int:
                config["channels"][(config["offset"] + n) % len(config["channels"])])
         for n in range(config["count"])
     ]
-    gate = BoundedSemaphore(CONNECT_CONCURRENCY)
+    gate = BoundedSemaphore(config.get("connect_concurrency", CONNECT_CONCURRENCY))
     greenlets = [gevent.spawn(client.run, gate) for client in clients]
     deadline = time.monotonic() + config.get("connect_timeout_s", 120)
     while shared.connected + shared.failed < len(clients) and time.monotonic() < deadline:
         gevent.sleep(0.1)
+    # Clients still dialling at the deadline give up: a late connect would join in the middle of a
+    # measured step, and the ready count must be the count that is measured.
+    gevent.killall([g for c, g in zip(clients, greenlets, strict=True) if not c.connected_once], block=False)
     out = sys.stdout
     out.write(json.dumps({"ready": shared.connected, "failed": shared.failed}) + "\n")
     out.flush()
@@ -186,8 +191,11 @@ def main() -> int:
             out.flush()
         elif command == "finish":
             expected: dict[str, list[int]] = json.loads(arg)
-            totals = {"received": 0, "missing": 0, "duplicated": 0, "out_of_order": 0}
+            totals = {"received": 0, "missing": 0, "duplicated": 0, "out_of_order": 0, "never_connected": 0}
             for client in clients:
+                if not client.connected_once:  # nothing was promised to a client the server never took
+                    totals["never_connected"] += 1
+                    continue
                 for key, value in client.account(expected.get(client.channel, [])).items():
                     totals[key] += value
             totals["reconnects"] = shared.reconnects
