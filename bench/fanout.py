@@ -56,6 +56,7 @@ class ClientPool:
     """The harness: N processes of gevent clients, commanded over pipes."""
 
     procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    rooms: dict[str, int] = field(default_factory=dict)  # connected clients per channel, after ready()
 
     @classmethod
     def start(cls, *, kind: str, url: str, profile: Profile, channels: list[str],
@@ -89,6 +90,9 @@ class ClientPool:
 
     def ready(self) -> tuple[int, int]:
         replies = self._read()
+        for reply in replies:
+            for channel, count in reply.get("rooms", {}).items():
+                self.rooms[channel] = self.rooms.get(channel, 0) + count
         return sum(r["ready"] for r in replies), sum(r["failed"] for r in replies)
 
     def report(self) -> tuple[int, int, dict[str, Histogram]]:

@@ -177,7 +177,11 @@ def main() -> int:
     # measured step, and the ready count must be the count that is measured.
     gevent.killall([g for c, g in zip(clients, greenlets, strict=True) if not c.connected_once], block=False)
     out = sys.stdout
-    out.write(json.dumps({"ready": shared.connected, "failed": shared.failed}) + "\n")
+    rooms: dict[str, int] = {}
+    for client in clients:
+        if client.connected_once:
+            rooms[client.channel] = rooms.get(client.channel, 0) + 1
+    out.write(json.dumps({"ready": shared.connected, "failed": shared.failed, "rooms": rooms}) + "\n")
     out.flush()
     stdin = FileObjectPosix(sys.stdin.fileno(), "r", close=False)
     for line in stdin:
