@@ -55,7 +55,7 @@ class Plan:
     warmup_s: float = 2.0
     drain_max_s: float = 15.0
     big_clients: int = 10_000  # 0: no 10,000-connection step
-    big_rate: int = 2  # events/s at big_clients: 2 x 1,000 subscribers per room = 2,000 deliveries/s
+    big_deliveries_per_s: int = 2000  # at 10,000 clients: 2 events/s into rooms of 1,000
     big_phase_s: float = 10.0
     connect_timeout_s: float = 150.0  # a server that cannot take 10,000 handshakes in this time is reported so
 
@@ -101,7 +101,7 @@ def run_system(system: str, stack: Stack, plan: Plan, *, source_kind: str, api_u
                                                            products=products, database_url=stack.database_url)
         else:
             first = RestSource(api_url=api_url, token=token, channels=channels, products=products,
-                               database_url=stack.database_url).mark() + 1_000_000 * (1 + int(time.time()) % 1000)
+                               database_url=stack.database_url).mark() + 1
             source = DirectSource(emitter=make_emitter(system, stack.redis_url), channels=channels, first_id=first)
         server_pid = running.server.pid
         time.sleep(1.0)  # let a fresh interpreter finish its imports before weighing it
@@ -130,13 +130,10 @@ def run_system(system: str, stack: Stack, plan: Plan, *, source_kind: str, api_u
             result: dict[str, Any] = {
                 "system": system, "step": step, "clients": clients, "connected": connected,
                 "connect_failures": failed, "connect_s": round(connect_s, 1), "connect_cpu": connect_cpu,
-                "rooms": plan.rooms,
-                "client_processes": plan.processes,
+                "rooms": plan.rooms, "client_processes": plan.processes,
                 "memory": {"rss_mb_fresh": round(rss_before / 1024, 1), "rss_mb_connected": round(rss_after / 1024, 1),
                            "kib_per_connection": per_conn},
                 "held_all_connections": connected == clients, "phases": [],
-                # `delivery.missing` counts ids not received by the end of the bounded drain: for a
-                # saturated step that includes frames still queued in the server, not only lost ones.
             }
             if connected == 0:
                 result["note"] = "no client could connect"
@@ -152,13 +149,12 @@ def run_system(system: str, stack: Stack, plan: Plan, *, source_kind: str, api_u
             warm = source.run(rates[0], plan.warmup_s)
             _drain(pool, warm_from, frames_for(warm["per_channel"]), plan.drain_max_s)
             frames_before = pool.report()[0]
-            meter = CpuMeter(support) if support else None
+            meter = CpuMeter({**support, **{f"feeder{n}": p.pid for n, p in enumerate(running.helpers)}})
             total_cpu, total_frames = 0.0, 0
             for rate in rates:
                 phase = f"{step}-r{rate}"
                 pool.send(f"phase {phase}")
-                if meter is not None:
-                    meter.reset()
+                meter.reset()
                 server0, clients0, wall0 = proc_cpu_s(server_pid), _cpu(pool.pids), time.monotonic()
                 sent = source.run(rate, phase_s)
                 expected = frames_for(sent["per_channel"])
@@ -178,7 +174,7 @@ def run_system(system: str, stack: Stack, plan: Plan, *, source_kind: str, api_u
                     "server_cpu_s": round(server_cpu, 3), "server_cpu_percent": round(100 * server_cpu / wall, 1),
                     "server_cpu_ms_per_1000_frames": _ms_per_1000(server_cpu, delivered),
                     "client_cpu_percent": client_pct, "clients_may_be_limit": max(client_pct) > CLIENT_BUSY_PERCENT,
-                    "support_cpu_percent": meter.percent() if meter is not None else {},
+                    "support_cpu_percent": meter.percent(),
                     "server_rss_mb": round(proc_rss_kib(server_pid) / 1024, 1),
                 }
                 result["phases"].append(row)
@@ -194,7 +190,8 @@ def run_system(system: str, stack: Stack, plan: Plan, *, source_kind: str, api_u
             result["server_cpu_ms_per_1000_frames_all_steps"] = _ms_per_1000(total_cpu, total_frames)
             expected_ids = source.written_since(mark)
             owed = frames_for({channel: len(ids) for channel, ids in expected_ids.items()})
-            # A last bounded wait for frames still queued, so `missing` means not delivered, not late.
+            # A last bounded wait for frames still queued. `missing` counts ids not received by its
+            # end: for a saturated system that may include frames still queued, not only lost ones.
             _drain(pool, 0, owed, plan.drain_max_s)
             result["delivery"] = pool.finish(expected_ids)
             result["delivery"]["expected"] = owed
@@ -209,7 +206,7 @@ def run_system(system: str, stack: Stack, plan: Plan, *, source_kind: str, api_u
 
 def compare(results: list[dict[str, Any]]) -> dict[str, Any]:
     """Headline ratios against ours; for cost and latency, > 1 means ours is better."""
-    main = {r["system"]: r for r in results if r.get("step") == "2k" and r.get("phases")}
+    main = {r["system"]: r for r in results if r.get("step") == "main" and r.get("phases")}
     ours = main.get("dms")
     out: dict[str, Any] = {}
     for system, result in main.items():
@@ -229,9 +226,10 @@ def compare(results: list[dict[str, Any]]) -> dict[str, Any]:
             entry["memory_theirs_over_ours"] = round(mem / mem_ours, 2) if mem and mem_ours and mem_ours > 0 else None
         out[system] = entry
     for result in results:
-        if result.get("step") == "10k" and result.get("phases") is not None:
-            out.setdefault(result["system"], {})["10k"] = {
-                "connected": result["connected"], "kib_per_connection": result["memory"]["kib_per_connection"],
+        if result.get("step") == "big" and result.get("phases") is not None:
+            out.setdefault(result["system"], {})["big"] = {
+                "clients": result["clients"], "connected": result["connected"],
+                "kib_per_connection": result["memory"]["kib_per_connection"],
                 "p99_ms": result["phases"][0]["latency"]["p99_ms"] if result["phases"] else None,
                 "cpu_ms_per_1000_frames": result["phases"][0]["server_cpu_ms_per_1000_frames"]
                 if result["phases"] else None,
@@ -243,7 +241,7 @@ def charts(results: list[dict[str, Any]]) -> list[tuple[str, dict[str, Any]]]:
     latency: dict[str, list[tuple[float, float]]] = {}
     cost: dict[str, list[tuple[float, float]]] = {}
     for result in results:
-        if result.get("step") != "2k" or not result.get("phases"):
+        if result.get("step") != "main" or not result.get("phases"):
             continue
         for pct in ("p50", "p99"):
             latency[f"{result['system']} {pct}"] = [(p["target_deliveries_per_s"], p["latency"][f"{pct}_ms"])
@@ -251,7 +249,7 @@ def charts(results: list[dict[str, Any]]) -> list[tuple[str, dict[str, Any]]]:
         cost[result["system"]] = [(p["target_deliveries_per_s"], p["server_cpu_ms_per_1000_frames"])
                                   for p in result["phases"]]
     return [
-        ("", {"title": "commit-to-client latency, 2,000 subscribers", "x_label": "deliveries/s offered",
+        ("", {"title": "commit-to-client latency", "x_label": "deliveries/s offered",
               "y_label": "ms (log)", "series": latency, "log_y": True}),
         ("-cpu", {"title": "server CPU per 1,000 delivered frames", "x_label": "deliveries/s offered",
                   "y_label": "CPU ms", "series": cost}),
@@ -332,11 +330,11 @@ def main(argv: list[str] | None = None) -> int:
                 common = {"source_kind": args.source, "api_url": api_url, "token": token, "products": products,
                           "support": {k: v for k, v in support.items() if k != "relay" or system == "dms"}}
                 results.append(run_system(system, stack, plan, clients=plan.clients, rates=plan.rates,
-                                          phase_s=plan.phase_s, step="2k", **common))
+                                          phase_s=plan.phase_s, step="main", **common))
                 if plan.big_clients:
-                    results.append(run_system(system, stack, plan, clients=plan.big_clients,
-                                              rates=(plan.big_rate * plan.big_clients // 10_000,),
-                                              phase_s=plan.big_phase_s, step="10k", **common))
+                    big_rate = max(1, round(plan.big_deliveries_per_s * plan.rooms / plan.big_clients))
+                    results.append(run_system(system, stack, plan, clients=plan.big_clients, rates=(big_rate,),
+                                              phase_s=plan.big_phase_s, step="big", **common))
             except (RuntimeError, OSError, ValueError) as exc:
                 # One system failing (a crash, a refused step) is a result to report, not the end of the run.
                 log(f"{system}: failed: {exc}")
