@@ -82,7 +82,7 @@ bench-fanout: $(STAMP)
 	$(BIN)/python -m bench.fanout $(BENCH_ARGS)
 
 # Ours, Flask-SocketIO and Node socket.io (npm installs its pinned packages into bench/reports/node-peer;
-# no node/npm: that peer is skipped). ~12 min; BENCH_ARGS=--quick ~2 min; --source redis skips the API.
+# no node/npm: that peer is skipped). 7-12 min; bench-peer-quick ~2 min; BENCH_ARGS=--source=redis skips the API.
 bench-peer: $(STAMP)
 	$(BIN)/python -m bench.peer $(BENCH_ARGS)
 
