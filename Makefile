@@ -55,7 +55,7 @@ clean:
 # make swarm [SWARM=both|api|ws] [SCENARIO=custom|baseline|spike|stress|soak] [RATE=100] [USERS=50]
 #            [DURATION=60s] [TARGET=.dms/env]; CSV and HTML reports go to results/.
 # TARGET is an env file with API_URL, GATEWAY_URL, JWT_SECRET and DATABASE_URL (what `dms up` writes).
-.PHONY: swarm bench-fanout bench-peer bench-api
+.PHONY: swarm bench-fanout bench-peer bench-peer-quick bench-api
 USERS ?= 50
 RATE ?= 100
 DURATION ?= 60s
@@ -81,8 +81,13 @@ swarm: $(STAMP)
 bench-fanout: $(STAMP)
 	$(BIN)/python -m bench.fanout $(BENCH_ARGS)
 
+# Ours, Flask-SocketIO and Node socket.io (npm installs its pinned packages into bench/reports/node-peer;
+# no node/npm: that peer is skipped). 7-12 min; bench-peer-quick ~2 min; BENCH_ARGS=--source=redis skips the API.
 bench-peer: $(STAMP)
 	$(BIN)/python -m bench.peer $(BENCH_ARGS)
+
+bench-peer-quick: $(STAMP)
+	$(BIN)/python -m bench.peer --quick $(BENCH_ARGS)
 
 bench-api: $(STAMP)
 	$(BIN)/python -m bench.api $(BENCH_ARGS)

@@ -35,7 +35,8 @@ def _nice_ticks(low: float, high: float, count: int = 5) -> list[float]:
     magnitude = 10 ** math.floor(math.log10(raw))
     step = next(m * magnitude for m in (1, 2, 2.5, 5, 10) if m * magnitude >= raw)
     first = math.floor(low / step) * step
-    return [first + i * step for i in range(int((high - first) / step) + 2) if first + i * step <= high + step / 2]
+    # Up to the first tick at or above `high`, so the top point is never drawn off the chart.
+    return [first + i * step for i in range(math.ceil((high - first) / step - 1e-9) + 1)]
 
 
 def _label(value: float) -> str:

@@ -203,6 +203,42 @@ class CpuMeter:
         return {name: round(100 * (now[name] - self._start.get(name, 0.0)) / wall, 1) for name in now}
 
 
+_CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+_PAGE = os.sysconf("SC_PAGE_SIZE")
+
+
+def _stat_fields(pid: int) -> list[str]:
+    # The command name (field 2) may hold spaces or parentheses: split after its last ')'.
+    with open(f"/proc/{pid}/stat") as handle:
+        return handle.read().rsplit(")", 1)[1].split()
+
+
+def proc_cpu_s(pid: int) -> float:
+    """utime + stime of one process (all its threads, none of its children), from /proc/PID/stat."""
+    try:
+        fields = _stat_fields(pid)
+    except (FileNotFoundError, ProcessLookupError):
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS
+
+
+def proc_rss_kib(pid: int) -> float:
+    """Resident set of one process in KiB, from /proc/PID/stat."""
+    return int(_stat_fields(pid)[21]) * _PAGE / 1024
+
+
+def raise_nofile(want: int = 65536) -> int:
+    """Lift the soft open-files limit toward the hard one (children inherit it); returns the new soft limit."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = min(want, hard) if hard != resource.RLIM_INFINITY else want
+    if target > soft:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        return target
+    return soft
+
+
 def rss_mb(pid: int) -> float:
     return psutil.Process(pid).memory_info().rss / 2**20
 

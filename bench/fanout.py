@@ -56,15 +56,18 @@ class ClientPool:
     """The harness: N processes of gevent clients, commanded over pipes."""
 
     procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    rooms: dict[str, int] = field(default_factory=dict)  # connected clients per channel, after ready()
 
     @classmethod
-    def start(cls, *, kind: str, url: str, profile: Profile, channels: list[str]) -> ClientPool:
+    def start(cls, *, kind: str, url: str, profile: Profile, channels: list[str],
+              connect_timeout_s: float = 120.0, connect_concurrency: int = 64) -> ClientPool:
         pool = cls()
         per_proc = -(-profile.clients // profile.processes)
         for index in range(profile.processes):
             count = min(per_proc, profile.clients - index * per_proc)
             config = {"kind": kind, "url": url, "secret": BENCH_SECRET, "count": count, "channels": channels,
-                      "offset": index * per_proc}
+                      "offset": index * per_proc, "connect_timeout_s": connect_timeout_s,
+                      "connect_concurrency": connect_concurrency}
             pool.procs.append(python_module("bench.wsclients", json.dumps(config), stdin=subprocess.PIPE,
                                             stdout=subprocess.PIPE))
         return pool
@@ -87,6 +90,9 @@ class ClientPool:
 
     def ready(self) -> tuple[int, int]:
         replies = self._read()
+        for reply in replies:
+            for channel, count in reply.get("rooms", {}).items():
+                self.rooms[channel] = self.rooms.get(channel, 0) + count
         return sum(r["ready"] for r in replies), sum(r["failed"] for r in replies)
 
     def report(self) -> tuple[int, int, dict[str, Histogram]]:

@@ -24,7 +24,7 @@ import websocket  # noqa: E402
 from gevent.fileobject import FileObjectPosix  # noqa: E402
 from gevent.lock import BoundedSemaphore  # noqa: E402
 
-from bench.common import Histogram  # noqa: E402
+from bench.common import Histogram, raise_nofile  # noqa: E402
 from common.auth import mint_token  # noqa: E402
 
 CONNECT_CONCURRENCY = 64
@@ -60,6 +60,7 @@ class Client:
         self.shared, self.kind, self.url, self.token, self.channel = shared, kind, url, token, channel
         self.ids = array("q")
         self.last_id: int | None = None
+        self.connected_once = False
         self.ws: websocket.WebSocket | None = None
 
     # -- connecting ----------------------------------------------------------------------------
@@ -105,6 +106,7 @@ class Client:
                     self.connect()
                 if first:
                     self.shared.connected += 1
+                    self.connected_once = True
                     first = False
                 else:
                     self.shared.reconnects += 1
@@ -156,6 +158,9 @@ class Client:
 
 def main() -> int:
     config = json.loads(sys.argv[1])
+    # Thousands of sockets in one process: the default soft limit (often 1024) is not enough.
+    if raise_nofile() < config["count"] + 64:
+        print(f"open-files limit too low for {config['count']} clients", file=sys.stderr, flush=True)
     shared = Shared()
     clients = [
         Client(shared, config["kind"], config["url"],
@@ -163,13 +168,20 @@ def main() -> int:
                config["channels"][(config["offset"] + n) % len(config["channels"])])
         for n in range(config["count"])
     ]
-    gate = BoundedSemaphore(CONNECT_CONCURRENCY)
+    gate = BoundedSemaphore(config.get("connect_concurrency", CONNECT_CONCURRENCY))
     greenlets = [gevent.spawn(client.run, gate) for client in clients]
     deadline = time.monotonic() + config.get("connect_timeout_s", 120)
     while shared.connected + shared.failed < len(clients) and time.monotonic() < deadline:
         gevent.sleep(0.1)
+    # Clients still dialling at the deadline give up: a late connect would join in the middle of a
+    # measured step, and the ready count must be the count that is measured.
+    gevent.killall([g for c, g in zip(clients, greenlets, strict=True) if not c.connected_once], block=False)
     out = sys.stdout
-    out.write(json.dumps({"ready": shared.connected, "failed": shared.failed}) + "\n")
+    rooms: dict[str, int] = {}
+    for client in clients:
+        if client.connected_once:
+            rooms[client.channel] = rooms.get(client.channel, 0) + 1
+    out.write(json.dumps({"ready": shared.connected, "failed": shared.failed, "rooms": rooms}) + "\n")
     out.flush()
     stdin = FileObjectPosix(sys.stdin.fileno(), "r", close=False)
     for line in stdin:
@@ -183,8 +195,11 @@ def main() -> int:
             out.flush()
         elif command == "finish":
             expected: dict[str, list[int]] = json.loads(arg)
-            totals = {"received": 0, "missing": 0, "duplicated": 0, "out_of_order": 0}
+            totals = {"received": 0, "missing": 0, "duplicated": 0, "out_of_order": 0, "never_connected": 0}
             for client in clients:
+                if not client.connected_once:  # nothing was promised to a client the server never took
+                    totals["never_connected"] += 1
+                    continue
                 for key, value in client.account(expected.get(client.channel, [])).items():
                     totals[key] += value
             totals["reconnects"] = shared.reconnects

@@ -18,10 +18,9 @@ from flask import Flask, jsonify, request  # noqa: E402
 from flask_socketio import SocketIO, join_room  # noqa: E402
 from gevent.pywsgi import WSGIServer  # noqa: E402
 
+from bench.peer.emitters import QUEUE_CHANNEL  # noqa: E402
 from common.auth import verify_token  # noqa: E402
 from common.errors import Unauthorized  # noqa: E402
-
-QUEUE_CHANNEL = "dms-bench-socketio"
 
 
 def create_app(redis_url: str, secret: str) -> tuple[Flask, SocketIO]:
