@@ -1,16 +1,18 @@
 """The relay: PostgreSQL outbox -> Redis, in event-id order, exactly one active across gateways.
 
-NOTIFY is only a wake-up; the outbox table is the truth. Ids are drawn before commit, so a
-transaction that drew id 10 may commit after the one that drew 11. The relay therefore never
-publishes past a gap until the gap is *settled*: when it first sees a gap it takes a fresh
-transaction id as a horizon (every transaction that could hold a missing id already had an xid
-then, so a smaller one), and waits until no transaction older than the horizon is running (the
-snapshot's xmin has passed it). Ids still missing then were rolled back and are skipped.
-Published events are strictly increasing per channel, so subscribers and recovery never skip
-an id.
+NOTIFY is only a wake-up; the outbox table is the truth. Event ids are drawn at commit
+(sql/0008_commit_order_ids.sql): a deferred trigger numbers a transaction's rows as the last step
+before its commit, under a transaction-level advisory lock that PostgreSQL releases only after
+the commit is visible. Ids therefore become visible in increasing order, and an open transaction
+holds back nobody but itself: its rows have no id yet, so nothing waits for them.
 
-Why not the snapshot's list of running xids: since PostgreSQL 14 a snapshot's xmax is the latest
-*completed* xid + 1, and a running transaction with a newer xid is not listed at all.
+A gap (id n missing while n+1 is visible) is left by a transaction that numbered its rows and
+then rolled back, e.g. when a later deferred check failed. The relay settles it by passing the
+numbering lock once after seeing the gap: every transaction that drew an id before then has
+ended, so whatever is still missing in a fresh read never commits and is skipped. Waiting for
+one lock holder (a commit instant) replaces the old wait for every older transaction, which let
+a single open transaction delay everyone. Published events are strictly increasing per channel,
+so subscribers and recovery never skip an id.
 """
 
 from __future__ import annotations
@@ -29,6 +31,8 @@ from common.events import NOTIFY_CHANNEL, REDIS_PREFIX, RELAY_WATERMARK_KEY, Eve
 from gateway.metrics import RECONNECTS, observe_relay_lag
 
 LEADER_LOCK_KEY = 0x646D735F72656C  # "dms_rel"
+NUMBERING_LOCK_KEY = 0x646D735F6E756D  # "dms_num": events_number_lock_key() in sql/0008
+BARRIER_TIMEOUT = "2s"  # a numberer holds the lock for a commit instant; longer means trouble
 CURSOR_NAME = "relay"
 PURGED_NAME = "purged"
 
@@ -36,16 +40,16 @@ PURGED_NAME = "purged"
 @dataclass
 class _Gap:
     first_missing: int
-    # A transaction id taken after the gap was seen; None until the relay has asked for one.
-    horizon: int | None = None
+    # True once the relay has passed the numbering lock after the read that showed the gap.
+    barrier_passed: bool = False
 
 
-def settle(rows: list[dict[str, Any]], *, last_id: int, xmin: int, gap: _Gap | None
+def settle(rows: list[dict[str, Any]], *, last_id: int, gap: _Gap | None
            ) -> tuple[list[dict[str, Any]], _Gap | None]:
     """Pick the rows that may be published now, in order, and the gap that blocks the rest.
 
-    `xmin` is the oldest transaction still running, from the same snapshot that read `rows`.
-    A new gap comes back without a horizon; the caller takes one and asks again later.
+    A new gap comes back with `barrier_passed` false; the caller passes the numbering lock and
+    reads again. A gap still there after the barrier was rolled back and is skipped.
     """
     ready: list[dict[str, Any]] = []
     expected = last_id + 1
@@ -54,11 +58,11 @@ def settle(rows: list[dict[str, Any]], *, last_id: int, xmin: int, gap: _Gap | N
         if row_id != expected:
             if gap is None or gap.first_missing != expected:
                 return ready, _Gap(expected)
-            if gap.horizon is None or xmin < gap.horizon:
+            if not gap.barrier_passed:
                 return ready, gap
-            logger.bind(first_missing=expected, next_id=row_id, horizon=gap.horizon, xmin=xmin).debug(
-                "relay skips ids {}..{}: rolled back", expected, row_id - 1)
-            gap = None  # settled: every transaction that could hold them has ended
+            logger.bind(first_missing=expected, next_id=row_id).debug(
+                "relay skips ids {}..{}: rolled back after numbering", expected, row_id - 1)
+            gap = None  # settled: every transaction that drew them has ended
         ready.append(row)
         expected = row_id + 1
     return ready, None  # every row was in order: no gap blocks anything
@@ -156,32 +160,39 @@ class Relay:
         """Publish every settled event after `last_id`; return how many."""
         published = 0
         while True:
-            rows, xmin = self._read(conn)
-            ready, self._gap = settle(rows, last_id=self.last_id, xmin=xmin, gap=self._gap)
-            if self._gap is not None and self._gap.horizon is None:
-                row = conn.execute("SELECT pg_current_xact_id()::text::bigint AS xid").fetchone()
-                assert row is not None
-                self._gap.horizon = int(row["xid"])
+            rows = self._read(conn)
+            ready, self._gap = settle(rows, last_id=self.last_id, gap=self._gap)
             if ready:
                 self._publish(ready)
                 self._save_cursor(conn)
                 published += len(ready)
+            if self._gap is not None and not self._gap.barrier_passed:
+                self._gap.barrier_passed = self._pass_barrier(conn)
+                if self._gap.barrier_passed:
+                    continue  # read again at once: what is still missing was rolled back
             if len(rows) < self.batch_size or not ready:
                 return published
 
-    def _read(self, conn: psycopg.Connection[dict[str, Any]]) -> tuple[list[dict[str, Any]], int]:
-        # One REPEATABLE READ snapshot for both queries, so xmin describes exactly the rows we saw.
-        with conn.transaction():
-            conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
-            snap = conn.execute(
-                "SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint AS xmin"
-            ).fetchone()
-            rows = conn.execute(
-                "SELECT id, channels, event, data, created_at FROM events WHERE id > %s ORDER BY id LIMIT %s",
-                (self.last_id, self.batch_size),
-            ).fetchall()
-        assert snap is not None
-        return rows, int(snap["xmin"])
+    def _pass_barrier(self, conn: psycopg.Connection[dict[str, Any]]) -> bool:
+        """Wait until no transaction is numbering event ids (each holds the lock to its end)."""
+        try:
+            with conn.transaction():
+                conn.execute(f"SET LOCAL lock_timeout = '{BARRIER_TIMEOUT}'")
+                conn.execute("SELECT pg_advisory_xact_lock_shared(%s)", (NUMBERING_LOCK_KEY,))
+        except psycopg.errors.LockNotAvailable:
+            # Someone keeps the lock past a commit instant (SET CONSTRAINTS ... IMMEDIATE, or a
+            # prepared transaction): nobody else can commit an event meanwhile. Try again later.
+            logger.bind(first_missing=self._gap.first_missing if self._gap else None).warning(
+                "relay: event numbering lock held for over {}", BARRIER_TIMEOUT)
+            return False
+        return True
+
+    def _read(self, conn: psycopg.Connection[dict[str, Any]]) -> list[dict[str, Any]]:
+        # Unnumbered rows (id NULL: their transaction has not committed) never match `id > %s`.
+        return conn.execute(
+            "SELECT id, channels, event, data, created_at FROM events WHERE id > %s ORDER BY id LIMIT %s",
+            (self.last_id, self.batch_size),
+        ).fetchall()
 
     def _publish(self, rows: list[dict[str, Any]]) -> None:
         # One MULTI/EXEC: a gateway that subscribes and then reads the watermark sees either
