@@ -177,6 +177,29 @@ def measure(sent: list[Sent], sub: Subscriber, database_url: str, *,
             "commit_to_client": commit.summary(), "http": http.summary()}
 
 
+def raw_commits(database_url: str, *, writers: int, seconds: float) -> dict[str, Any]:
+    """The cost of the commit path alone: `writers` sessions committing one outbox row each, flat out."""
+    from common.db import connect
+
+    hist, done = Histogram(), [0]
+    stop_at = time.monotonic() + seconds
+
+    def one() -> None:
+        with connect(database_url) as conn:
+            while time.monotonic() < stop_at:
+                started = time.perf_counter()
+                conn.execute("INSERT INTO events (channels, event, data)"
+                             " VALUES (ARRAY['bench:raw'], 'bench.raw', '{}')")
+                conn.commit()
+                hist.add((time.perf_counter() - started) * 1000)
+                done[0] += 1
+
+    started = time.monotonic()
+    gevent.joinall([gevent.spawn(one) for _ in range(writers)], timeout=seconds + 60)
+    return {"writers": writers, "commits_per_s": round(done[0] / (time.monotonic() - started), 1),
+            "latency": hist.summary()}
+
+
 def hold(database_url: str, hold_s: float, marks: dict[str, float]) -> None:
     """A producer outside the API: plain INSERT into the outbox, then an open transaction."""
     from common.db import connect
@@ -197,6 +220,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--hold-s", type=float, help="how long the held transaction stays open (default 8)")
     parser.add_argument("--hold-rate", type=float, default=50.0, help="orders/s during the hold")
     parser.add_argument("--label", default="", help="a name for this run in the report (e.g. before, after)")
+    parser.add_argument("--no-durable", action="store_true",
+                        help="fsync and synchronous_commit off (default on, as in production)")
     args = parser.parse_args(argv)
     install_cleanup()
     rates = [float(r) for r in args.rates.split(",")] if args.rates else ([25.0, 50.0] if args.quick
@@ -205,7 +230,10 @@ def main(argv: list[str] | None = None) -> int:
     hold_s = args.hold_s or (4.0 if args.quick else 8.0)
     info = machine()
     log(f"machine: {info}")
-    stack = Stack.start(seed=True, pg_settings={"track_commit_timestamp": "on"})
+    durable = "off" if args.no_durable else "on"
+    # Durable like production: the commit instant the numbering lock serialises includes the WAL flush.
+    stack = Stack.start(seed=True, pg_settings={"track_commit_timestamp": "on", "fsync": durable,
+                                                "synchronous_commit": durable, "full_page_writes": durable})
     steps: list[dict[str, Any]] = []
     held: dict[str, Any] = {}
     try:
@@ -224,6 +252,9 @@ def main(argv: list[str] | None = None) -> int:
         client = HTTPClient("127.0.0.1", port, concurrency=CONCURRENCY, connection_timeout=10, network_timeout=60)
         rng = random.Random(18)
         post_orders(client, tokens, products, rate=20, seconds=1.0, rng=rng)  # warm the pools
+        commits = {str(n): raw_commits(stack.database_url, writers=n, seconds=3.0 if args.quick else 5.0)
+                   for n in (1, 8, 32)}
+        log(f"raw outbox commits: {commits}")
         for rate in rates:
             meter.reset()
             sent = post_orders(client, tokens, products, rate=rate, seconds=step_s, rng=rng)
@@ -266,6 +297,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         stack.stop()
     body = {"benchmark": "relay", "label": args.label, "concurrency": CONCURRENCY, "step_s": step_s,
+            "durable": durable == "on", "raw_commits": commits,
             "machine": info, "loadavg_after": [round(x, 2) for x in os.getloadavg()],
             "subscriber_out_of_order": out_of_order, "steps": steps, "held": held}
     name = f"relay-{args.label}" if args.label else "relay"
