@@ -2,24 +2,23 @@
 
 NOTIFY is only a wake-up; the outbox table is the truth. Event ids are drawn at commit
 (sql/0008_commit_order_ids.sql): a deferred trigger numbers a transaction's rows as the last step
-before its commit, under a transaction-level advisory lock that PostgreSQL releases only after
-the commit is visible. Ids therefore become visible in increasing order, and an open transaction
-holds back nobody but itself: its rows have no id yet, so nothing waits for them.
+before its commit, so an open transaction holds back nobody but itself (its rows have no id yet).
 
-A gap (id n missing while n+1 is visible) is left by a transaction that numbered its rows and
-then rolled back, e.g. when a later deferred check failed. The relay settles it by passing the
-numbering lock once after seeing the gap: every transaction that drew an id before then has
-ended, so whatever is still missing in a fresh read never commits and is skipped. Waiting for
-one lock holder (a commit instant) replaces the old wait for every older transaction, which let
-a single open transaction delay everyone. Published events are strictly increasing per channel,
-so subscribers and recovery never skip an id.
+Two committing transactions may still become visible in the other order than they drew their ids,
+for a commit instant. Every numberer holds a shared advisory lock from just before it draws until
+its transaction has ended. So when the relay sees a gap (id n missing while n+1 is visible), it
+lists the transactions holding that lock *after* the read that showed the gap: every transaction
+that drew an id and has not ended is among them. Once none of them holds it any more, a fresh
+read shows every id that committed; one still missing was rolled back after numbering and is
+skipped. The wait is one commit instant, never an open transaction. Published events are strictly
+increasing per channel, so subscribers and recovery never skip an id.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import psycopg
@@ -32,7 +31,13 @@ from gateway.metrics import RECONNECTS, observe_relay_lag
 
 LEADER_LOCK_KEY = 0x646D735F72656C  # "dms_rel"
 NUMBERING_LOCK_KEY = 0x646D735F6E756D  # "dms_num": events_number_lock_key() in sql/0008
-BARRIER_TIMEOUT = "2s"  # a numberer holds the lock for a commit instant; longer means trouble
+SLOW_BARRIER_S = 2.0  # a numberer holds the lock for a commit instant; longer is worth a warning
+# The transactions holding the numbering lock (a bigint advisory key is split into two oids).
+_NUMBERING_NOW = (
+    "SELECT coalesce(array_agg(virtualtransaction), '{}') AS holders FROM pg_locks"
+    " WHERE locktype = 'advisory' AND granted AND objsubid = 1"
+    f" AND classid::bigint = {NUMBERING_LOCK_KEY >> 32} AND objid::bigint = {NUMBERING_LOCK_KEY & 0xFFFFFFFF}"
+)
 CURSOR_NAME = "relay"
 PURGED_NAME = "purged"
 
@@ -40,16 +45,19 @@ PURGED_NAME = "purged"
 @dataclass
 class _Gap:
     first_missing: int
-    # True once the relay has passed the numbering lock after the read that showed the gap.
+    # True once every transaction that was numbering after the read that showed the gap has ended.
     barrier_passed: bool = False
+    # Those transactions (pg_locks virtualtransaction), and when the relay first listed them.
+    holders: list[str] | None = field(default=None, compare=False)
+    since: float = field(default=0.0, compare=False)
 
 
 def settle(rows: list[dict[str, Any]], *, last_id: int, gap: _Gap | None
            ) -> tuple[list[dict[str, Any]], _Gap | None]:
     """Pick the rows that may be published now, in order, and the gap that blocks the rest.
 
-    A new gap comes back with `barrier_passed` false; the caller passes the numbering lock and
-    reads again. A gap still there after the barrier was rolled back and is skipped.
+    A new gap comes back with `barrier_passed` false; the caller waits for the transactions that
+    were numbering and reads again. A gap still there after that was rolled back and is skipped.
     """
     ready: list[dict[str, Any]] = []
     expected = last_id + 1
@@ -167,25 +175,26 @@ class Relay:
                 self._save_cursor(conn)
                 published += len(ready)
             if self._gap is not None and not self._gap.barrier_passed:
-                self._gap.barrier_passed = self._pass_barrier(conn)
+                self._gap.barrier_passed = self._numberers_done(conn, self._gap)
                 if self._gap.barrier_passed:
                     continue  # read again at once: what is still missing was rolled back
             if len(rows) < self.batch_size or not ready:
                 return published
 
-    def _pass_barrier(self, conn: psycopg.Connection[dict[str, Any]]) -> bool:
-        """Wait until no transaction is numbering event ids (each holds the lock to its end)."""
-        try:
-            with conn.transaction():
-                conn.execute(f"SET LOCAL lock_timeout = '{BARRIER_TIMEOUT}'")
-                conn.execute("SELECT pg_advisory_xact_lock_shared(%s)", (NUMBERING_LOCK_KEY,))
-        except psycopg.errors.LockNotAvailable:
-            # Someone keeps the lock past a commit instant (SET CONSTRAINTS ... IMMEDIATE, or a
-            # prepared transaction): nobody else can commit an event meanwhile. Try again later.
-            logger.bind(first_missing=self._gap.first_missing if self._gap else None).warning(
-                "relay: event numbering lock held for over {}", BARRIER_TIMEOUT)
-            return False
-        return True
+    def _numberers_done(self, conn: psycopg.Connection[dict[str, Any]], gap: _Gap) -> bool:
+        """Have the transactions that were numbering after the gap was seen all ended?"""
+        row = conn.execute(_NUMBERING_NOW).fetchone()
+        now_holding = set(row["holders"]) if row else set()
+        if gap.holders is None:  # first look, right after the read that showed the gap
+            gap.holders, gap.since = sorted(now_holding), time.monotonic()
+            return not now_holding
+        waiting_for = now_holding.intersection(gap.holders)
+        if waiting_for and time.monotonic() - gap.since > SLOW_BARRIER_S:
+            # Numbered early (SET CONSTRAINTS ... IMMEDIATE) or prepared, and still open.
+            logger.bind(first_missing=gap.first_missing, holders=sorted(waiting_for)).warning(
+                "relay: a transaction has held event ids for over {:.0f}s", SLOW_BARRIER_S)
+            gap.since = time.monotonic()
+        return not waiting_for
 
     def _read(self, conn: psycopg.Connection[dict[str, Any]]) -> list[dict[str, Any]]:
         # Unnumbered rows (id NULL: their transaction has not committed) never match `id > %s`.

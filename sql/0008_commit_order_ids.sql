@@ -2,10 +2,13 @@
 -- commit, so an open transaction holds back nobody but itself (docs/PROTOCOL.md, "Event ids").
 --
 -- A row is inserted with id NULL. A deferred constraint trigger numbers every unnumbered row of
--- the transaction at commit, in insertion order, under a transaction-level advisory lock that
--- PostgreSQL releases only after the commit is visible: ids therefore become visible in
--- increasing order. A missing id below a visible one belongs to a transaction that numbered and
--- then rolled back (a later deferred check failed); the relay settles it by passing the same lock.
+-- the transaction at commit, in insertion order, holding a transaction-level advisory lock in
+-- shared mode from just before it draws until the transaction has ended (PostgreSQL releases
+-- locks after the commit is visible). Numbering transactions do not wait for each other, so
+-- commits still group their WAL flushes. Two of them may become visible in the other order for
+-- a commit instant: the relay, seeing id n missing while n+1 is visible, waits only for the
+-- transactions that hold the lock at that moment (they are mid-commit), then reads again; an id
+-- still missing was rolled back after numbering (a later deferred check failed).
 
 -- The insert-time number stays as draft_id: the primary key, and the order of a transaction's own
 -- rows. `id` is the event id subscribers see; existing rows keep theirs.
@@ -16,7 +19,7 @@ CREATE UNIQUE INDEX events_id ON events (id);
 -- Rows of transactions still running, and nothing else: how the trigger finds its own rows.
 CREATE INDEX events_unnumbered ON events (xid) WHERE id IS NULL;
 
--- CACHE 1: every id comes from the shared counter under the lock, never from a session's cache.
+-- CACHE 1: ids come from the shared counter in draw order, never from a session's cache.
 CREATE SEQUENCE events_commit_id AS bigint CACHE 1 OWNED BY events.id;
 DO $$
 DECLARE
@@ -29,7 +32,7 @@ BEGIN
 END
 $$;
 -- Only the numbering function draws ids (it runs as the owner): an id drawn anywhere else would
--- escape the lock that keeps ids visible in order.
+-- escape the lock that tells the relay who may still be committing one.
 REVOKE USAGE, UPDATE ON SEQUENCE events_commit_id FROM PUBLIC;
 DO $$
 BEGIN
@@ -49,15 +52,13 @@ DECLARE
     row_key bigint;
     last_id bigint;
 BEGIN
-    -- Fires once per inserted row at commit; the first firing numbers every row of the
-    -- transaction (rows inserted by later deferred triggers queue their own firing), the others
-    -- find nothing through the small partial index.
-    IF NOT EXISTS (SELECT 1 FROM events WHERE xid = pg_current_xact_id() AND id IS NULL) THEN
-        RETURN NULL;
-    END IF;
-    -- Held until the transaction ends, i.e. after its commit is visible: the next numberer draws
-    -- only then, so ids become visible in increasing order.
-    PERFORM pg_advisory_xact_lock(events_number_lock_key());
+    -- Held until the transaction ends, i.e. after its commit is visible: while a transaction
+    -- holds it, an id it drew may still be on its way (the relay looks the holders up in
+    -- pg_locks). Shared: numberers never wait for each other. Fires once per inserted row at
+    -- commit: the first firing numbers every row of the transaction, the others find nothing
+    -- through the small partial index (rows inserted by later deferred triggers queue firings of
+    -- their own).
+    PERFORM pg_advisory_xact_lock_shared(events_number_lock_key());
     FOR row_key IN
         SELECT draft_id FROM events WHERE xid = pg_current_xact_id() AND id IS NULL ORDER BY draft_id
     LOOP
@@ -66,7 +67,9 @@ BEGIN
         UPDATE events SET id = last_id, created_at = clock_timestamp() WHERE draft_id = row_key;
     END LOOP;
     -- Only a wake-up for the relay; the table is the truth. Notifications are sent at commit.
-    PERFORM pg_notify('dms_events', last_id::text);
+    IF last_id IS NOT NULL THEN
+        PERFORM pg_notify('dms_events', last_id::text);
+    END IF;
     RETURN NULL;
 END;
 $$;

@@ -146,6 +146,29 @@ def test_a_rollback_after_numbering_is_skipped_without_waiting_for_open_transact
         ws.close()
 
 
+def test_a_drawn_id_not_yet_visible_holds_back_later_ids_until_its_transaction_ends(
+        gateway: dict[str, str], infra: Infra, world: World) -> None:
+    """The commit-instant race, stretched: `early` draws its id at once (SET CONSTRAINTS ALL
+    IMMEDIATE) and stays open; a later id commits. The relay must not publish past the missing id
+    while its transaction runs (it holds the numbering lock), then publishes both in id order."""
+    channel = f"restaurant:{world.restaurant_id}"
+    ws = _open(gateway, world.admin, channel)
+    try:
+        with connect(infra.database_url) as early:
+            early.execute("SET CONSTRAINTS ALL IMMEDIATE")
+            first = write_event(early, event="test.early", channels=[channel], data={})
+            (later,) = write_events(infra.database_url, channel, 1, event="test.later")
+            with pytest.raises(websocket.WebSocketTimeoutException):
+                ws.recv(timeout_s=1.5)  # longer than the relay's poll: held back, not just slow
+            early.commit()
+        (early_id,) = _ids(infra.database_url, [first])
+        assert early_id < later
+        assert [(e["id"], e["event"]) for e in ws.events(2, channel=channel)] == [
+            (early_id, "test.early"), (later, "test.later")]
+    finally:
+        ws.close()
+
+
 def test_rows_of_one_transaction_keep_their_insert_order(gateway: dict[str, str], infra: Infra,
                                                          world: World) -> None:
     """One transaction, several rows (one in a rolled-back savepoint): consecutive ids in insert order."""
