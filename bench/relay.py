@@ -197,7 +197,55 @@ def raw_commits(database_url: str, *, writers: int, seconds: float) -> dict[str,
     started = time.monotonic()
     gevent.joinall([gevent.spawn(one) for _ in range(writers)], timeout=seconds + 60)
     return {"writers": writers, "commits_per_s": round(done[0] / (time.monotonic() - started), 1),
-            "latency": hist.summary()}
+            "latency": hist.summary(), "histogram": hist}
+
+
+COMMIT_VARIANTS = ("insert_time_ids", "commit_ids_shared_lock", "commit_ids_exclusive_lock")
+
+
+def variant_databases(stack: Stack) -> dict[str, str]:
+    """Three databases on the same server: the outbox before sql/0008, with it, and with it but an
+    exclusive numbering lock (every event commit waits for the previous one to be visible)."""
+    import shutil
+
+    from common import embedded
+    from common.db import connect
+    from common.migrations import SQL_DIR, migrate
+
+    port = stack.servers[0].port
+    old_sql = stack.tmp / "sql-before-0008"
+    old_sql.mkdir(exist_ok=True)
+    for path in SQL_DIR.glob("*.sql"):
+        if path.name < "0008":
+            shutil.copy(path, old_sql / path.name)
+    urls = {name: embedded.create_database(port, f"dms_{name}") for name in COMMIT_VARIANTS}
+    migrate(urls["insert_time_ids"], old_sql)
+    migrate(urls["commit_ids_shared_lock"])
+    migrate(urls["commit_ids_exclusive_lock"])
+    with connect(urls["commit_ids_exclusive_lock"], autocommit=True) as conn:
+        row = conn.execute("SELECT pg_get_functiondef('number_events'::regproc) AS body").fetchone()
+        assert row is not None and "pg_advisory_xact_lock_shared" in row["body"]
+        conn.execute(row["body"].replace("pg_advisory_xact_lock_shared", "pg_advisory_xact_lock"))
+    return urls
+
+
+def commit_cost(stack: Stack, *, rounds: int, seconds: float) -> dict[str, Any]:
+    """Outbox commits/s and commit latency of the three variants, interleaved round by round so
+    the neighbours' noise falls on all of them alike; medians of the rounds."""
+    urls = variant_databases(stack)
+    out: dict[str, Any] = {}
+    for writers in (1, 32):
+        rates: dict[str, list[float]] = {name: [] for name in COMMIT_VARIANTS}
+        hists = {name: Histogram() for name in COMMIT_VARIANTS}
+        for _ in range(rounds):
+            for name in COMMIT_VARIANTS:
+                result = raw_commits(urls[name], writers=writers, seconds=seconds)
+                rates[name].append(result["commits_per_s"])
+                hists[name].merge(result["histogram"])
+        out[str(writers)] = {name: {"commits_per_s_median": sorted(rates[name])[len(rates[name]) // 2],
+                                    "commits_per_s_rounds": rates[name], "latency": hists[name].summary()}
+                             for name in COMMIT_VARIANTS}
+    return out
 
 
 def hold(database_url: str, hold_s: float, marks: dict[str, float]) -> None:
@@ -212,17 +260,44 @@ def hold(database_url: str, hold_s: float, marks: dict[str, float]) -> None:
         marks["committed"] = time.time()
 
 
+def compare(paths: list[str], out: str) -> int:
+    """One chart of commit-to-client p50/p99 from several reports (e.g. before and after)."""
+    from pathlib import Path
+
+    from bench.chart import line_chart_png, line_chart_svg
+
+    series: dict[str, list[tuple[float, float]]] = {}
+    for path in paths:
+        body = json.loads(Path(path).read_text())
+        for pct in ("p50", "p99"):
+            series[f"{body['label'] or path} {pct}"] = [
+                (s["offered_per_s"], s["commit_to_client"][f"{pct}_ms"] or 0.01) for s in body["steps"]]
+    spec = {"title": "commit-to-client latency, 64 REST writers", "x_label": "orders/s offered",
+            "y_label": "ms (log)", "log_y": True, "series": series}
+    Path(out).write_bytes(line_chart_png(**spec))
+    Path(out).with_suffix(".svg").write_text(line_chart_svg(**spec))
+    log(f"wrote {out}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--compare", nargs="+", metavar="REPORT",
+                        help="draw one chart from these reports (to --out) instead of running")
+    parser.add_argument("--out", default="docs/perf/relay.png", help="where --compare draws")
     parser.add_argument("--quick", action="store_true", help="two short rate steps and a 4 s hold")
     parser.add_argument("--rates", help="comma list of orders/s steps (default 25,50,100,200)")
     parser.add_argument("--step-s", type=float, help="seconds per rate step (default 10)")
     parser.add_argument("--hold-s", type=float, help="how long the held transaction stays open (default 8)")
     parser.add_argument("--hold-rate", type=float, default=50.0, help="orders/s during the hold")
     parser.add_argument("--label", default="", help="a name for this run in the report (e.g. before, after)")
+    parser.add_argument("--no-commit-cost", action="store_true",
+                        help="skip the interleaved outbox commit comparison (needs sql/0008)")
     parser.add_argument("--no-durable", action="store_true",
                         help="fsync and synchronous_commit off (default on, as in production)")
     args = parser.parse_args(argv)
+    if args.compare:
+        return compare(args.compare, args.out)
     install_cleanup()
     rates = [float(r) for r in args.rates.split(",")] if args.rates else ([25.0, 50.0] if args.quick
                                                                           else [25.0, 50.0, 100.0, 200.0])
@@ -252,9 +327,13 @@ def main(argv: list[str] | None = None) -> int:
         client = HTTPClient("127.0.0.1", port, concurrency=CONCURRENCY, connection_timeout=10, network_timeout=60)
         rng = random.Random(18)
         post_orders(client, tokens, products, rate=20, seconds=1.0, rng=rng)  # warm the pools
-        commits = {str(n): raw_commits(stack.database_url, writers=n, seconds=3.0 if args.quick else 5.0)
-                   for n in (1, 8, 32)}
-        log(f"raw outbox commits: {commits}")
+        commits: dict[str, Any] = {}
+        if not args.no_commit_cost:
+            commits = commit_cost(stack, rounds=1 if args.quick else 3, seconds=2.0)
+            for writers, by_variant in commits.items():
+                log(f"outbox commits, {writers} writers: " + ", ".join(
+                    f"{name} {v['commits_per_s_median']}/s p50 {v['latency']['p50_ms']} ms"
+                    for name, v in by_variant.items()))
         for rate in rates:
             meter.reset()
             sent = post_orders(client, tokens, products, rate=rate, seconds=step_s, rng=rng)
@@ -297,7 +376,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         stack.stop()
     body = {"benchmark": "relay", "label": args.label, "concurrency": CONCURRENCY, "step_s": step_s,
-            "durable": durable == "on", "raw_commits": commits,
+            "durable": durable == "on", "commit_cost": commits,
             "machine": info, "loadavg_after": [round(x, 2) for x in os.getloadavg()],
             "subscriber_out_of_order": out_of_order, "steps": steps, "held": held}
     name = f"relay-{args.label}" if args.label else "relay"
