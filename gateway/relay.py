@@ -32,10 +32,12 @@ from gateway.metrics import RECONNECTS, observe_relay_lag
 LEADER_LOCK_KEY = 0x646D735F72656C  # "dms_rel"
 NUMBERING_LOCK_KEY = 0x646D735F6E756D  # "dms_num": events_number_lock_key() in sql/0008
 SLOW_BARRIER_S = 2.0  # a numberer holds the lock for a commit instant; longer is worth a warning
-# The transactions holding the numbering lock (a bigint advisory key is split into two oids).
+# The transactions holding the numbering lock in this database (a bigint advisory key is split
+# into two oids).
 _NUMBERING_NOW = (
     "SELECT coalesce(array_agg(virtualtransaction), '{}') AS holders FROM pg_locks"
     " WHERE locktype = 'advisory' AND granted AND objsubid = 1"
+    " AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"
     f" AND classid::bigint = {NUMBERING_LOCK_KEY >> 32} AND objid::bigint = {NUMBERING_LOCK_KEY & 0xFFFFFFFF}"
 )
 CURSOR_NAME = "relay"
