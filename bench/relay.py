@@ -345,7 +345,7 @@ def main(argv: list[str] | None = None) -> int:
             log(f"{rate:g}/s: {result['achieved_per_s']}/s ok, commit-to-client p50/p99/max {c['p50_ms']}/"
                 f"{c['p99_ms']}/{c['max_ms']} ms, http p99 {result['http']['p99_ms']} ms, "
                 f"missing {result['missing_events']}, errors {result['errors']}, cpu {cpu}")
-            if result["errors"] > 0.05 * len(sent) or (result["http"]["p99_ms"] or 0) > 5000:
+            if result["errors"] > 0.05 * len(sent) or (result["http"]["p50_ms"] or 0) > 5000:
                 log(f"saturated at {rate:g}/s; not rising further")
                 break
 
