@@ -46,7 +46,7 @@ lock:
 	rm -rf .lock-venv
 
 bench-relay: $(STAMP)
-	$(BIN)/python -m bench.relay
+	$(BIN)/python -m bench.relay $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -112,7 +112,7 @@ class Stack:
     servers: list[Any] = field(default_factory=list)
 
     @classmethod
-    def start(cls, *, seed: bool = True) -> Stack:
+    def start(cls, *, seed: bool = True, pg_settings: dict[str, str] | None = None) -> Stack:
         from common import embedded
         from common.migrations import migrate
         from common.seed import seed_demo
@@ -120,7 +120,7 @@ class Stack:
         stack = cls(Path(tempfile.mkdtemp(prefix="dms-bench-")))
         atexit.register(stack.stop)
         pg = embedded.start_postgres(stack.tmp / "pg" / "data", port=embedded.free_port(), durable=False,
-                                     extra_settings={"max_connections": "500"})
+                                     extra_settings={"max_connections": "500", **(pg_settings or {})})
         stack.servers.append(pg)
         _children.append(pg.process)
         redis_server = embedded.start_redis(stack.tmp / "redis", port=embedded.free_port(), persist=False)

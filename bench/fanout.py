@@ -129,11 +129,12 @@ class Writer:
         self.conn = connect(database_url)
         self.channels = channels
         self.written: dict[str, list[int]] = {channel: [] for channel in channels}
+        self._drafts: list[tuple[str, Any]] = []  # ids are assigned at commit: resolved after a run
         self.sequence = 0
 
     def run(self, rate: float, seconds: float) -> float:
         """Write `rate` events/s for `seconds`; returns the rate actually achieved."""
-        from common.events import ORDER_STATUS_CHANGED, write_event
+        from common.events import ORDER_STATUS_CHANGED, committed_ids, write_event
 
         total = int(rate * seconds)
         started = time.monotonic()
@@ -148,9 +149,15 @@ class Writer:
                     "status": "preparing", "previous_status": "confirmed", "driver_id": None, "version": 3,
                     "total_amount": "123.45", "updated_at": "2024-01-01T00:00:00Z", "request_id": "bench"}
             with self.conn.transaction():
-                event_id = write_event(self.conn, event=ORDER_STATUS_CHANGED, channels=[channel], data=data)
-            self.written[channel].append(event_id)
-        return total / max(time.monotonic() - started, 1e-6)
+                draft = write_event(self.conn, event=ORDER_STATUS_CHANGED, channels=[channel], data=data)
+            self._drafts.append((channel, draft))
+        achieved = total / max(time.monotonic() - started, 1e-6)
+        with self.conn.transaction():
+            ids = committed_ids(self.conn, [draft for _, draft in self._drafts])
+        for (channel, _), event_id in zip(self._drafts, ids, strict=True):
+            self.written[channel].append(int(event_id) if event_id is not None else -1)
+        self._drafts.clear()
+        return achieved
 
     def close(self) -> None:
         self.conn.close()

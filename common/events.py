@@ -95,13 +95,35 @@ def publish_ephemeral(client: Any, channel: str, frame: str) -> None:
     client.publish(REDIS_PREFIX + channel, f"-|{frame}")
 
 
+@dataclass(frozen=True)
+class Draft:
+    """An outbox row written in a transaction: its event id is only assigned when that commits."""
+
+    key: int  # events.draft_id
+
+
 def write_event(
     conn: psycopg.Connection[Any], *, event: str, channels: list[str], data: dict[str, Any]
-) -> int:
-    """Insert an outbox row inside the caller's transaction; the trigger NOTIFYs its id at commit."""
+) -> Draft:
+    """Insert an outbox row inside the caller's transaction; it gets its event id at commit.
+
+    Ids are drawn by a deferred trigger as the last step of the commit (sql/0008), so they follow
+    commit order and an open transaction holds back no one else's events. The id is therefore
+    not known here: read it after the commit with `committed_ids`.
+    """
     row = conn.execute(
-        "INSERT INTO events (channels, event, data) VALUES (%s, %s, %s) RETURNING id",
+        "INSERT INTO events (channels, event, data) VALUES (%s, %s, %s) RETURNING draft_id",
         (channels, event, json.dumps(data, default=str)),
     ).fetchone()
     assert row is not None
-    return int(row["id"] if isinstance(row, dict) else row[0])
+    return Draft(int(row["draft_id"] if isinstance(row, dict) else row[0]))
+
+
+def committed_ids(conn: psycopg.Connection[Any], drafts: list[Draft]) -> list[int | None]:
+    """The event ids of committed drafts, in the drafts' order; None for one rolled back (or not yet
+    committed: call this after the commit)."""
+    rows = conn.execute("SELECT draft_id, id FROM events WHERE draft_id = ANY(%s)",
+                        ([d.key for d in drafts],)).fetchall()
+    found = {int(r["draft_id"] if isinstance(r, dict) else r[0]): (r["id"] if isinstance(r, dict) else r[1])
+             for r in rows}
+    return [found.get(d.key) for d in drafts]

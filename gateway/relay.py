@@ -1,23 +1,24 @@
 """The relay: PostgreSQL outbox -> Redis, in event-id order, exactly one active across gateways.
 
-NOTIFY is only a wake-up; the outbox table is the truth. Ids are drawn before commit, so a
-transaction that drew id 10 may commit after the one that drew 11. The relay therefore never
-publishes past a gap until the gap is *settled*: when it first sees a gap it takes a fresh
-transaction id as a horizon (every transaction that could hold a missing id already had an xid
-then, so a smaller one), and waits until no transaction older than the horizon is running (the
-snapshot's xmin has passed it). Ids still missing then were rolled back and are skipped.
-Published events are strictly increasing per channel, so subscribers and recovery never skip
-an id.
+NOTIFY is only a wake-up; the outbox table is the truth. Event ids are drawn at commit
+(sql/0008_commit_order_ids.sql): a deferred trigger numbers a transaction's rows as the last step
+before its commit, so an open transaction holds back nobody but itself (its rows have no id yet).
 
-Why not the snapshot's list of running xids: since PostgreSQL 14 a snapshot's xmax is the latest
-*completed* xid + 1, and a running transaction with a newer xid is not listed at all.
+Two committing transactions may still become visible in the other order than they drew their ids,
+for a commit instant. Every numberer holds a shared advisory lock from just before it draws until
+its transaction has ended. So when the relay sees a gap (id n missing while n+1 is visible), it
+lists the transactions holding that lock *after* the read that showed the gap: every transaction
+that drew an id and has not ended is among them. Once none of them holds it any more, a fresh
+read shows every id that committed; one still missing was rolled back after numbering and is
+skipped. The wait is one commit instant, never an open transaction. Published events are strictly
+increasing per channel, so subscribers and recovery never skip an id.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import psycopg
@@ -30,6 +31,16 @@ from common.events import NOTIFY_CHANNEL, REDIS_PREFIX, RELAY_WATERMARK_KEY, Eve
 from gateway.metrics import RECONNECTS, observe_relay_lag
 
 LEADER_LOCK_KEY = 0x646D735F72656C  # "dms_rel"
+NUMBERING_LOCK_KEY = 0x646D735F6E756D  # "dms_num": events_number_lock_key() in sql/0008
+SLOW_BARRIER_S = 2.0  # a numberer holds the lock for a commit instant; longer is worth a warning
+# The transactions holding the numbering lock in this database (a bigint advisory key is split
+# into two oids).
+_NUMBERING_NOW = (
+    "SELECT coalesce(array_agg(virtualtransaction), '{}') AS holders FROM pg_locks"
+    " WHERE locktype = 'advisory' AND granted AND objsubid = 1"
+    " AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"
+    f" AND classid::bigint = {NUMBERING_LOCK_KEY >> 32} AND objid::bigint = {NUMBERING_LOCK_KEY & 0xFFFFFFFF}"
+)
 CURSOR_NAME = "relay"
 PURGED_NAME = "purged"
 
@@ -37,16 +48,19 @@ PURGED_NAME = "purged"
 @dataclass
 class _Gap:
     first_missing: int
-    # A transaction id taken after the gap was seen; None until the relay has asked for one.
-    horizon: int | None = None
+    # True once every transaction that was numbering after the read that showed the gap has ended.
+    barrier_passed: bool = False
+    # Those transactions (pg_locks virtualtransaction), and when the relay first listed them.
+    holders: list[str] | None = field(default=None, compare=False)
+    since: float = field(default=0.0, compare=False)
 
 
-def settle(rows: list[dict[str, Any]], *, last_id: int, xmin: int, gap: _Gap | None
+def settle(rows: list[dict[str, Any]], *, last_id: int, gap: _Gap | None
            ) -> tuple[list[dict[str, Any]], _Gap | None]:
     """Pick the rows that may be published now, in order, and the gap that blocks the rest.
 
-    `xmin` is the oldest transaction still running, from the same snapshot that read `rows`.
-    A new gap comes back without a horizon; the caller takes one and asks again later.
+    A new gap comes back with `barrier_passed` false; the caller waits for the transactions that
+    were numbering and reads again. A gap still there after that was rolled back and is skipped.
     """
     ready: list[dict[str, Any]] = []
     expected = last_id + 1
@@ -55,11 +69,11 @@ def settle(rows: list[dict[str, Any]], *, last_id: int, xmin: int, gap: _Gap | N
         if row_id != expected:
             if gap is None or gap.first_missing != expected:
                 return ready, _Gap(expected)
-            if gap.horizon is None or xmin < gap.horizon:
+            if not gap.barrier_passed:
                 return ready, gap
-            logger.bind(first_missing=expected, next_id=row_id, horizon=gap.horizon, xmin=xmin).debug(
-                "relay skips ids {}..{}: rolled back", expected, row_id - 1)
-            gap = None  # settled: every transaction that could hold them has ended
+            logger.bind(first_missing=expected, next_id=row_id).debug(
+                "relay skips ids {}..{}: rolled back after numbering", expected, row_id - 1)
+            gap = None  # settled: every transaction that drew them has ended
         ready.append(row)
         expected = row_id + 1
     return ready, None  # every row was in order: no gap blocks anything
@@ -158,32 +172,40 @@ class Relay:
         """Publish every settled event after `last_id`; return how many."""
         published = 0
         while True:
-            rows, xmin = self._read(conn)
-            ready, self._gap = settle(rows, last_id=self.last_id, xmin=xmin, gap=self._gap)
-            if self._gap is not None and self._gap.horizon is None:
-                row = conn.execute("SELECT pg_current_xact_id()::text::bigint AS xid").fetchone()
-                assert row is not None
-                self._gap.horizon = int(row["xid"])
+            rows = self._read(conn)
+            ready, self._gap = settle(rows, last_id=self.last_id, gap=self._gap)
             if ready:
                 self._publish(ready)
                 self._save_cursor(conn)
                 published += len(ready)
+            if self._gap is not None and not self._gap.barrier_passed:
+                self._gap.barrier_passed = self._numberers_done(conn, self._gap)
+                if self._gap.barrier_passed:
+                    continue  # read again at once: what is still missing was rolled back
             if len(rows) < self.batch_size or not ready:
                 return published
 
-    def _read(self, conn: psycopg.Connection[dict[str, Any]]) -> tuple[list[dict[str, Any]], int]:
-        # One REPEATABLE READ snapshot for both queries, so xmin describes exactly the rows we saw.
-        with conn.transaction():
-            conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
-            snap = conn.execute(
-                "SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint AS xmin"
-            ).fetchone()
-            rows = conn.execute(
-                "SELECT id, channels, event, data, created_at FROM events WHERE id > %s ORDER BY id LIMIT %s",
-                (self.last_id, self.batch_size),
-            ).fetchall()
-        assert snap is not None
-        return rows, int(snap["xmin"])
+    def _numberers_done(self, conn: psycopg.Connection[dict[str, Any]], gap: _Gap) -> bool:
+        """Have the transactions that were numbering after the gap was seen all ended?"""
+        row = conn.execute(_NUMBERING_NOW).fetchone()
+        now_holding = set(row["holders"]) if row else set()
+        if gap.holders is None:  # first look, right after the read that showed the gap
+            gap.holders, gap.since = sorted(now_holding), time.monotonic()
+            return not now_holding
+        waiting_for = now_holding.intersection(gap.holders)
+        if waiting_for and time.monotonic() - gap.since > SLOW_BARRIER_S:
+            # Numbered early (SET CONSTRAINTS ... IMMEDIATE) or prepared, and still open.
+            logger.bind(first_missing=gap.first_missing, holders=sorted(waiting_for)).warning(
+                "relay: a transaction has held event ids for over {:.0f}s", SLOW_BARRIER_S)
+            gap.since = time.monotonic()
+        return not waiting_for
+
+    def _read(self, conn: psycopg.Connection[dict[str, Any]]) -> list[dict[str, Any]]:
+        # Unnumbered rows (id NULL: their transaction has not committed) never match `id > %s`.
+        return conn.execute(
+            "SELECT id, channels, event, data, created_at FROM events WHERE id > %s ORDER BY id LIMIT %s",
+            (self.last_id, self.batch_size),
+        ).fetchall()
 
     def _publish(self, rows: list[dict[str, Any]]) -> None:
         # One MULTI/EXEC: a gateway that subscribes and then reads the watermark sees either

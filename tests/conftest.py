@@ -141,16 +141,22 @@ def client(api_app: Any) -> Any:
 
 
 def write_events(database_url: str, channel: str, count: int, *, event: str = "test.event") -> list[int]:
-    """Commit `count` outbox events on `channel`, one transaction each; return their ids."""
-    from common.db import connect
-    from common.events import write_event
+    """Commit `count` outbox events on `channel`, one transaction each; return their ids.
 
-    ids = []
+    Ids are assigned at commit (sql/0008), so they are read back once every transaction is done.
+    """
+    from common.db import connect
+    from common.events import committed_ids, write_event
+
+    drafts = []
     with connect(database_url) as conn:
         for n in range(count):
-            ids.append(write_event(conn, event=event, channels=[channel], data={"n": n}))
+            drafts.append(write_event(conn, event=event, channels=[channel], data={"n": n}))
             conn.commit()
-    return ids
+        ids = committed_ids(conn, drafts)
+        conn.commit()
+    assert all(event_id is not None for event_id in ids), "a committed event has no id"
+    return [int(event_id) for event_id in ids if event_id is not None]
 
 
 @pytest.fixture(scope="session")
