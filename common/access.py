@@ -2,39 +2,14 @@
 
 from __future__ import annotations
 
-import re
-import uuid
 from typing import Any
 
 import psycopg
 
 from common.auth import Identity
-from common.errors import DmsError, Forbidden
+from common.channels import parse_channel
+from common.errors import Forbidden
 from common.orders import ACTIVE_STATUSES
-
-ADMIN_CHANNELS = ("orders", "drivers", "admin:connections")
-_CHANNEL = re.compile(r"^(restaurant|order|driver):([0-9a-fA-F-]{36})$")
-
-
-class InvalidChannel(DmsError):
-    status, code = 400, "invalid_channel"
-
-
-def parse_channel(channel: str) -> tuple[str, str | None]:
-    """`restaurant:RID` -> ("restaurant", RID); `orders` -> ("orders", None); else InvalidChannel.
-
-    `orders`, `drivers` and `admin:connections` have no key and are for admins only: check_subscribe
-    lets admins through before any per-kind rule, so every other role falls through to Forbidden.
-    """
-    if channel in ADMIN_CHANNELS:
-        return channel, None
-    match = _CHANNEL.match(channel)
-    if match is None:
-        raise InvalidChannel(f"unknown channel {channel[:100]!r}")
-    try:
-        return match.group(1), str(uuid.UUID(match.group(2)))
-    except ValueError as exc:
-        raise InvalidChannel(f"unknown channel {channel[:100]!r}") from exc
 
 
 def driver_visible_to_restaurant(conn: psycopg.Connection[Any], restaurant_id: str, driver_id: str) -> bool:

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from common.access import InvalidChannel, parse_channel
+from common.channels import InvalidChannel, parse_channel
 from gateway.framing import CloseCode
 
 # Names kept for callers that predate the enum; each is the CloseCode member.
