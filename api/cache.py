@@ -30,6 +30,7 @@ from loguru import logger
 from prometheus_client import Counter
 
 from api.context import services
+from common.redis_client import registered_script
 
 PREFIX = "dms:cache:"
 HITS_KEY = "dms:cache:hits"
@@ -255,14 +256,7 @@ class Cache:
             self._warn(exc)
 
     def _script(self, source: str) -> Any:
-        """A registered script of this client (EVALSHA; EVAL again if Redis restarted and forgot it)."""
-        scripts: dict[str, Any] | None = getattr(self.redis, "_dms_cache_scripts", None)
-        if scripts is None:
-            scripts = {}
-            self.redis._dms_cache_scripts = scripts  # type: ignore[attr-defined]
-        if source not in scripts:
-            scripts[source] = self.redis.register_script(source)
-        return scripts[source]
+        return registered_script(self.redis, source)
 
     def _store_and_release(self, full_key: str, text: str, ttl_s: int, lock_key: str, token: str) -> None:
         try:

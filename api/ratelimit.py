@@ -31,6 +31,7 @@ from api.cache import PREFIX as CACHE_PREFIX
 from api.context import services
 from common.config import Config, RateLimit
 from common.errors import RateLimited, Unauthorized
+from common.redis_client import registered_script
 
 KEY_PREFIX = "dms:rl:"
 UNLIMITED_PATHS = ("/health", "/ready", "/metrics")
@@ -134,7 +135,7 @@ def hit(client: redis.Redis, counters: list[tuple[str, RateLimit]], *, now_s: fl
     if lookup is not None:
         keys += [f"{CACHE_PREFIX}gen:{lookup[0]}", HITS_KEY]
         args += [f"{CACHE_PREFIX}{lookup[0]}", lookup[1]]
-    out = _script(client)(keys=keys, args=args)
+    out = registered_script(client, _HIT)(keys=keys, args=args)
     windows = [Window(limit.count, int(out[n]), resets[n]) for n, (_, limit) in enumerate(counters)]
     prefetched = None
     if lookup is not None and len(out) > len(counters):
@@ -142,15 +143,6 @@ def hit(client: redis.Redis, counters: list[tuple[str, RateLimit]], *, now_s: fl
         prefetched = Prefetched(lookup[0], lookup[1], f"{CACHE_PREFIX}{lookup[0]}:g{generation}:{lookup[1]}",
                                 raw if raw else None)
     return windows, prefetched
-
-
-def _script(client: redis.Redis) -> Any:
-    """The registered script, once per client: EVALSHA after the first call, EVAL if Redis forgot it."""
-    script = getattr(client, "_dms_rate_script", None)
-    if script is None:
-        script = client.register_script(_HIT)
-        client._dms_rate_script = script  # type: ignore[attr-defined]
-    return script
 
 
 def install_rate_limiter(app: Flask, config: Config) -> None:

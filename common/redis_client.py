@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import weakref
+from typing import Any
+
 import redis
 
 
@@ -15,3 +18,16 @@ def make_redis(url: str, *, socket_timeout_s: float | None = 2.0, max_connection
         health_check_interval=30,
         max_connections=max_connections,
     )
+
+
+# Registered Lua scripts, per client and source: EVALSHA after the first call, EVAL again if Redis
+# restarted and forgot the script. Weak keys, so a closed client's scripts go with it.
+_SCRIPTS: weakref.WeakKeyDictionary[redis.Redis, dict[str, Any]] = weakref.WeakKeyDictionary()
+
+
+def registered_script(client: redis.Redis, source: str) -> Any:
+    """The `register_script` object of `source` on `client`, made once per client."""
+    scripts = _SCRIPTS.setdefault(client, {})
+    if source not in scripts:
+        scripts[source] = client.register_script(source)
+    return scripts[source]
