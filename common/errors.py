@@ -25,11 +25,25 @@ class DmsError(Exception):
 
     status = 500
     code = "internal"
+    # What a 429 or 503 tells the client to wait before retrying.
+    retry_after_s = 1
 
     def __init__(self, message: str, *, details: Any = None) -> None:
         super().__init__(message)
         self.message = message
         self.details = details
+
+    def body(self) -> dict[str, Any]:
+        """The contract's error body; the same from the REST API and the gateway's handshake."""
+        return {"error": {"code": self.code, "message": self.message, "details": self.details}}
+
+    def headers(self) -> dict[str, str]:
+        """The HTTP headers the status calls for: when to retry a 429/503, how to authenticate a 401."""
+        if self.status in (429, 503):
+            return {"Retry-After": str(self.retry_after_s)}
+        if self.status == 401:
+            return {"WWW-Authenticate": "Bearer"}
+        return {}
 
 
 class BadRequest(DmsError):

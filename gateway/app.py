@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 from flask import Flask, Response, jsonify, request
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
-from common.errors import BadRequest, DmsError, Unauthorized, Unavailable
+from common.errors import BadRequest, DmsError, Unavailable
 from gateway import framing, metrics
 from gateway.transport import TAKEOVER_KEY, upgrade_response
 
@@ -29,12 +29,9 @@ class _Taken(Response):
         return []
 
 
-def _refusal(exc: DmsError) -> Any:
-    body = {"error": {"code": exc.code, "message": exc.message, "details": None}}
-    headers = {"Retry-After": str(getattr(exc, "retry_after_s", 1))} if exc.status in (429, 503) else {}
-    if isinstance(exc, Unauthorized):
-        headers["WWW-Authenticate"] = "Bearer"
-    return jsonify(body), exc.status, headers
+def _refusal(exc: DmsError, *, status: int | None = None, headers: dict[str, str] | None = None) -> Any:
+    """The handshake's HTTP refusal: the REST API's error body and headers (see `DmsError`)."""
+    return jsonify(exc.body()), status or exc.status, {**exc.headers(), **(headers or {})}
 
 
 def batch_ms_of(raw: str | None) -> int:
@@ -60,8 +57,8 @@ def create_gateway_app(gateway: Gateway) -> Flask:
             if request.headers.get("Upgrade", "").lower() != "websocket":
                 raise BadRequest("this endpoint speaks WebSocket: send an Upgrade request")
             if request.headers.get("Sec-WebSocket-Version") != "13":
-                return (jsonify({"error": {"code": "bad_request", "message": "WebSocket version 13 only",
-                                           "details": None}}), 426, {"Sec-WebSocket-Version": "13"})
+                return _refusal(BadRequest("WebSocket version 13 only"), status=426,
+                                headers={"Sec-WebSocket-Version": "13"})
             key = request.headers.get("Sec-WebSocket-Key", "")
             if not framing.valid_key(key):
                 raise BadRequest("Sec-WebSocket-Key must be 16 bytes in base64")

@@ -8,6 +8,8 @@ from flask import Blueprint, jsonify
 from loguru import logger
 
 from api.context import services
+from api.errors import error_response
+from common.errors import Unavailable
 
 bp = Blueprint("health", __name__)
 
@@ -32,7 +34,5 @@ def ready() -> Any:
         failed["redis"] = type(exc).__name__
     if failed:
         logger.warning("not ready: {}", failed)
-        body = {"error": {"code": "unavailable", "message": "not ready: " + ", ".join(sorted(failed)),
-                          "details": failed}}
-        return jsonify(body), 503
+        return error_response(Unavailable("not ready: " + ", ".join(sorted(failed)), details=failed))
     return jsonify({"status": "ready", "postgres": "ok", "redis": "ok"})

@@ -11,3 +11,9 @@ def test_json_keeps_the_order_the_code_builds(client: Any) -> None:
     assert response.status_code == 404
     assert list(response.get_json()["error"]) == ["code", "message", "details"]
     assert response.get_data(as_text=True).index('"message"') < response.get_data(as_text=True).index('"details"')
+
+
+def test_a_401_names_the_scheme(client: Any) -> None:
+    response = client.get("/api/orders")
+    assert response.status_code == 401
+    assert response.headers["WWW-Authenticate"] == "Bearer"
