@@ -33,6 +33,7 @@ from common import gateway_stats
 from common.db import time_queries
 from common.errors import Unavailable
 from common.events import iso
+from common.stores import STORE_ERRORS
 
 WINDOW_S = 300.0
 SAMPLE_EVERY_S = 60.0
@@ -248,5 +249,5 @@ def run_sampler(app: Flask, *, every_s: float = SAMPLE_EVERY_S) -> None:
         gevent.sleep(every_s)
         try:
             record_sample(svc, perf)
-        except (psycopg.Error, psycopg_pool.PoolTimeout, redis.RedisError) as exc:
+        except STORE_ERRORS as exc:
             logger.warning("performance sample not stored: {}: {}", type(exc).__name__, exc)

@@ -5,9 +5,6 @@ from __future__ import annotations
 import time
 from typing import Any
 
-import psycopg
-import psycopg_pool
-import redis
 from flask import Flask
 from loguru import logger
 
@@ -16,6 +13,7 @@ from api.pagination import DEFAULT_LIMIT, Page
 from api.routes.products import NAMESPACE, TTL_S, list_key, load_list
 from api.services import Services
 from common.db import SERVICE, claims
+from common.stores import STORE_ERRORS
 
 # Holds the generation last warmed; gone after a Redis restart or flush, stale after a write.
 WARM_MARK = f"{PREFIX}warm:{NAMESPACE}"
@@ -68,6 +66,6 @@ def run_warmer(app: Flask, *, every_s: float = CHECK_EVERY_S, sleep: Any = None)
     while True:
         try:
             warm_if_needed(app)
-        except (psycopg.Error, psycopg_pool.PoolTimeout, redis.RedisError) as exc:
+        except STORE_ERRORS as exc:
             logger.warning("catalogue cache not warmed: {}: {}", type(exc).__name__, exc)
         pause(every_s)

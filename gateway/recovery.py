@@ -11,13 +11,12 @@ import time
 from typing import Any
 
 import gevent
-import psycopg
-import psycopg_pool
 import redis
 from psycopg_pool import ConnectionPool
 
 from common.errors import DmsError, Unavailable
 from common.events import RELAY_WATERMARK_KEY, Event
+from common.stores import STORE_ERRORS
 from gateway.connection import Connection, Outgoing, Subscription
 from gateway.framing import CloseCode
 from gateway.relay import PURGED_NAME
@@ -25,7 +24,7 @@ from gateway.relay import PURGED_NAME
 REPLAY_PAGE = 200
 WATERMARK_WAIT_S = 3.0
 # What a failed replay or resync can raise; the subscriber gets an error or a reconnect request.
-STORE_ERRORS = (DmsError, psycopg.Error, psycopg_pool.PoolTimeout, redis.RedisError)
+RECOVERY_ERRORS: tuple[type[Exception], ...] = (DmsError, *STORE_ERRORS)
 
 _REPLAY = ("SELECT id, channels, event, data, created_at FROM events"
            " WHERE channels @> ARRAY[%s]::text[] AND id > %s AND id <= %s {only_own} ORDER BY id LIMIT %s")
@@ -83,7 +82,7 @@ class Recovery:
                 watermark = self.watermark()
                 after = sub.last_id if sub.last_id is not None else watermark
                 self.replay(conn, channel, sub, after=after, upto=watermark)
-            except STORE_ERRORS as exc:
+            except RECOVERY_ERRORS as exc:
                 conn.log.warning("resync failed, closing so the client recovers: {}", exc)
                 conn.close(CloseCode.INTERNAL, "resynchronisation failed, reconnect with since")
                 return

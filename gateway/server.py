@@ -65,7 +65,7 @@ from gateway.protocol import (
     subscribed,
     welcome,
 )
-from gateway.recovery import STORE_ERRORS, Recovery
+from gateway.recovery import RECOVERY_ERRORS, Recovery
 from gateway.relay import Relay
 from gateway.transport import Transport
 
@@ -334,7 +334,7 @@ class Gateway:
                 sub.last_id = watermark
             conn.go_live(channel)
             conn.session.subscribe_done(channel, ok=True)
-        except STORE_ERRORS as exc:
+        except RECOVERY_ERRORS as exc:
             conn.subscriptions.pop(channel, None)
             self.hub.remove(conn, channel)
             conn.session.subscribe_done(channel, ok=False)
