@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any
 
 import psycopg
+
+from common.clock import iso
 
 ORDER_CREATED = "order.created"
 ORDER_STATUS_CHANGED = "order.status_changed"
@@ -42,10 +43,6 @@ def order_channels(order: dict[str, Any]) -> list[str]:
     if order.get("driver_id"):
         channels.append(driver_channel(str(order["driver_id"])))
     return channels
-
-
-def iso(moment: datetime) -> str:
-    return moment.isoformat().replace("+00:00", "Z")
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from common.channels import InvalidChannel, parse_channel
+from common.clock import iso
 from gateway.framing import CloseCode
 
 # Names kept for callers that predate the enum; each is the CloseCode member.
@@ -90,10 +91,6 @@ def error(code: str, message: str, ref: str | None = None) -> Reply:
     return Reply({"type": "error", "code": code, "message": message, "ref": ref})
 
 
-def now_iso(now: datetime) -> str:
-    return now.isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
 def welcome(*, connection_id: str, user_id: str, role: str, ping_interval_s: float, max_subscriptions: int,
             now: datetime) -> dict[str, Any]:
     return {
@@ -103,7 +100,7 @@ def welcome(*, connection_id: str, user_id: str, role: str, ping_interval_s: flo
         # Whole seconds go out as an integer, as the contract shows them.
         "ping_interval": int(ping_interval_s) if float(ping_interval_s).is_integer() else ping_interval_s,
         "max_subscriptions": max_subscriptions,
-        "server_time": now_iso(now),
+        "server_time": iso(now),
     }
 
 
@@ -202,7 +199,7 @@ class Session:
             return [error("bad_request", f"ref must be a string of at most {MAX_REF_CHARS} characters")]
         kind = frame.get("type")
         if kind == "ping":
-            return [Reply({"type": "pong", "ref": ref, "server_time": now_iso(now)})]
+            return [Reply({"type": "pong", "ref": ref, "server_time": iso(now)})]
         if kind == "subscribe":
             return self._subscribe(frame, ref)
         if kind == "unsubscribe":

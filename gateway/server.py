@@ -29,6 +29,7 @@ from loguru import logger
 from common import gateway_stats
 from common.access import check_subscribe
 from common.auth import Identity, claims_of, verify_token
+from common.clock import iso
 from common.config import Config
 from common.db import SERVICE, claims, make_pool
 from common.errors import DmsError, Forbidden, RateLimited, Unavailable
@@ -61,7 +62,6 @@ from gateway.protocol import (
     Subscribe,
     Unsubscribe,
     error,
-    now_iso,
     subscribed,
     welcome,
 )
@@ -414,8 +414,8 @@ class Gateway:
         point = Point(driver_id, action.lat, action.lng, action.heading, action.speed, action.accuracy,
                       action.recorded_at)
         data = {"driver_id": driver_id, "lat": point.lat, "lng": point.lng, "heading": point.heading,
-                "speed": point.speed, "accuracy": point.accuracy, "recorded_at": now_iso(point.recorded_at)}
-        ts = now_iso(datetime.now(UTC))
+                "speed": point.speed, "accuracy": point.accuracy, "recorded_at": iso(point.recorded_at)}
+        ts = iso(datetime.now(UTC))
         try:
             for channel in (driver_channel(driver_id), ALL_DRIVERS):
                 self.hub.publish_ephemeral(channel, ephemeral_frame(channel, DRIVER_LOCATION, data, ts))
@@ -444,8 +444,8 @@ class Gateway:
             "subscriptions": sum(len(conn.subscriptions) for conn in self.connections),
             "messages_out_per_s": round(rate, 1),
             "slow_consumer_disconnects": self.slow_consumer_disconnects,
-            "started_at": now_iso(self.started_at),
-            "last_seen": now_iso(datetime.now(UTC)),
+            "started_at": iso(self.started_at),
+            "last_seen": iso(datetime.now(UTC)),
         }
 
     def _stats_forever(self) -> None:
@@ -461,7 +461,7 @@ class Gateway:
                 lease = f"{STATS_LEASE_PREFIX}{period}"
                 if self.redis.set(lease, self.id, nx=True, px=int(STATS_EVERY_S * 1000 * 2)):
                     body = gateway_stats.read_all(self.redis)
-                    frame = ephemeral_frame(ADMIN_CONNECTIONS, CONNECTIONS_STATS, body, now_iso(datetime.now(UTC)))
+                    frame = ephemeral_frame(ADMIN_CONNECTIONS, CONNECTIONS_STATS, body, iso(datetime.now(UTC)))
                     self.hub.publish_ephemeral(ADMIN_CONNECTIONS, frame)
             except redis.RedisError as exc:
                 logger.debug("stats not published: {}", exc)

@@ -10,6 +10,7 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
+from common.clock import iso
 from common.db import connect
 from tests.api.support import auth, create_order, error_code
 from tests.conftest import Infra, World
@@ -42,10 +43,6 @@ def _quiet_year() -> datetime:
     return datetime(random.randrange(1971, 1999), random.randrange(1, 12), 1, tzinfo=UTC)
 
 
-def _iso(moment: datetime) -> str:
-    return moment.isoformat().replace("+00:00", "Z")
-
-
 # -- GET /api/drivers -------------------------------------------------------------------------------
 
 
@@ -54,7 +51,7 @@ def test_the_fleet_lists_status_last_position_and_active_orders(client: Any, wor
     second = World.token("driver", sub=str(uuid.uuid4()))
     other_id = _driver(client, world, second)
     assert client.post("/api/drivers/me/status", json={"status": "on_break"}, headers=auth(second)).status_code == 200
-    point = {"lat": 52.52, "lng": 13.405, "recorded_at": _iso(datetime.now(UTC) - timedelta(seconds=30))}
+    point = {"lat": 52.52, "lng": 13.405, "recorded_at": iso(datetime.now(UTC) - timedelta(seconds=30))}
     assert client.post("/api/drivers/me/locations", json={"points": [point]},
                        headers=auth(world.driver)).status_code == 202
     order = create_order(client, world.restaurant, world.products[0]["id"])
@@ -144,7 +141,7 @@ def test_the_order_list_filters_by_creation_time(client: Any, world: World, infr
     orders = [create_order(client, world.restaurant, world.products[0]["id"]) for _ in range(3)]
     for n, order in enumerate(orders):
         _backdate(infra, order["id"], created=day + timedelta(hours=n))
-    start, end = _iso(day + timedelta(hours=1)), _iso(day + timedelta(hours=2))
+    start, end = iso(day + timedelta(hours=1)), iso(day + timedelta(hours=2))
 
     def ids(token: str, query: str) -> list[str]:
         response = client.get(f"/api/orders?{query}", headers=auth(token))
@@ -154,7 +151,7 @@ def test_the_order_list_filters_by_creation_time(client: Any, world: World, infr
     assert ids(world.restaurant, f"created_from={start}&created_to={end}") == [orders[1]["id"]]  # [from, to)
     assert ids(world.admin, f"created_from={start}&created_to={end}&restaurant_id={world.restaurant_id}") \
         == [orders[1]["id"]]
-    assert ids(world.restaurant, f"created_from={start}&created_to={_iso(day + timedelta(days=1))}") \
+    assert ids(world.restaurant, f"created_from={start}&created_to={iso(day + timedelta(days=1))}") \
         == [orders[2]["id"], orders[1]["id"]]
     assert ids(world.other_restaurant, f"created_from={start}&created_to={end}") == []  # restaurants see their own
 
@@ -231,7 +228,7 @@ def test_analytics_by_day_restaurant_and_status(client: Any, world: World, infra
         response = client.get(f"/api/analytics/orders?{window}&group_by={group_by}", headers=auth(token))
         assert response.status_code == 200, response.get_json()
         body = response.get_json()
-        assert body["group_by"] == group_by and body["from"] == _iso(day)
+        assert body["group_by"] == group_by and body["from"] == iso(day)
         return {row["key"]: row for row in body["rows"]}
 
     first, second = day.date().isoformat(), (day + timedelta(days=1)).date().isoformat()

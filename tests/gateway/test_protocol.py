@@ -52,7 +52,7 @@ def only_error(actions: list) -> dict:  # type: ignore[type-arg]
 
 def test_ping_gets_pong_with_ref_and_time(clock: Clock) -> None:
     (reply,) = send(Session(role="admin"), clock, {"type": "ping", "ref": "p1"})
-    assert reply.body == {"type": "pong", "ref": "p1", "server_time": "2026-01-01T12:00:00.000Z"}
+    assert reply.body == {"type": "pong", "ref": "p1", "server_time": "2026-01-01T12:00:00.000000Z"}
 
 
 @pytest.mark.parametrize(
