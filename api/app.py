@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from flask import Flask
 from flask.json.provider import DefaultJSONProvider
 
@@ -53,7 +51,3 @@ def create_app(config: Config | None = None, *, services: Services | None = None
     if config.env == "test":
         app.register_blueprint(testing.bp)
     return app
-
-
-def services_of(app: Flask) -> Any:
-    return app.extensions["dms"]

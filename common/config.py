@@ -142,23 +142,6 @@ class Config:
             raise ConfigError("invalid configuration: " + "; ".join(reader.errors))
         return config
 
-    def as_env(self) -> dict[str, str]:
-        """The settings as environment variables, secrets included, for child processes."""
-        return {
-            "DATABASE_URL": self.database_url,
-            "DATABASE_LISTEN_URL": self.database_listen_url,
-            "DATABASE_REPLICA_URLS": ",".join(self.database_replica_urls),
-            "REDIS_URL": self.redis_url,
-            "JWT_SECRET": self.jwt_secret.value,
-            "DMS_ENV": self.env,
-            "API_HOST": self.api_host,
-            "API_PORT": str(self.api_port),
-            "GATEWAY_HOST": self.gateway_host,
-            "GATEWAY_PORT": str(self.gateway_port),
-            "LOG_LEVEL": self.log_level,
-            "LOG_FORMAT": self.log_format,
-        }
-
     def public_summary(self) -> dict[str, object]:
         """Every setting with secrets masked and passwords removed from URLs, for start-up logs."""
         summary: dict[str, object] = {}

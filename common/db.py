@@ -35,10 +35,6 @@ SERVICE = Claims("service")  # the gateway's own work: GPS batches, replay, driv
 _claims: ContextVar[Claims] = ContextVar("dms_claims", default=ANONYMOUS)
 
 
-def current_claims() -> Claims:
-    return _claims.get()
-
-
 @contextmanager
 def claims(value: Claims) -> Iterator[None]:
     """Run the enclosed database work as `value` (per greenlet or thread; nests)."""

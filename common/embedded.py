@@ -432,7 +432,3 @@ def start_redis(data_dir: Path, *, port: int, persist: bool = True, timeout_s: f
     server = ServerProcess("redis", port, process.pid, process, log_path)
     wait_for_port(port, timeout_s=timeout_s, alive=server.alive, what=f"Redis (log: {log_path})")
     return server
-
-
-def remove_tree(path: Path) -> None:
-    shutil.rmtree(path, ignore_errors=True)

@@ -63,19 +63,6 @@ class Event:
             separators=(",", ":"),
         )
 
-    def to_wire(self) -> str:
-        """How the relay carries the event through Redis."""
-        return json.dumps(
-            {"id": self.id, "channels": list(self.channels), "event": self.event, "data": self.data,
-             "ts": self.ts},
-            separators=(",", ":"),
-        )
-
-    @classmethod
-    def from_wire(cls, raw: str | bytes) -> Event:
-        body = json.loads(raw)
-        return cls(body["id"], tuple(body["channels"]), body["event"], body["data"], body["ts"])
-
     @classmethod
     def from_row(cls, row: dict[str, Any]) -> Event:
         return cls(int(row["id"]), tuple(row["channels"]), row["event"], row["data"], iso(row["created_at"]))
