@@ -19,9 +19,7 @@ from loguru import logger  # noqa: E402
 from api.app import create_app  # noqa: E402
 from api.performance import run_sampler  # noqa: E402
 from api.warm import run_warmer  # noqa: E402
-from common.config import Config, ConfigError  # noqa: E402
-from common.logging import setup_logging  # noqa: E402
-from common.sentry import init_sentry  # noqa: E402
+from common.boot import boot  # noqa: E402
 
 DRAIN_TIMEOUT_S = 10.0
 
@@ -50,13 +48,7 @@ class InFlight:
 
 
 def main() -> int:
-    try:
-        config = Config.from_env()
-    except ConfigError as exc:
-        print(f"api: {exc}", file=sys.stderr)
-        return 2
-    setup_logging(level=config.log_level, fmt=config.log_format, service="api")
-    init_sentry(config, service="api")
+    config = boot("api")
     app = create_app(config)
     in_flight = InFlight(app)
     # A pool (unbounded) so that stop() can join the handlers and let finished responses flush.

@@ -12,21 +12,13 @@ import gevent  # noqa: E402
 from gevent.pywsgi import WSGIServer  # noqa: E402
 from loguru import logger  # noqa: E402
 
-from common.config import Config, ConfigError  # noqa: E402
-from common.logging import setup_logging  # noqa: E402
-from common.sentry import init_sentry  # noqa: E402
+from common.boot import boot  # noqa: E402
 from gateway.server import Gateway, create_gateway_app, raise_fd_limit  # noqa: E402
 from gateway.transport import UpgradeHandler  # noqa: E402
 
 
 def main() -> int:
-    try:
-        config = Config.from_env()
-    except ConfigError as exc:
-        print(f"gateway: {exc}", file=sys.stderr)
-        return 2
-    setup_logging(level=config.log_level, fmt=config.log_format, service="gateway")
-    init_sentry(config, service="gateway")
+    config = boot("gateway")
     limit = raise_fd_limit()
     gateway = Gateway(config, run_relay=config.relay_in_gateway)
     gateway.start()

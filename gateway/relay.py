@@ -16,6 +16,7 @@ increasing per channel, so subscribers and recovery never skip an id.
 
 from __future__ import annotations
 
+import signal
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -26,8 +27,10 @@ import redis
 from loguru import logger
 
 from common import housekeeping
+from common.boot import boot
 from common.db import connect
 from common.events import NOTIFY_CHANNEL, REDIS_PREFIX, RELAY_WATERMARK_KEY, Event
+from common.redis_client import make_redis
 from gateway.metrics import RECONNECTS, observe_relay_lag
 
 LEADER_LOCK_KEY = 0x646D735F72656C  # "dms_rel"
@@ -253,21 +256,7 @@ class Relay:
 
 def main() -> int:
     """`python -m gateway.relay`: a relay with no gateway (plain blocking I/O, no gevent needed)."""
-    import signal
-    import sys
-
-    from common.config import Config, ConfigError
-    from common.logging import setup_logging
-    from common.redis_client import make_redis
-    from common.sentry import init_sentry
-
-    try:
-        config = Config.from_env()
-    except ConfigError as exc:
-        print(f"relay: {exc}", file=sys.stderr)
-        return 2
-    setup_logging(level=config.log_level, fmt=config.log_format, service="relay")
-    init_sentry(config, service="relay")
+    config = boot("relay")
     running = True
 
     def stop(*_: object) -> None:
