@@ -15,7 +15,7 @@ from api.routes import performance as performance_routes
 from api.routes.analytics import bp as analytics_bp
 from api.routes.export import bp as export_bp
 from api.services import Services
-from common.config import Config
+from common.config import Config, Environment
 
 MAX_BODY_BYTES = 1024 * 1024
 BLUEPRINTS = (health.bp, openapi.bp, restaurants.bp, users.bp, products.bp, orders.bp, drivers.bp, realtime.bp,
@@ -48,6 +48,6 @@ def create_app(config: Config | None = None, *, services: Services | None = None
     register_error_handlers(app)
     for blueprint in (*BLUEPRINTS, *OBSERVABILITY_BLUEPRINTS, *DISPATCH_BLUEPRINTS):
         app.register_blueprint(blueprint)
-    if config.env == "test":
+    if config.env == Environment.TEST:
         app.register_blueprint(testing.bp)
     return app

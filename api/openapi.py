@@ -6,6 +6,8 @@ from typing import Any
 
 from flask import Blueprint, jsonify
 
+from common.roles import ROLES
+
 bp = Blueprint("openapi", __name__)
 
 Schema = dict[str, Any]
@@ -53,10 +55,10 @@ SCHEMAS: dict[str, Schema] = {
     "RestaurantCreate": _obj({"name": {"type": "string", "minLength": 1, "maxLength": 200},
                               "address": _nullable({"type": "string", "maxLength": 500}),
                               "phone": _nullable({"type": "string", "maxLength": 40})}, ["name"]),
-    "Profile": _obj({"id": UUID, "role": {"type": "string", "enum": ["admin", "restaurant", "driver", "demo"]},
+    "Profile": _obj({"id": UUID, "role": {"type": "string", "enum": list(ROLES)},
                      "display_name": STRING, "restaurant_id": _nullable(UUID), "created_at": TIME},
                     ["id", "role", "display_name", "restaurant_id", "created_at"]),
-    "UserCreate": _obj({"id": UUID, "role": {"type": "string", "enum": ["admin", "restaurant", "driver", "demo"]},
+    "UserCreate": _obj({"id": UUID, "role": {"type": "string", "enum": list(ROLES)},
                         "display_name": {"type": "string", "maxLength": 200},
                         "restaurant_id": {**_nullable(UUID), "description": "required for restaurant and demo"}},
                        ["role", "display_name"]),
@@ -136,7 +138,7 @@ SCHEMAS: dict[str, Schema] = {
                            ["from", "to", "group_by", "rows"]),
     "Status": _obj({"status": STRING}, ["status"], extra=True),
     "Connections": _obj({"total": {"type": "integer"}, "by_role": _obj({
-        role: {"type": "integer"} for role in ("admin", "restaurant", "driver", "demo")}),
+        role: {"type": "integer"} for role in ROLES}),
         "subscriptions": {"type": "integer"}, "instances": {"type": "array", "items": _obj({
             "id": STRING, "connections": {"type": "integer"}, "subscriptions": {"type": "integer"},
             "messages_out_per_s": NUMBER, "slow_consumer_disconnects": {"type": "integer"},

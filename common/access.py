@@ -10,6 +10,7 @@ from common.auth import Identity
 from common.channels import parse_channel
 from common.errors import Forbidden
 from common.orders import ACTIVE_STATUSES
+from common.roles import ROLES_WITH_RESTAURANT, Role
 
 
 def driver_visible_to_restaurant(conn: psycopg.Connection[Any], restaurant_id: str, driver_id: str) -> bool:
@@ -26,19 +27,19 @@ def check_subscribe(conn: psycopg.Connection[Any], who: Identity, channel: str) 
     canonical = kind if key is None else f"{kind}:{key}"
     if who.is_admin:
         return canonical
-    if kind == "restaurant" and who.role in ("restaurant", "demo") and key == who.restaurant_id:
+    if kind == "restaurant" and who.role in ROLES_WITH_RESTAURANT and key == who.restaurant_id:
         return canonical
     if kind == "order" and key is not None:
         row = conn.execute("SELECT restaurant_id, driver_id FROM orders WHERE id = %s", (key,)).fetchone()
         if row is not None:
-            if who.role in ("restaurant", "demo") and str(row["restaurant_id"]) == who.restaurant_id:
+            if who.role in ROLES_WITH_RESTAURANT and str(row["restaurant_id"]) == who.restaurant_id:
                 return canonical
-            if who.role == "driver" and row["driver_id"] is not None and str(row["driver_id"]) == who.user_id:
+            if who.role == Role.DRIVER and row["driver_id"] is not None and str(row["driver_id"]) == who.user_id:
                 return canonical
     if kind == "driver" and key is not None:
-        if who.role == "driver" and key == who.user_id:
+        if who.role == Role.DRIVER and key == who.user_id:
             return canonical
-        if who.role in ("restaurant", "demo") and who.restaurant_id and driver_visible_to_restaurant(
+        if who.role in ROLES_WITH_RESTAURANT and who.restaurant_id and driver_visible_to_restaurant(
             conn, who.restaurant_id, key
         ):
             return canonical

@@ -15,11 +15,10 @@ import jwt
 
 from common.db import Claims
 from common.errors import Unauthorized
+from common.roles import ROLES, ROLES_WITH_RESTAURANT, Role
 
 K = TypeVar("K")
 V = TypeVar("V")
-ROLES = ("admin", "restaurant", "driver", "demo")
-ROLES_WITH_RESTAURANT = ("restaurant", "demo")
 ALGORITHM = "HS256"
 
 
@@ -34,11 +33,11 @@ class Identity:
 
     @property
     def is_admin(self) -> bool:
-        return self.role == "admin"
+        return self.role == Role.ADMIN
 
     @property
     def read_only(self) -> bool:
-        return self.role == "demo"
+        return self.role == Role.DEMO
 
 
 def _uuid(value: object, claim: str) -> str:

@@ -7,10 +7,19 @@ import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
+from enum import StrEnum
 from urllib.parse import urlsplit
 
 DEV_JWT_SECRET = "dev-secret-change-me"  # noqa: S105 - the contract's dev default, refused in production
-ENVIRONMENTS = ("dev", "test", "production")
+
+
+class Environment(StrEnum):
+    DEV = "dev"
+    TEST = "test"  # also mounts the test-only routes (api/routes/testing.py)
+    PRODUCTION = "production"  # refuses the dev JWT secret and a wildcard origin
+
+
+ENVIRONMENTS = tuple(Environment)
 LOG_FORMATS = ("json", "text")
 _RATE = re.compile(r"^\s*(\d+)\s*/\s*(second|minute|hour|day)\s*$")
 _PERIOD_SECONDS = {"second": 1, "minute": 60, "hour": 3600, "day": 86400}
@@ -53,7 +62,7 @@ class Config:
     database_replica_urls: tuple[str, ...]
     redis_url: str
     jwt_secret: Secret
-    env: str = "dev"
+    env: Environment = Environment.DEV
     api_host: str = "127.0.0.1"
     api_port: int = 8000
     gateway_host: str = "127.0.0.1"
@@ -86,12 +95,12 @@ class Config:
         env = os.environ if environ is None else environ
         reader = _Reader(env)
         database_url = reader.url("DATABASE_URL", schemes=("postgresql", "postgres"), required=True)
-        dms_env = reader.choice("DMS_ENV", ENVIRONMENTS, "dev")
+        dms_env = Environment(reader.choice("DMS_ENV", ENVIRONMENTS, Environment.DEV))
         secret = reader.text("JWT_SECRET", DEV_JWT_SECRET)
-        if dms_env == "production" and secret == DEV_JWT_SECRET:
+        if dms_env == Environment.PRODUCTION and secret == DEV_JWT_SECRET:
             reader.errors.append("JWT_SECRET: the development default is refused when DMS_ENV=production")
         origins = reader.csv("ALLOWED_ORIGINS")
-        if dms_env == "production" and (not origins or "*" in origins):
+        if dms_env == Environment.PRODUCTION and (not origins or "*" in origins):
             reader.errors.append("ALLOWED_ORIGINS: production needs an explicit list, not '*'")
         if len(secret) < 16:
             reader.errors.append("JWT_SECRET: must be at least 16 characters")
@@ -122,7 +131,8 @@ class Config:
                 "LOG_LEVEL", ("TRACE", "DEBUG", "INFO", "SUCCESS", "WARNING", "ERROR", "CRITICAL"), "INFO",
                 upper=True,
             ),
-            log_format=reader.choice("LOG_FORMAT", LOG_FORMATS, "json" if dms_env == "production" else "text"),
+            log_format=reader.choice("LOG_FORMAT", LOG_FORMATS,
+                                     "json" if dms_env == Environment.PRODUCTION else "text"),
             ws_ping_interval_s=reader.number("WS_PING_INTERVAL", 30.0, low=0.05),
             ws_ping_timeout_s=reader.number("WS_PING_TIMEOUT", 10.0, low=0.05),
             ws_close_timeout_s=reader.number("WS_CLOSE_TIMEOUT", 5.0, low=0.05),

@@ -8,6 +8,7 @@ from typing import Any
 from common.auth import Identity
 from common.errors import Forbidden, InvalidTransition
 from common.events import iso
+from common.roles import ROLES_WITH_RESTAURANT, Role
 
 ACTIVE_STATUSES = ("pending", "confirmed", "preparing", "ready", "delivering")
 ASSIGNABLE_STATUSES = ("confirmed", "preparing", "ready")
@@ -34,9 +35,9 @@ def check_transition(who: Identity, order: dict[str, Any], target: str) -> None:
                                 details={"from": current, "to": target})
     if who.is_admin:
         return
-    if who.role == "restaurant" and target == "cancelled" and str(order["restaurant_id"]) == who.restaurant_id:
+    if who.role == Role.RESTAURANT and target == "cancelled" and str(order["restaurant_id"]) == who.restaurant_id:
         return
-    if who.role == "driver" and (current, target) in DRIVER_MOVES and str(order["driver_id"]) == who.user_id:
+    if who.role == Role.DRIVER and (current, target) in DRIVER_MOVES and str(order["driver_id"]) == who.user_id:
         return
     raise InvalidTransition(f"a {who.role} may not move this order from {current} to {target}",
                             details={"from": current, "to": target})
@@ -45,9 +46,9 @@ def check_transition(who: Identity, order: dict[str, Any], target: str) -> None:
 def can_see_order(who: Identity, order: dict[str, Any]) -> bool:
     if who.is_admin:
         return True
-    if who.role in ("restaurant", "demo"):
+    if who.role in ROLES_WITH_RESTAURANT:
         return str(order["restaurant_id"]) == who.restaurant_id
-    if who.role == "driver":
+    if who.role == Role.DRIVER:
         return order.get("driver_id") is not None and str(order["driver_id"]) == who.user_id
     return False
 

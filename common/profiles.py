@@ -8,6 +8,7 @@ import psycopg
 
 from common.auth import Identity
 from common.errors import Forbidden
+from common.roles import Role
 
 
 def ensure_profile(conn: psycopg.Connection[Any], who: Identity) -> None:
@@ -23,7 +24,7 @@ def ensure_profile(conn: psycopg.Connection[Any], who: Identity) -> None:
         "INSERT INTO profiles (id, role, restaurant_id) VALUES (%s, %s, %s) ON CONFLICT (id) DO NOTHING",
         (who.user_id, who.role, who.restaurant_id),
     )
-    if who.role == "driver":
+    if who.role == Role.DRIVER:
         # Only when the stored profile is a driver's: a token cannot turn another user into one.
         conn.execute("INSERT INTO drivers (id) SELECT id FROM profiles WHERE id = %s AND role = 'driver'"
                      " ON CONFLICT (id) DO NOTHING", (who.user_id,))

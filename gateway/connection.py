@@ -17,6 +17,7 @@ import gevent
 from loguru import logger
 
 from common.auth import Identity
+from common.roles import ROLES_WITH_RESTAURANT
 from gateway import framing
 from gateway.framing import CloseCode
 from gateway.protocol import Session, TokenBucket
@@ -67,7 +68,7 @@ class Connection:
         self._batch: list[str] = []
         self._batch_timer: gevent.Greenlet | None = None
         # Restaurants see only their own orders' events on a driver's channel.
-        self.own_restaurant = identity.restaurant_id if identity.role in ("restaurant", "demo") else None
+        self.own_restaurant = identity.restaurant_id if identity.role in ROLES_WITH_RESTAURANT else None
 
     @property
     def closed(self) -> bool:

@@ -15,6 +15,7 @@ from typing import Any
 
 from common.channels import InvalidChannel, parse_channel
 from common.clock import iso
+from common.roles import Role
 from gateway.framing import CloseCode
 
 # Names kept for callers that predate the enum; each is the CloseCode member.
@@ -249,7 +250,7 @@ class Session:
         return [Unsubscribe(channel, ref)]
 
     def _location(self, frame: dict[str, Any], ref: str | None, now: datetime) -> list[Action]:
-        if self.role != "driver":
+        if self.role != Role.DRIVER:
             return [error("forbidden", "only drivers send locations", ref)]
         problems: list[str] = []
         lat = _number(frame, "lat", -90.0, 90.0, problems, required=True)

@@ -45,6 +45,7 @@ from common.orders import ACTIVE_STATUSES
 from common.profiles import ensure_profile
 from common.redis_client import make_redis
 from common.replication import REPLICATION
+from common.roles import Role
 from gateway import framing, metrics
 from gateway.app import create_gateway_app
 from gateway.connection import GPS_POINTS_PER_S, Connection, Outgoing, Subscription
@@ -197,7 +198,7 @@ class Gateway:
         who = conn.identity
         with logger.contextualize(connection_id=conn.id):
             try:
-                if who.role == "driver":
+                if who.role == Role.DRIVER:
                     self._ensure_driver(conn)
                 conn.log.info("connected")
                 conn.session.start(time.monotonic())

@@ -17,6 +17,7 @@ from common.access import driver_visible_to_restaurant
 from common.errors import NotFound, ValidationFailed
 from common.locations import store_points
 from common.orders import ACTIVE_STATUSES
+from common.roles import ROLES_WITH_RESTAURANT, Role
 
 bp = Blueprint("drivers", __name__, url_prefix="/api/drivers")
 
@@ -133,8 +134,8 @@ def get_location(driver_id: str) -> Any:
     who = identity()
     driver_id = uuid_arg(driver_id, what="driver")
     with services().pool.connection() as conn:
-        allowed = who.is_admin or (who.role == "driver" and who.user_id == driver_id) or (
-            who.role in ("restaurant", "demo") and who.restaurant_id is not None
+        allowed = who.is_admin or (who.role == Role.DRIVER and who.user_id == driver_id) or (
+            who.role in ROLES_WITH_RESTAURANT and who.restaurant_id is not None
             and driver_visible_to_restaurant(conn, who.restaurant_id, driver_id)
         )
         row = conn.execute(

@@ -31,6 +31,7 @@ from common.orders import (
     order_event_data,
     order_json,
 )
+from common.roles import ROLES_WITH_RESTAURANT, Role
 
 bp = Blueprint("orders", __name__, url_prefix="/api/orders")
 
@@ -229,10 +230,10 @@ def list_orders() -> Any:
     if created.end is not None:
         where.append("created_at < %s")
         params.append(created.end)
-    if who.role in ("restaurant", "demo"):
+    if who.role in ROLES_WITH_RESTAURANT:
         where.append("restaurant_id = %s")
         params.append(who.restaurant_id)
-    elif who.role == "driver":
+    elif who.role == Role.DRIVER:
         where.append("driver_id = %s")
         params.append(who.user_id)
     sql, params = keyset_query(f"SELECT {ORDER_COLUMNS} FROM orders", where, params, page)

@@ -13,6 +13,7 @@ from api.validation import Field, Validator, json_body
 from common.auth import ROLES, ROLES_WITH_RESTAURANT
 from common.errors import Conflict, ValidationFailed
 from common.events import iso
+from common.roles import Role
 
 bp = Blueprint("users", __name__, url_prefix="/api/users")
 
@@ -59,7 +60,7 @@ def create_user() -> Any:
             ).fetchone()
         except psycopg.errors.UniqueViolation as exc:
             raise Conflict("a user with this id exists", details={"id": "already exists"}) from exc
-        if role == "driver":
+        if role == Role.DRIVER:
             conn.execute("INSERT INTO drivers (id) VALUES (%s) ON CONFLICT (id) DO NOTHING", (user_id,))
     assert row is not None
     return jsonify(profile_json(row)), 201
