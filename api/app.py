@@ -5,11 +5,7 @@ from __future__ import annotations
 from flask import Flask
 from flask.json.provider import DefaultJSONProvider
 
-from api import metrics, openapi, performance
-from api.context import install_request_hooks
-from api.errors import register_error_handlers
-from api.metrics import install_metrics
-from api.ratelimit import install_rate_limiter
+from api import context, errors, metrics, openapi, performance, ratelimit
 from api.routes import cache_admin, drivers, health, orders, pages, products, realtime, restaurants, testing, users
 from api.routes import performance as performance_routes
 from api.routes.analytics import bp as analytics_bp
@@ -42,10 +38,10 @@ def create_app(config: Config | None = None, *, services: Services | None = None
     performance.init_app(app, svc)  # before the pools open: their cursors time every query
     svc.open()
     app.extensions["dms"] = svc
-    install_request_hooks(app)
-    install_metrics(app)  # before the rate limiter, so refused requests are timed too
-    install_rate_limiter(app, config)  # after the request hooks, so a 429 carries the request id
-    register_error_handlers(app)
+    context.init_app(app)
+    metrics.init_app(app)  # before the rate limiter, so refused requests are timed too
+    ratelimit.init_app(app, config)  # after the request hooks, so a 429 carries the request id
+    errors.init_app(app)
     for blueprint in (*BLUEPRINTS, *OBSERVABILITY_BLUEPRINTS, *DISPATCH_BLUEPRINTS):
         app.register_blueprint(blueprint)
     if config.env == Environment.TEST:

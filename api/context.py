@@ -13,7 +13,7 @@ import sentry_sdk
 from flask import Flask, current_app, g, request
 from loguru import logger
 
-from api.replicas import install_replica_hooks
+from api import replicas
 from api.services import Services
 from common.auth import Identity, claims_of
 from common.db import ANONYMOUS, set_claims
@@ -100,9 +100,9 @@ def require(*roles: str, write: bool = False) -> Callable[[F], F]:
     return decorate
 
 
-def install_request_hooks(app: Flask) -> None:
+def init_app(app: Flask) -> None:
     """Request id in and out, one structured access-log line per request, security headers."""
-    install_replica_hooks(app)  # read-your-writes marks and the replica-failure retry
+    replicas.init_app(app)  # read-your-writes marks and the replica-failure retry
 
     @app.before_request
     def _start() -> None:

@@ -26,7 +26,7 @@ def error_response(exc: DmsError) -> Response:
     return response
 
 
-def register_error_handlers(app: Flask) -> None:
+def init_app(app: Flask) -> None:
     @app.errorhandler(DmsError)
     def _dms(exc: DmsError) -> Response:
         return error_response(exc)

@@ -77,7 +77,7 @@ def observe_query(pool_name: str) -> Any:
     return QUERY_SECONDS.labels(pool_name).observe
 
 
-def install_metrics(app: Flask) -> None:
+def init_app(app: Flask) -> None:
     """Time every request; install before the rate limiter so refused requests are timed too."""
 
     @app.before_request

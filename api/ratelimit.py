@@ -145,7 +145,7 @@ def hit(client: redis.Redis, counters: list[tuple[str, RateLimit]], *, now_s: fl
     return windows, prefetched
 
 
-def install_rate_limiter(app: Flask, config: Config) -> None:
+def init_app(app: Flask, config: Config) -> None:
     """Count every `/api` request before its view runs; headers go on every limited response."""
 
     @app.before_request

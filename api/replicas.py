@@ -10,7 +10,7 @@ primary is idle): every check samples the primary's `pg_current_wal_lsn()`, and 
 fresh when it has replayed at least what the primary had written `max_lag_s` ago.
 
 A replica that fails during a GET (stopped, restarted, query cancelled by recovery) raises
-`ReplicaFailed`; the handler installed by `install_replica_hooks` marks it down and runs the
+`ReplicaFailed`; the handler installed by `init_app` marks it down and runs the
 view once more on the primary, so a replica outage never fails a request.
 
 Read-your-writes fails closed: when Redis does not answer, reads go to the primary.
@@ -207,7 +207,7 @@ def _forced_primary() -> bool:
     return has_request_context() and bool(g.get("dms_force_primary"))
 
 
-def install_replica_hooks(app: Flask) -> None:
+def init_app(app: Flask) -> None:
     """Mark a user's successful writes for read-your-writes; rerun a read a replica failed on the primary."""
 
     @app.after_request
