@@ -11,7 +11,7 @@ from typing import Any
 
 from flask import request
 
-from common.errors import BadRequest, UnsupportedMediaType, ValidationFailed
+from common.errors import BadRequest, NotFound, UnsupportedMediaType, ValidationFailed
 
 _MISSING = object()
 
@@ -173,6 +173,4 @@ def uuid_arg(value: str, *, what: str) -> str:
     try:
         return str(uuid.UUID(value))
     except ValueError as exc:
-        from common.errors import NotFound
-
         raise NotFound(f"no such {what}") from exc

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
+import gevent
 from flask import Flask
 from loguru import logger
 
@@ -60,8 +61,6 @@ def warm_if_needed(app: Flask) -> bool:
 
 def run_warmer(app: Flask, *, every_s: float = CHECK_EVERY_S, sleep: Any = None) -> None:
     """Warm now, then check every `every_s` until killed (a greenlet of `python -m api`)."""
-    import gevent
-
     pause = sleep or gevent.sleep
     while True:
         try:

@@ -25,6 +25,8 @@ def init_sentry(config: Config, *, service: str) -> bool:
     """Start the SDK when `SENTRY_DSN` is set; return whether it did."""
     if config.sentry_dsn is None:
         return False
+    # Imported only when enabled: the SDK and its Flask integration cost start-up time and memory
+    # in every process (the relay has no Flask app), and most deployments run without a DSN.
     import sentry_sdk
     from sentry_sdk.integrations.flask import FlaskIntegration
     from sentry_sdk.integrations.loguru import LoguruIntegration

@@ -20,7 +20,7 @@ from api.pagination import keyset_query, page_args, page_body
 from api.validation import Field, Validator, json_body, uuid_arg
 from common import events
 from common.auth import Identity
-from common.errors import NotFound, ValidationFailed, VersionConflict
+from common.errors import InvalidTransition, NotFound, ValidationFailed, VersionConflict
 from common.orders import (
     ASSIGNABLE_STATUSES,
     ITEM_COLUMNS,
@@ -312,8 +312,6 @@ def assign_driver(order_id: str) -> Any:
     with services().pool.connection() as conn, conn.transaction():
         order = _visible_order(conn, who, order_id, lock=True)
         if order["status"] not in ASSIGNABLE_STATUSES:
-            from common.errors import InvalidTransition
-
             raise InvalidTransition(f"an order that is {order['status']} cannot be assigned",
                                     details={"status": order["status"]})
         driver = conn.execute("SELECT id FROM drivers WHERE id = %s", (clean["driver_id"],)).fetchone()
