@@ -39,7 +39,7 @@ from bench.common import (
     write_report,
 )
 from common.auth import mint_token
-from common.seed import ADJECTIVES, CATEGORIES, DEMO, NOUNS, RESTAURANTS, demo_id, seed_orders
+from devstack.seed import ADJECTIVES, CATEGORIES, DEMO, NOUNS, RESTAURANTS, demo_id, seed_orders
 
 P95_LIMIT_MS = 100.0
 GIVE_UP_P95_MS = 1000.0
@@ -152,7 +152,7 @@ def closed_loop(mode: str, ports: list[int], tokens: list[str], products: list[s
 
 # -- the run ---------------------------------------------------------------------------------------
 def start_apis(stack: Stack, count: int) -> tuple[list[subprocess.Popen[bytes]], list[int]]:
-    from common.embedded import free_port
+    from devstack.embedded import free_port
 
     ports = [free_port() for _ in range(count)]
     apis = [python_module("api", env=stack.env(API_PORT=str(port)), log=stack.tmp / f"api-{n}.log")
@@ -163,7 +163,7 @@ def start_apis(stack: Stack, count: int) -> tuple[list[subprocess.Popen[bytes]],
 
 
 def start_bare(count: int, tmp: Path) -> tuple[list[subprocess.Popen[bytes]], list[int]]:
-    from common.embedded import free_port
+    from devstack.embedded import free_port
 
     ports = [free_port() for _ in range(count)]
     procs = [python_module("bench.bare_flask", str(port), log=tmp / f"bare-{n}.log") for n, port in enumerate(ports)]

@@ -113,9 +113,9 @@ class Stack:
 
     @classmethod
     def start(cls, *, seed: bool = True, pg_settings: dict[str, str] | None = None) -> Stack:
-        from common import embedded
         from common.migrations import migrate
-        from common.seed import seed_demo
+        from devstack import embedded
+        from devstack.seed import seed_demo
 
         stack = cls(Path(tempfile.mkdtemp(prefix="dms-bench-")))
         atexit.register(stack.stop)
@@ -146,7 +146,7 @@ class Stack:
         return {server.name: server.pid for server in self.servers}
 
     def stop(self) -> None:
-        from common import embedded
+        from devstack import embedded
 
         for server in reversed(self.servers):
             server.stop(sig=signal.SIGINT if server.name == "postgres" else signal.SIGTERM, timeout_s=15)

@@ -39,7 +39,7 @@ from bench.common import (
 )
 from common.auth import mint_token
 from common.db import connect
-from common.seed import DEMO, seed_orders
+from devstack.seed import DEMO, seed_orders
 
 SPANS_DAYS = (7, 30, 366)
 REPEATS = 7
@@ -189,7 +189,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         seed_orders(stack.database_url, args.orders, progress=False)
         log(f"all-visible share after VACUUM: {vacuum_settled(stack.database_url):.3f}")
-        from common.embedded import free_port
+        from devstack.embedded import free_port
 
         port = free_port()
         api = python_module("api", env=stack.env(API_PORT=str(port)), log=stack.tmp / "api.log")

@@ -28,7 +28,7 @@ from bench.common import (
     wait_http,
     write_report,
 )
-from common.seed import demo_id
+from devstack.seed import demo_id
 
 P99_LIMIT_MS = 100.0
 GIVE_UP_P99_MS = 2000.0
@@ -238,7 +238,7 @@ def run_scenario(*, name: str, kind: str, url: str, server_pids: dict[str, int],
 
 
 def start_gateway(stack: Stack, tmp_log: Any) -> tuple[subprocess.Popen[bytes], str]:
-    from common.embedded import free_port
+    from devstack.embedded import free_port
 
     port = free_port()
     proc = python_module("gateway", env=stack.env(GATEWAY_PORT=str(port), GATEWAY_ID="bench-gw",

@@ -23,7 +23,7 @@ from gevent.pool import Pool  # noqa: E402
 from geventhttpclient import HTTPClient  # noqa: E402
 
 from bench.common import Histogram  # noqa: E402
-from common.seed import ADJECTIVES, CATEGORIES, NOUNS  # noqa: E402
+from devstack.seed import ADJECTIVES, CATEGORIES, NOUNS  # noqa: E402
 
 
 def build_request(mode: str, config: dict[str, Any], rng: random.Random) -> tuple[str, str, bytes, dict[str, str]]:

@@ -45,7 +45,7 @@ from bench.common import (  # noqa: E402
     write_report,
 )
 from common.auth import mint_token  # noqa: E402
-from common.seed import DEMO, RESTAURANTS, demo_id  # noqa: E402
+from devstack.seed import DEMO, RESTAURANTS, demo_id  # noqa: E402
 
 CONCURRENCY = 64
 HELD_EVENT = "bench.held"
@@ -208,9 +208,9 @@ def variant_databases(stack: Stack) -> dict[str, str]:
     exclusive numbering lock (every event commit waits for the previous one to be visible)."""
     import shutil
 
-    from common import embedded
     from common.db import connect
     from common.migrations import SQL_DIR, migrate
+    from devstack import embedded
 
     port = stack.servers[0].port
     old_sql = stack.tmp / "sql-before-0008"
@@ -313,7 +313,7 @@ def main(argv: list[str] | None = None) -> int:
     held: dict[str, Any] = {}
     try:
         from bench.fanout import start_gateway
-        from common.embedded import free_port
+        from devstack.embedded import free_port
 
         port = free_port()
         api = python_module("api", env=stack.env(API_PORT=str(port)), log=stack.tmp / "api.log")

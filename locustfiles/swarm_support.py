@@ -16,11 +16,11 @@ from locust.env import Environment
 
 from common.auth import mint_token
 from common.config import DEV_JWT_SECRET
-from common.seed import CATEGORIES, NOUNS, RESTAURANTS, demo_id
+from devstack.seed import CATEGORIES, NOUNS, RESTAURANTS, demo_id
 
 JWT_SECRET = os.environ.get("JWT_SECRET", DEV_JWT_SECRET)
 RESTAURANT_IDS = [rid for rid, _, _ in RESTAURANTS]
-# Every 25th demo product is inactive (common.seed); ordering one would be a 422.
+# Every 25th demo product is inactive (devstack.seed); ordering one would be a 422.
 ACTIVE_PRODUCTS = [demo_id(f"product:{n}") for n in range(1000) if n % 25 != 0]
 SEARCH_WORDS = [noun.split()[0] for noun in NOUNS]
 P95_LIMIT_MS = float(os.environ.get("DMS_P95_LIMIT_MS", "200"))

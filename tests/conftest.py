@@ -13,10 +13,10 @@ from typing import Any
 
 import pytest
 
-from common import embedded
 from common.auth import mint_token
 from common.config import Config
 from common.migrations import migrate
+from devstack import embedded
 from tests.helpers import Process
 
 JWT_SECRET = "test-secret-0123456789abcdef0123"

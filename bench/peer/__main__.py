@@ -314,7 +314,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         _prepare_rooms(stack.database_url, bench_channels(plan.rooms))
         from common.auth import mint_token
-        from common.seed import DEMO, demo_id
+        from devstack.seed import DEMO, demo_id
 
         token = mint_token(BENCH_SECRET, role="admin", sub=DEMO.admin, ttl_s=3 * 3600)
         products = [demo_id(f"product:{n}") for n in range(1000) if n % 25 != 0]

@@ -16,7 +16,7 @@ from urllib.parse import urlsplit
 from bench.common import Histogram
 from bench.peer.emitters import Emitter
 from common.events import ALL_ORDERS, ORDER_CREATED, iso, order_channel
-from common.seed import demo_id
+from devstack.seed import demo_id
 
 POST_WORKERS = 64  # the API is gevent: concurrency is cheap there, and a slow commit must not hold the schedule
 POST_TIMEOUT_S = 30.0

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bench.common import ROOT, Stack, log, python_module, spawn, stop, wait_http
-from common.embedded import free_port
+from devstack.embedded import free_port
 
 SYSTEMS = ("dms", "flask-socketio", "node-socketio")
 NODE_DIR = ROOT / "bench" / "peer"

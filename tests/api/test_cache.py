@@ -13,9 +13,9 @@ import redis
 
 from api.app import create_app
 from api.cache import HITS_KEY, MISSES_KEY, Cache
-from common import embedded
 from common.config import Config
 from common.redis_client import make_redis
+from devstack import embedded
 from tests.api.support import auth, create_order
 from tests.conftest import Infra, World
 

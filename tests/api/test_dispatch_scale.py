@@ -13,12 +13,12 @@ import pytest
 from api.app import create_app
 from api.routes.analytics import GROUPS, PLANNER_SETTINGS, analytics_sql
 from bench.dispatch import vacuum_settled
-from common import embedded
 from common.auth import mint_token
 from common.config import Config
 from common.db import connect
 from common.migrations import migrate
-from common.seed import DEMO, seed_demo, seed_orders
+from devstack import embedded
+from devstack.seed import DEMO, seed_demo, seed_orders
 from tests.api.support import auth
 from tests.conftest import JWT_SECRET, Infra
 

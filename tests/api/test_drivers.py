@@ -12,11 +12,11 @@ import pytest
 import redis
 
 from api.app import create_app
-from common import embedded
 from common.auth import mint_token
 from common.config import Config
 from common.db import connect
 from common.redis_client import make_redis
+from devstack import embedded
 from tests.api.support import auth, create_order, error_code
 from tests.conftest import JWT_SECRET, Infra, World
 from tests.helpers import wait_for

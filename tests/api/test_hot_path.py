@@ -13,8 +13,8 @@ import redis
 
 from api.app import create_app
 from api.warm import WARM_MARK, warm_if_needed
-from common import embedded
 from common.config import Config
+from devstack import embedded
 from tests.api.support import auth
 from tests.conftest import Infra, World
 from tests.helpers import Process, http_json, wait_for

@@ -14,9 +14,9 @@ from flask import request
 from loguru import logger
 
 from api.app import create_app
-from common import embedded
 from common.config import Config, ConfigError
 from common.logging import keep_access_line, log_context, setup_logging
+from devstack import embedded
 from tests.api.support import auth
 from tests.conftest import Infra, World
 

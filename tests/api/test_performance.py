@@ -12,10 +12,10 @@ from loguru import logger
 
 from api import alerts, performance
 from api.app import create_app
-from common import embedded
 from common.config import Config
 from common.db import connect, make_pool
 from common.migrations import migrate
+from devstack import embedded
 from tests.api.support import auth, create_order, error_code
 from tests.conftest import Infra, World
 from tests.helpers import seconds, wait_for

@@ -11,8 +11,8 @@ import pytest
 
 from api.app import create_app
 from api.ratelimit import client_ip
-from common import embedded
 from common.config import Config
+from devstack import embedded
 from tests.api.support import auth, error_code
 from tests.conftest import Infra, World
 from tests.helpers import wait_for

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from common import embedded
 from common.auth import mint_token
+from devstack import embedded
 from tests.conftest import JWT_SECRET, Infra
 from tests.helpers import Process, http_json, wait_for
 

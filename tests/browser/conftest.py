@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from common import embedded
+from devstack import embedded
 from tests.conftest import Infra
 from tests.helpers import ROOT, Process
 

@@ -6,10 +6,10 @@ import shutil
 import uuid
 from pathlib import Path
 
-from common import embedded
 from common.db import connect
 from common.events import committed_ids, write_event
 from common.migrations import SQL_DIR, migrate
+from devstack import embedded
 from tests.conftest import Infra
 
 

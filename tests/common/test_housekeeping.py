@@ -11,11 +11,12 @@ from typing import Any
 import pytest
 import redis
 
-from common import embedded, housekeeping
+from common import housekeeping
 from common.config import Config, ConfigError, Retention, retention_from_env
 from common.db import APP_ROLE, Claims, connect, database_role
 from common.locations import store_points
 from common.migrations import migrate
+from devstack import embedded
 from gateway.relay import Relay
 from tests.conftest import Infra
 from tests.helpers import wait_for

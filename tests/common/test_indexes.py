@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from common.db import connect
-from common.seed import DEMO, seed_demo, seed_orders
+from devstack.seed import DEMO, seed_demo, seed_orders
 from tests.conftest import Infra
 
 

@@ -11,10 +11,10 @@ from pathlib import Path
 
 import psycopg
 
-from common import embedded
 from common.db import connect
 from common.locations import store_points
 from common.migrations import SQL_DIR, Migration, _apply, discover, migrate
+from devstack import embedded
 from tests.conftest import Infra
 from tests.helpers import wait_for
 

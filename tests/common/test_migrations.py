@@ -5,9 +5,9 @@ from pathlib import Path
 
 import pytest
 
-from common import embedded
 from common.db import connect
 from common.migrations import SQL_DIR, MigrationError, migrate
+from devstack import embedded
 from tests.conftest import Infra
 
 

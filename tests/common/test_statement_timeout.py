@@ -11,8 +11,9 @@ from typing import Any
 import psycopg
 import pytest
 
-from common import db, embedded, pgbouncer
+from common import db
 from common.db import connect, make_pool
+from devstack import embedded, pgbouncer
 from tests.conftest import Infra
 from tests.helpers import wait_for
 

@@ -24,10 +24,10 @@ from typing import Any
 
 import websocket
 
-from common import embedded
 from common.auth import mint_token
 from common.db import connect
 from common.events import ALL_ORDERS, REDIS_PREFIX, RELAY_WATERMARK_KEY
+from devstack import embedded
 from gateway.relay import LEADER_LOCK_KEY
 from tests.conftest import JWT_SECRET
 from tests.gateway.conftest import PrivateInfra

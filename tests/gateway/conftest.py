@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from common import embedded
 from common.migrations import migrate
+from devstack import embedded
 from tests.conftest import JWT_SECRET
 
 

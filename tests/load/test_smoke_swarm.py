@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from common import embedded
-from common.seed import seed_demo
+from devstack import embedded
+from devstack.seed import seed_demo
 from tests.conftest import JWT_SECRET, Infra
 from tests.helpers import ROOT, Process, seconds
 

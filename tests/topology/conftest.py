@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 import websocket
 
-from common import embedded, nginx
+from devstack import embedded, nginx
 from tests.conftest import Infra
 from tests.helpers import Process, seconds
 

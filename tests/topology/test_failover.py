@@ -25,10 +25,10 @@ from typing import Any
 import pytest
 import yaml
 
-from common import embedded
 from common.auth import mint_token
 from common.db import connect
 from common.migrations import migrate
+from devstack import embedded
 from gateway.relay import LEADER_LOCK_KEY
 from tests.conftest import JWT_SECRET, Infra
 from tests.helpers import ROOT, http_json, seconds, wait_for
@@ -50,11 +50,11 @@ class Cluster:
 
 
 def _as_postgres_user(path: Path) -> Any:
-    ids = embedded._demote()
+    ids = embedded.unprivileged_ids()
     if ids is not None:
         os.chmod(path.parent, 0o755)  # noqa: S103 - the unprivileged server must reach its data
         os.chown(path, *ids)
-    return embedded._as_user(ids)
+    return embedded.as_user(ids)
 
 
 @pytest.fixture
@@ -189,7 +189,7 @@ def test_failover_to_a_promoted_replica_loses_no_acknowledged_write(
         recovering._ws.shutdown()  # this subscriber must recover with `since`
     promote = subprocess.run([str(embedded.postgres_bin_dir() / "pg_ctl"), "promote", "-w", "-D",
                               str(cluster.replica_dir)], capture_output=True, text=True,
-                             preexec_fn=embedded._as_user(embedded._demote()), timeout=60, check=False)
+                             preexec_fn=embedded.as_user(embedded.unprivileged_ids()), timeout=60, check=False)
     assert promote.returncode == 0, promote.stderr
     promoted = time.monotonic()
 

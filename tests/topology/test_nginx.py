@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 
-from common import nginx
 from common.auth import mint_token
+from devstack import nginx
 from tests.conftest import JWT_SECRET, Infra, World, write_events
 from tests.helpers import WsClient, http_json, wait_for
 from tests.topology.conftest import Follower, port_of

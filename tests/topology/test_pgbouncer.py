@@ -14,10 +14,10 @@ from typing import Any
 import psycopg
 import pytest
 
-from common import embedded, pgbouncer
 from common.auth import mint_token
 from common.db import connect
 from common.migrations import migrate
+from devstack import embedded, pgbouncer
 from tests.conftest import JWT_SECRET, Infra
 from tests.helpers import http_json
 

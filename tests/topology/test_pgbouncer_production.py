@@ -10,8 +10,8 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from common import embedded, pgbouncer
 from common.db import connect
+from devstack import embedded, pgbouncer
 from tests.conftest import Infra
 from tests.helpers import wait_for
 

@@ -13,8 +13,8 @@ from typing import Any
 import pytest
 import redis
 
-from common import embedded
 from common.events import RELAY_WATERMARK_KEY
+from devstack import embedded
 from tests.conftest import Infra, World
 from tests.helpers import ROOT, WsClient, http_json, wait_for
 

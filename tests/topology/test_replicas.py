@@ -16,8 +16,8 @@ from typing import Any
 import psycopg
 import pytest
 
-from common import embedded
 from common.auth import mint_token
+from devstack import embedded
 from tests.conftest import JWT_SECRET, Infra, World
 from tests.helpers import http_json, wait_for
 
@@ -30,14 +30,14 @@ def replica(infra: Infra, tmp_path: Path) -> Iterator[embedded.ServerProcess]:
     data_dir = embedded.resolve_data_dir(tmp_path / "replica" / "data")
     data_dir.mkdir(parents=True)
     os.chmod(data_dir, 0o700)
-    ids = embedded._demote()
+    ids = embedded.unprivileged_ids()
     if ids is not None:
         os.chmod(data_dir.parent, 0o755)  # noqa: S103 - the unprivileged server must reach its data
         os.chown(data_dir, *ids)
     # initdb --auth=trust allows replication connections from 127.0.0.1 ("host replication all").
     subprocess.run([str(embedded.postgres_bin_dir() / "pg_basebackup"), "-D", str(data_dir), "-R", "-X", "stream",
                     "-c", "fast", "-h", "127.0.0.1", "-p", str(infra.postgres.port), "-U", "postgres"],
-                   check=True, capture_output=True, preexec_fn=embedded._as_user(ids), timeout=60)
+                   check=True, capture_output=True, preexec_fn=embedded.as_user(ids), timeout=60)
     server = embedded.start_postgres(tmp_path / "replica" / "data", port=embedded.free_port(), durable=False)
     yield server
     server.stop()

@@ -16,9 +16,9 @@ from typing import Any
 
 import pytest
 
-from common import embedded
 from common.auth import mint_token
-from common.seed import DEMO, demo_id
+from devstack import embedded
+from devstack.seed import DEMO, demo_id
 from tests.conftest import JWT_SECRET, Infra
 from tests.helpers import ROOT, http_json, seconds, wait_for
 from tests.topology.conftest import FAST_LIMITS, Follower, free_ports
@@ -48,7 +48,7 @@ def stack(infra: Infra, tmp_path: Path) -> Iterator[dict[str, Any]]:
     }
     env.pop("DATABASE_LISTEN_URL", None)
     log = open(tmp_path / "dms-up.log", "wb")
-    up = subprocess.Popen([sys.executable, "-m", "common.cli", "up", "--api", "2", "--gateways", "2",
+    up = subprocess.Popen([sys.executable, "-m", "devstack.cli", "up", "--api", "2", "--gateways", "2",
                            "--nginx-port", str(nginx_port)], env=env, cwd=ROOT, stdout=log,
                           stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
     try:
@@ -122,7 +122,7 @@ def test_rolling_restart_loses_no_event_and_fails_no_retried_request(stack: dict
         wait_for(lambda: len(created) >= 10, timeout_s=15, message="orders before the restart")
         before = {child["name"]: child["pid"] for child in _state(stack["home"])["children"]}
         started = time.monotonic()
-        restart = subprocess.run([sys.executable, "-m", "common.cli", "restart", "--timeout", str(seconds(90))],
+        restart = subprocess.run([sys.executable, "-m", "devstack.cli", "restart", "--timeout", str(seconds(90))],
                                  env=stack["env"], cwd=ROOT, capture_output=True, text=True, timeout=seconds(120))
         took = time.monotonic() - started
         assert restart.returncode == 0, restart.stdout + restart.stderr

@@ -21,9 +21,9 @@ from typing import Any
 
 import pytest
 
-from common import embedded
 from common.auth import mint_token
 from common.events import ALL_ORDERS
+from devstack import embedded
 from tests.conftest import JWT_SECRET
 from tests.faults.harness import Stack as FaultStack
 from tests.faults.harness import Stream, assert_lossless
@@ -99,7 +99,7 @@ def start_up(tmp: Path, *args: str, nginx: bool = True, **settings: str) -> Up:
     for key in ("DATABASE_URL", "DATABASE_LISTEN_URL", "REDIS_URL", "PUBLIC_GATEWAY_URL"):
         env.pop(key, None)
     log = tmp / "dms-up.log"
-    command = [sys.executable, "-m", "common.cli", "up", "--api", "2", "--gateways", "2", *args]
+    command = [sys.executable, "-m", "devstack.cli", "up", "--api", "2", "--gateways", "2", *args]
     command += ["--nginx-port", str(nginx_port)] if nginx else ["--no-nginx"]
     with open(log, "wb") as out:
         proc = subprocess.Popen(command, env=env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT,
@@ -248,7 +248,7 @@ def test_a_killed_process_is_restarted_and_nothing_is_lost(up: Up, victim: str, 
         print(f"\ntimeline: {timeline}")
         assert_lossless(result)
         assert f"{victim} exited unexpectedly with code -9" in up.text()
-        status = subprocess.run([sys.executable, "-m", "common.cli", "status"], env=up.env, cwd=ROOT,
+        status = subprocess.run([sys.executable, "-m", "devstack.cli", "status"], env=up.env, cwd=ROOT,
                                 capture_output=True, text=True, timeout=seconds(30), check=False)
         assert status.returncode == 0, status.stdout + status.stderr
         line = next(line for line in status.stdout.splitlines() if line.startswith(victim + " "))

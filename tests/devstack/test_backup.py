@@ -8,16 +8,16 @@ import sys
 import uuid
 from pathlib import Path
 
-from common import embedded
-from common.backup import pg_program
 from common.db import connect
 from common.migrations import migrate
+from devstack import embedded
+from devstack.backup import pg_program
 from tests.conftest import Infra
 from tests.helpers import ROOT, seconds
 
 
 def _dms(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "common.cli", *args], env={**os.environ, **env}, cwd=ROOT,
+    return subprocess.run([sys.executable, "-m", "devstack.cli", *args], env={**os.environ, **env}, cwd=ROOT,
                           capture_output=True, text=True, timeout=seconds(120), check=False)
 
 

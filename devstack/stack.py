@@ -17,11 +17,11 @@ from typing import Any
 
 from loguru import logger
 
-from common import embedded, nginx
 from common.auth import mint_token
 from common.config import DEV_JWT_SECRET
 from common.migrations import migrate
-from common.seed import DEMO, demo_id, seed_demo
+from devstack import embedded, nginx
+from devstack.seed import DEMO, demo_id, seed_demo
 
 DEFAULT_PG_PORT = 54329
 DEFAULT_REDIS_PORT = 63799
@@ -182,7 +182,7 @@ class Stack:
         state = self._state()
         port = state.get("redis_port", DEFAULT_REDIS_PORT)
         pid = state.get("redis_pid")
-        if pid and not embedded.port_is_free(port) and embedded._pid_alive(pid):
+        if pid and not embedded.port_is_free(port) and embedded.pid_alive(pid):
             logger.info("reusing Redis (pid {}) on port {}", pid, port)
         else:
             server = _on_a_free_port(port, lambda port: embedded.start_redis(self.home / "redis", port=port,

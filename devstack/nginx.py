@@ -10,7 +10,7 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from common import embedded
+from devstack import embedded
 
 ROOT = Path(__file__).resolve().parent.parent
 TEMPLATE = ROOT / "nginx" / "nginx.conf.template"

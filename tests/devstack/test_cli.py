@@ -11,16 +11,16 @@ from pathlib import Path
 
 import psutil
 
-from common import embedded
 from common.auth import verify_token
 from common.config import DEV_JWT_SECRET
 from common.migrations import discover
+from devstack import embedded
 from tests.conftest import Infra
 from tests.helpers import ROOT, http_json, seconds, wait_for
 
 
 def _dms(*args: str, env: dict[str, str], timeout_s: float = 120) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "common.cli", *args], env={**os.environ, **env}, cwd=ROOT,
+    return subprocess.run([sys.executable, "-m", "devstack.cli", *args], env={**os.environ, **env}, cwd=ROOT,
                           capture_output=True, text=True, timeout=seconds(timeout_s), check=False)
 
 
@@ -61,7 +61,7 @@ def test_up_serves_then_stops_cleanly_and_reuses_its_data(tmp_path: Path) -> Non
     for attempt in ("first", "second"):
         log = tmp_path / f"up-{attempt}.log"
         with open(log, "w") as out:
-            proc = subprocess.Popen([sys.executable, "-m", "common.cli", "up", "--no-nginx"], env=env, cwd=ROOT,
+            proc = subprocess.Popen([sys.executable, "-m", "devstack.cli", "up", "--no-nginx"], env=env, cwd=ROOT,
                                     stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
         started = time.monotonic()
         try:

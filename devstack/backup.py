@@ -10,8 +10,8 @@ from pathlib import Path
 
 from loguru import logger
 
-from common import embedded
 from common.db import connect
+from devstack import embedded
 
 
 class BackupError(RuntimeError):

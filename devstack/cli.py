@@ -44,9 +44,9 @@ def _require(name: str) -> str:
 
 
 def cmd_up(args: argparse.Namespace) -> int:
-    from common.embedded import EmbeddedError
-    from common.nginx import NginxError
-    from common.stack import Stack, StackError
+    from devstack.embedded import EmbeddedError
+    from devstack.nginx import NginxError
+    from devstack.stack import Stack, StackError
 
     if args.api < 1 or args.gateways < 1:
         print("dms up: --api and --gateways must be at least 1", file=sys.stderr)
@@ -163,7 +163,7 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     url = _require("DATABASE_URL")
     if _setting("DMS_ENV") == "production" and not args.no_backup and _pending_migrations(url):
         # A migration that goes wrong on production data must have a way back.
-        from common.backup import BackupError, backup, default_path
+        from devstack.backup import BackupError, backup, default_path
 
         try:
             print("backup before migrating:", backup(url, default_path(_dms_home() / "backups")), flush=True)
@@ -188,7 +188,7 @@ def _pending_migrations(url: str) -> list[str]:
 
 
 def cmd_backup(args: argparse.Namespace) -> int:
-    from common.backup import BackupError, backup, default_path
+    from devstack.backup import BackupError, backup, default_path
 
     out = Path(args.out) if args.out else default_path(_dms_home() / "backups")
     try:
@@ -200,7 +200,7 @@ def cmd_backup(args: argparse.Namespace) -> int:
 
 
 def cmd_restore(args: argparse.Namespace) -> int:
-    from common.backup import BackupError, restore
+    from devstack.backup import BackupError, restore
 
     try:
         restore(_require("DATABASE_URL"), Path(args.file))
@@ -212,7 +212,7 @@ def cmd_restore(args: argparse.Namespace) -> int:
 
 
 def cmd_seed(args: argparse.Namespace) -> int:
-    from common.seed import seed_demo, seed_orders
+    from devstack.seed import seed_demo, seed_orders
 
     url = _require("DATABASE_URL")
     print("demo data:", seed_demo(url))

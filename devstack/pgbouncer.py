@@ -8,7 +8,7 @@ import signal
 import subprocess
 from pathlib import Path
 
-from common import embedded
+from devstack import embedded
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLE = ROOT / "deploy" / "pgbouncer" / "pgbouncer.ini"
@@ -67,7 +67,7 @@ def start(workdir: Path, *, database: str, pg_port: int, listen_port: int, user:
     binary = pgbouncer_binary()
     if binary is None:
         raise PgBouncerError("pgbouncer is not installed")
-    ids = embedded._demote()
+    ids = embedded.unprivileged_ids()
     workdir = _workdir(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     ini = workdir / "pgbouncer.ini"
@@ -80,7 +80,7 @@ def start(workdir: Path, *, database: str, pg_port: int, listen_port: int, user:
             os.chown(path, *ids)
     log_path = workdir / "pgbouncer.log"
     process = subprocess.Popen([binary, str(ini)], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL, preexec_fn=embedded._as_user(ids),
+                               stderr=subprocess.DEVNULL, preexec_fn=embedded.as_user(ids),
                                start_new_session=True)
     server = embedded.ServerProcess("pgbouncer", listen_port, process.pid, process, log_path)
     try:
