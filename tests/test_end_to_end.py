@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from tests.conftest import World
+from tests.fix_world import World
 from tests.helpers import WsClient
 
 

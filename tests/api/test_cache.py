@@ -17,7 +17,8 @@ from common.config import Config
 from common.redis_client import make_redis
 from devstack import embedded
 from tests.api.support import auth, create_order
-from tests.conftest import Infra, World
+from tests.fix_infra import Infra
+from tests.fix_world import World
 
 
 @pytest.fixture

@@ -13,7 +13,8 @@ from typing import Any
 from common.clock import iso
 from common.db import connect
 from tests.api.support import auth, create_order, error_code
-from tests.conftest import Infra, World
+from tests.fix_infra import Infra
+from tests.fix_world import World
 from tests.helpers import WsClient
 
 # -- helpers ----------------------------------------------------------------------------------------

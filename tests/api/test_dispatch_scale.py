@@ -20,7 +20,7 @@ from common.migrations import migrate
 from devstack import embedded
 from devstack.seed import DEMO, seed_demo, seed_orders
 from tests.api.support import auth
-from tests.conftest import JWT_SECRET, Infra
+from tests.fix_infra import JWT_SECRET, Infra
 
 ORDERS = 100_000
 

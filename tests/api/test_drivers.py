@@ -18,7 +18,8 @@ from common.db import connect
 from common.redis_client import make_redis
 from devstack import embedded
 from tests.api.support import auth, create_order, error_code
-from tests.conftest import JWT_SECRET, Infra, World
+from tests.fix_infra import JWT_SECRET, Infra
+from tests.fix_world import World
 from tests.helpers import wait_for
 
 

@@ -16,7 +16,8 @@ from api.warm import WARM_MARK, warm_if_needed
 from common.config import Config
 from devstack import embedded
 from tests.api.support import auth
-from tests.conftest import Infra, World
+from tests.fix_infra import Infra
+from tests.fix_world import World
 from tests.helpers import Process, http_json, wait_for
 
 
@@ -185,7 +186,7 @@ def test_the_created_order_reply_and_event_match_what_was_stored(client: Any, wo
 def test_an_expired_idempotency_key_starts_afresh(client: Any, world: World, infra: Infra) -> None:
     from common.auth import verify_token
     from common.db import connect
-    from tests.conftest import JWT_SECRET
+    from tests.fix_infra import JWT_SECRET
 
     key = f"old-{uuid.uuid4()}"
     user_id = verify_token(world.restaurant, JWT_SECRET).user_id

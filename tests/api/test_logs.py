@@ -18,7 +18,8 @@ from common.config import Config, ConfigError
 from common.logging import keep_access_line, log_context, setup_logging
 from devstack import embedded
 from tests.api.support import auth
-from tests.conftest import Infra, World
+from tests.fix_infra import Infra
+from tests.fix_world import World
 
 Records = list[dict[str, Any]]
 

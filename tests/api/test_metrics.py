@@ -8,7 +8,7 @@ from typing import Any
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.api.support import auth
-from tests.conftest import World
+from tests.fix_world import World
 
 
 def scrape(client: Any) -> dict[str, dict[tuple[tuple[str, str], ...], float]]:

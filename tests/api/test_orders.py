@@ -10,7 +10,8 @@ from typing import Any
 from common.auth import mint_token
 from common.db import connect
 from tests.api.support import auth, create_order, error_code
-from tests.conftest import JWT_SECRET, Infra, World
+from tests.fix_infra import JWT_SECRET, Infra
+from tests.fix_world import World
 
 
 def _run_together(count: int, work: Callable[[int], Any]) -> list[Any]:

@@ -17,7 +17,8 @@ from common.db import connect, make_pool
 from common.migrations import migrate
 from devstack import embedded
 from tests.api.support import auth, create_order, error_code
-from tests.conftest import Infra, World
+from tests.fix_infra import Infra
+from tests.fix_world import World
 from tests.helpers import seconds, wait_for
 
 ENDPOINTS = ("/api/performance/database", "/api/performance/slow-queries", "/api/performance/cache",

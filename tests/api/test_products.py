@@ -6,7 +6,7 @@ import uuid
 from typing import Any
 
 from tests.api.support import auth, error_code
-from tests.conftest import World
+from tests.fix_world import World
 
 
 def _create(client: Any, world: World, **fields: Any) -> dict[str, Any]:

@@ -14,7 +14,8 @@ from api.ratelimit import client_ip
 from common.config import Config
 from devstack import embedded
 from tests.api.support import auth, error_code
-from tests.conftest import Infra, World
+from tests.fix_infra import Infra
+from tests.fix_world import World
 from tests.helpers import wait_for
 
 AppFactory = Callable[..., Any]

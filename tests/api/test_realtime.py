@@ -8,7 +8,8 @@ from typing import Any
 import redis
 
 from common.gateway_stats import KEY_PREFIX
-from tests.conftest import Infra, World
+from tests.fix_infra import Infra
+from tests.fix_world import World
 from tests.helpers import WsClient, wait_for
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from tests.api.support import auth, error_code
-from tests.conftest import World
+from tests.fix_world import World
 
 
 def test_admin_creates_a_restaurant(client: Any, world: World) -> None:

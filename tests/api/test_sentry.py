@@ -14,7 +14,7 @@ import pytest
 
 from common.auth import mint_token
 from devstack import embedded
-from tests.conftest import JWT_SECRET, Infra
+from tests.fix_infra import JWT_SECRET, Infra
 from tests.helpers import Process, http_json, wait_for
 
 

@@ -7,7 +7,8 @@ from typing import Any
 
 from common.db import connect
 from tests.api.support import auth, error_code
-from tests.conftest import Infra, World
+from tests.fix_infra import Infra
+from tests.fix_world import World
 
 
 def test_admin_creates_a_restaurant_user(client: Any, world: World) -> None:

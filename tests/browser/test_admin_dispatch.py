@@ -10,8 +10,8 @@ from urllib.parse import quote, urlsplit
 
 import pytest
 
-from tests.browser.conftest import RECORD_VIOLATIONS, Stack, Watched
-from tests.conftest import World
+from tests.browser.support import RECORD_VIOLATIONS, Stack, Watched
+from tests.fix_world import World
 from tests.helpers import http_json, seconds, wait_for
 
 pytestmark = pytest.mark.needs_system("chromium")

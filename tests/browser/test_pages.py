@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
-from tests.browser.conftest import Stack, Watched
-from tests.conftest import World
+from tests.browser.support import Stack, Watched
+from tests.fix_world import World
 from tests.helpers import WsClient, http_json, seconds, wait_for
 
 pytestmark = pytest.mark.needs_system("chromium")
@@ -189,7 +189,7 @@ def test_without_a_token_the_board_asks_for_one(open_page: Any, stack: Stack, wo
 
 
 def _artifact(name: str) -> Any:
-    from tests.browser.conftest import ARTIFACTS
+    from tests.browser.support import ARTIFACTS
 
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     return ARTIFACTS / name

@@ -10,7 +10,7 @@ from common.db import connect
 from common.events import committed_ids, write_event
 from common.migrations import SQL_DIR, migrate
 from devstack import embedded
-from tests.conftest import Infra
+from tests.fix_infra import Infra
 
 
 def test_upgrading_keeps_published_ids_and_draws_new_ones_above_them(infra: Infra, tmp_path: Path) -> None:

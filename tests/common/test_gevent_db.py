@@ -7,7 +7,7 @@ import subprocess
 import sys
 import textwrap
 
-from tests.conftest import Infra
+from tests.fix_infra import Infra
 from tests.helpers import ROOT, seconds
 
 SCRIPT = textwrap.dedent('''

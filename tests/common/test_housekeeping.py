@@ -18,7 +18,7 @@ from common.locations import store_points
 from common.migrations import migrate
 from devstack import embedded
 from gateway.relay import Relay
-from tests.conftest import Infra
+from tests.fix_infra import Infra
 from tests.helpers import wait_for
 
 

@@ -9,7 +9,7 @@ import pytest
 
 from common.db import connect
 from devstack.seed import DEMO, seed_demo, seed_orders
-from tests.conftest import Infra
+from tests.fix_infra import Infra
 
 
 @pytest.fixture(scope="module")

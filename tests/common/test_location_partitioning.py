@@ -15,7 +15,7 @@ from common.db import connect
 from common.locations import store_points
 from common.migrations import SQL_DIR, Migration, _apply, discover, migrate
 from devstack import embedded
-from tests.conftest import Infra
+from tests.fix_infra import Infra
 from tests.helpers import wait_for
 
 POINTS = 1_000_000

@@ -8,7 +8,7 @@ import pytest
 from common.db import connect
 from common.migrations import SQL_DIR, MigrationError, migrate
 from devstack import embedded
-from tests.conftest import Infra
+from tests.fix_infra import Infra
 
 
 @pytest.fixture

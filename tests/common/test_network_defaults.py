@@ -5,7 +5,7 @@ from __future__ import annotations
 from psycopg.conninfo import conninfo_to_dict
 
 from common.db import NETWORK_DEFAULTS, connect, make_pool, with_network_defaults
-from tests.conftest import Infra
+from tests.fix_infra import Infra
 
 
 def test_connections_and_pools_get_the_failover_network_settings(infra: Infra) -> None:

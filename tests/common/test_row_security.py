@@ -15,7 +15,7 @@ from common.access import check_subscribe
 from common.auth import Identity
 from common.db import APP_ROLE, Claims, connect, database_role
 from common.errors import DmsError
-from tests.conftest import Infra
+from tests.fix_infra import Infra
 
 
 @contextmanager

@@ -14,7 +14,7 @@ import pytest
 from common import db
 from common.db import connect, make_pool
 from devstack import embedded, pgbouncer
-from tests.conftest import Infra
+from tests.fix_infra import Infra
 from tests.helpers import wait_for
 
 TIMEOUT_MS = 300

@@ -12,7 +12,7 @@ from common.db import connect
 from common.migrations import migrate
 from devstack import embedded
 from devstack.backup import pg_program
-from tests.conftest import Infra
+from tests.fix_infra import Infra
 from tests.helpers import ROOT, seconds
 
 

@@ -15,7 +15,7 @@ from common.auth import verify_token
 from common.config import DEV_JWT_SECRET
 from common.migrations import discover
 from devstack import embedded
-from tests.conftest import Infra
+from tests.fix_infra import Infra
 from tests.helpers import ROOT, http_json, seconds, wait_for
 
 

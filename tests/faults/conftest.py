@@ -11,36 +11,21 @@ from pathlib import Path
 import pytest
 
 from tests.faults.harness import FaultResult, Stack
-from tests.gateway.conftest import PrivateInfra, private_infra  # noqa: F401 - the fixture, reused
+from tests.faults.results import FAULTS, RESULTS
+from tests.fix_infra import Infra
 from tests.helpers import ROOT
 
-# Every fault test, in the order of the table; the table is written only when all of them ran.
-FAULTS = (
-    "kill -9 a gateway with clients attached",
-    "restart Redis",
-    "restart PostgreSQL",
-    "kill -9 the active relay",
-    "stalled subscriber closed with 4008",
-    "Redis drops a gateway's pub/sub connection (output buffer limit)",
-    "random connection drops through a TCP proxy",
-)
-RESULTS: dict[str, FaultResult] = {}
 TABLE_PATH = ROOT / "docs" / "FAULTS.md"
 
 
 @pytest.fixture
-def stack(private_infra: PrivateInfra, tmp_path: Path) -> Iterator[Stack]:  # noqa: F811
+def stack(private_infra: Infra, tmp_path: Path) -> Iterator[Stack]:
     """A private stack, started by the test (`stack.start(...)`), stopped after it."""
     built = Stack(private_infra, tmp_path)
     try:
         yield built
     finally:
         built.stop()
-
-
-def record(result: FaultResult) -> None:
-    assert result.fault in FAULTS, result.fault
-    RESULTS[result.fault] = result
 
 
 def _row(result: FaultResult) -> str:

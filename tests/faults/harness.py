@@ -29,8 +29,7 @@ from common.db import connect
 from common.events import ALL_ORDERS, REDIS_PREFIX, RELAY_WATERMARK_KEY
 from devstack import embedded
 from gateway.relay import LEADER_LOCK_KEY
-from tests.conftest import JWT_SECRET
-from tests.gateway.conftest import PrivateInfra
+from tests.fix_infra import JWT_SECRET, Infra
 from tests.helpers import Process, http_json, seconds, wait_for
 
 FAST_LIMITS = {"RATE_LIMIT_IP": "1000000/minute", "RATE_LIMIT_USER": "1000000/hour"}
@@ -68,7 +67,7 @@ class GatewayProcess:
 class Stack:
     """The private infrastructure plus the processes one fault test runs."""
 
-    infra: PrivateInfra
+    infra: Infra
     logs: Path
     api_url: str = ""
     restaurant_id: str = ""

@@ -8,9 +8,9 @@ import time
 
 import redis
 
-from tests.faults.conftest import record
 from tests.faults.harness import Stack, Stream, assert_lossless
 from tests.faults.proxy import ChaosProxy
+from tests.faults.results import record
 from tests.helpers import seconds, wait_for
 
 WARM_S = 1.0  # stream before the fault

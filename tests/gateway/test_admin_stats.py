@@ -7,14 +7,13 @@ from pathlib import Path
 from typing import Any
 
 from common.auth import mint_token
-from tests.conftest import JWT_SECRET
-from tests.gateway.conftest import PrivateInfra
+from tests.fix_infra import JWT_SECRET, Infra
 from tests.helpers import Process, WsClient
 
 PERIOD_S = 2.0
 
 
-def test_stats_flow_with_relay_in_gateway_false_and_once_per_period(private_infra: PrivateInfra,
+def test_stats_flow_with_relay_in_gateway_false_and_once_per_period(private_infra: Infra,
                                                                       start_gateway: Any, tmp_path: Path) -> None:
     relay = Process("gateway.relay", private_infra.env(), tmp_path / "relay.log")  # the relay runs alone
     try:

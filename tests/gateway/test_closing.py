@@ -7,7 +7,7 @@ import socket
 import time
 from typing import Any
 
-from tests.conftest import World
+from tests.fix_world import World
 from tests.helpers import WsClient, seconds, wait_for
 
 SILENT = 100

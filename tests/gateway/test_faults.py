@@ -13,8 +13,8 @@ import websocket
 
 from common.db import connect
 from common.gateway_stats import read_all
-from tests.conftest import World, write_events
-from tests.gateway.conftest import PrivateInfra
+from tests.fix_infra import Infra
+from tests.fix_world import World, write_events
 from tests.helpers import WsClient, http_json, seconds, wait_for
 
 
@@ -46,7 +46,7 @@ def _leader(gateways: list[dict[str, str]]) -> dict[str, str] | None:
     return None
 
 
-def test_a_redis_restart_loses_no_event(private_infra: PrivateInfra, start_gateway: Any) -> None:
+def test_a_redis_restart_loses_no_event(private_infra: Infra, start_gateway: Any) -> None:
     _, gw = start_gateway(name="redis-restart", base=private_infra.env())
     channel = f"restaurant:{uuid.uuid4()}"
     token = World.token("admin")
@@ -63,7 +63,7 @@ def test_a_redis_restart_loses_no_event(private_infra: PrivateInfra, start_gatew
     assert got == expected  # every id once, in order, across the restart
 
 
-def test_a_postgres_restart_loses_no_event(private_infra: PrivateInfra, start_gateway: Any) -> None:
+def test_a_postgres_restart_loses_no_event(private_infra: Infra, start_gateway: Any) -> None:
     _, gw = start_gateway(name="pg-restart", base=private_infra.env())
     channel = f"restaurant:{uuid.uuid4()}"
     ws = _welcomed(gw["url"], World.token("admin"))
@@ -77,14 +77,14 @@ def test_a_postgres_restart_loses_no_event(private_infra: PrivateInfra, start_ga
     assert got == before + after
 
 
-def _try_write(infra: PrivateInfra, channel: str, count: int) -> list[int] | None:
+def _try_write(infra: Infra, channel: str, count: int) -> list[int] | None:
     try:
         return write_events(infra.database_url, channel, count)
     except Exception:  # still starting: any error means "not yet"
         return None
 
 
-def test_relay_failover_when_the_leader_is_killed(private_infra: PrivateInfra, start_gateway: Any) -> None:
+def test_relay_failover_when_the_leader_is_killed(private_infra: Infra, start_gateway: Any) -> None:
     first_process, first = start_gateway(name="relay-a", base=private_infra.env())
     second_process, second = start_gateway(name="relay-b", base=private_infra.env())
     leader = wait_for(lambda: _leader([first, second]), message="one relay leader")
@@ -107,7 +107,7 @@ def test_relay_failover_when_the_leader_is_killed(private_infra: PrivateInfra, s
     print(f"relay takeover and catch-up in {takeover_s:.2f}s")
 
 
-def test_clients_of_a_killed_gateway_recover_on_another(private_infra: PrivateInfra, start_gateway: Any) -> None:
+def test_clients_of_a_killed_gateway_recover_on_another(private_infra: Infra, start_gateway: Any) -> None:
     doomed_process, doomed = start_gateway(name="doomed", base=private_infra.env())
     _, survivor = start_gateway(name="survivor", base=private_infra.env())
     channel = f"restaurant:{uuid.uuid4()}"
@@ -140,7 +140,7 @@ def test_clients_of_a_killed_gateway_recover_on_another(private_infra: PrivateIn
     assert handled + rest == written  # nothing lost, nothing twice, in order
 
 
-def test_drain_closes_clients_with_1001_and_health_says_draining(private_infra: PrivateInfra,
+def test_drain_closes_clients_with_1001_and_health_says_draining(private_infra: Infra,
                                                                  start_gateway: Any) -> None:
     process, gw = start_gateway(name="drain", base=private_infra.env())
     clients = [_welcomed(gw["url"], World.token("admin")) for _ in range(5)]
@@ -169,7 +169,7 @@ def _health_status(gw: dict[str, str]) -> tuple[int, str] | None:
     return (status, body["status"]) if status == 503 else None
 
 
-def test_admin_counts_across_two_gateways(private_infra: PrivateInfra, start_gateway: Any) -> None:
+def test_admin_counts_across_two_gateways(private_infra: Infra, start_gateway: Any) -> None:
     first_process, first = start_gateway(name="count-a", base=private_infra.env())
     _, second = start_gateway(name="count-b", base=private_infra.env())
     a = [_welcomed(first["url"], World.token("driver")) for _ in range(2)]
@@ -192,7 +192,7 @@ def test_admin_counts_across_two_gateways(private_infra: PrivateInfra, start_gat
         ws.close()
 
 
-def test_the_relay_resumes_from_its_cursor(private_infra: PrivateInfra, start_gateway: Any) -> None:
+def test_the_relay_resumes_from_its_cursor(private_infra: Infra, start_gateway: Any) -> None:
     """Events committed while no relay runs are published, in order, when one starts."""
     channel = f"restaurant:{uuid.uuid4()}"
     offline = write_events(private_infra.database_url, channel, 5)

@@ -6,8 +6,8 @@ import signal
 from typing import Any
 
 from common.db import connect
-from tests.conftest import World
-from tests.gateway.conftest import PrivateInfra
+from tests.fix_infra import Infra
+from tests.fix_world import World
 from tests.helpers import WsClient
 
 
@@ -56,7 +56,7 @@ def test_locations_beyond_the_driver_rate_are_refused(gateway: dict[str, str], w
     assert 1 <= len(codes) <= 5 and set(codes) == {"rate_limited"}
 
 
-def test_points_accepted_before_sigterm_are_stored(private_infra: PrivateInfra, start_gateway: Any,
+def test_points_accepted_before_sigterm_are_stored(private_infra: Infra, start_gateway: Any,
                                                    world: World) -> None:
     with connect(private_infra.database_url) as conn:
         conn.execute("INSERT INTO profiles (id, role) VALUES (%s, 'driver')", (world.driver_id,))

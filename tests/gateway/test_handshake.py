@@ -8,7 +8,8 @@ import pytest
 import websocket
 
 from common.auth import mint_token
-from tests.conftest import JWT_SECRET, Infra, World
+from tests.fix_infra import JWT_SECRET, Infra
+from tests.fix_world import World
 from tests.helpers import WsClient, http_json
 
 

@@ -13,7 +13,8 @@ import websocket
 
 from common.auth import mint_token
 from common.events import REDIS_PREFIX
-from tests.conftest import JWT_SECRET, Infra, World
+from tests.fix_infra import JWT_SECRET, Infra
+from tests.fix_world import World
 from tests.helpers import WsClient, seconds, wait_for
 
 

@@ -13,8 +13,8 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from api import alerts
-from tests.conftest import World, write_events
-from tests.gateway.conftest import PrivateInfra
+from tests.fix_infra import Infra
+from tests.fix_world import World, write_events
 from tests.helpers import ROOT, WsClient, seconds, wait_for
 
 Samples = dict[str, dict[tuple[tuple[str, str], ...], float]]
@@ -121,7 +121,7 @@ def test_a_ping_timeout_is_counted(start_gateway: Any, world: World) -> None:
     assert value(scrape(gw["http"]), "dms_gateway_disconnects_total", reason="slow_consumer") == 0
 
 
-def test_lost_redis_and_postgres_connections_are_counted(private_infra: PrivateInfra, start_gateway: Any) -> None:
+def test_lost_redis_and_postgres_connections_are_counted(private_infra: Infra, start_gateway: Any) -> None:
     _, gw = start_gateway(name="metrics-faults", base=private_infra.env())
     wait_for(lambda: value(scrape(gw["http"]), "dms_gateway_relay_leader") == 1, message="the relay leads")
     private_infra.restart_redis()

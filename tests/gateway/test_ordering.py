@@ -19,7 +19,8 @@ import websocket
 
 from common.db import connect
 from common.events import committed_ids, write_event
-from tests.conftest import Infra, World, write_events
+from tests.fix_infra import Infra
+from tests.fix_world import World, write_events
 from tests.helpers import WsClient, seconds
 
 

@@ -11,7 +11,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from common.auth import mint_token
-from tests.conftest import JWT_SECRET, World
+from tests.fix_infra import JWT_SECRET
+from tests.fix_world import World
 from tests.helpers import WsClient
 
 

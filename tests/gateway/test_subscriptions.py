@@ -8,7 +8,8 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import Infra, World, write_events
+from tests.fix_infra import Infra
+from tests.fix_world import World, write_events
 from tests.helpers import WsClient
 
 

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import World
+from tests.fix_world import World
 
 PROBES = [
     "' OR '1'='1", "1; DROP TABLE orders; --", "\") OR 1=1 --", "%' UNION SELECT id FROM profiles --",

@@ -8,7 +8,7 @@ import schemathesis
 from hypothesis import HealthCheck, given, settings
 from schemathesis.checks import positive_data_acceptance
 
-from tests.conftest import World
+from tests.fix_world import World
 
 EXAMPLES_PER_OPERATION = 25
 

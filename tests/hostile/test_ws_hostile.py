@@ -14,7 +14,8 @@ import pytest
 import websocket
 
 from common.auth import mint_token
-from tests.conftest import JWT_SECRET, World
+from tests.fix_infra import JWT_SECRET
+from tests.fix_world import World
 from tests.helpers import WsClient, seconds
 
 GARBAGE = ["", " ", "null", "true", "42", '"text"', "[]", "{}", '{"type": null}', '{"type": ["subscribe"]}',

@@ -18,7 +18,7 @@ import pytest
 
 from devstack import embedded
 from devstack.seed import seed_demo
-from tests.conftest import JWT_SECRET, Infra
+from tests.fix_infra import JWT_SECRET, Infra
 from tests.helpers import ROOT, Process, seconds
 
 pytestmark = pytest.mark.slow

@@ -30,9 +30,9 @@ from common.db import connect
 from common.migrations import migrate
 from devstack import embedded
 from gateway.relay import LEADER_LOCK_KEY
-from tests.conftest import JWT_SECRET, Infra
+from tests.fix_infra import JWT_SECRET, Infra
 from tests.helpers import ROOT, http_json, seconds, wait_for
-from tests.topology.conftest import Follower
+from tests.topology.support import Follower
 
 SLOT = "dms_replica"
 RULES = ROOT / "docs" / "deploy" / "prometheus-alerts.yml"

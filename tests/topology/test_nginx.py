@@ -14,9 +14,10 @@ import pytest
 
 from common.auth import mint_token
 from devstack import nginx
-from tests.conftest import JWT_SECRET, Infra, World, write_events
+from tests.fix_infra import JWT_SECRET, Infra
+from tests.fix_world import World, write_events
 from tests.helpers import WsClient, http_json, wait_for
-from tests.topology.conftest import Follower, port_of
+from tests.topology.support import Follower, port_of
 
 pytestmark = pytest.mark.needs_system("nginx")
 

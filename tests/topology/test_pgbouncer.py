@@ -18,7 +18,7 @@ from common.auth import mint_token
 from common.db import connect
 from common.migrations import migrate
 from devstack import embedded, pgbouncer
-from tests.conftest import JWT_SECRET, Infra
+from tests.fix_infra import JWT_SECRET, Infra
 from tests.helpers import http_json
 
 pytestmark = pytest.mark.needs_system("pgbouncer")

@@ -12,7 +12,7 @@ import pytest
 
 from common.db import connect
 from devstack import embedded, pgbouncer
-from tests.conftest import Infra
+from tests.fix_infra import Infra
 from tests.helpers import wait_for
 
 pytestmark = pytest.mark.needs_system("pgbouncer")

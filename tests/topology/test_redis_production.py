@@ -15,7 +15,8 @@ import redis
 
 from common.events import RELAY_WATERMARK_KEY
 from devstack import embedded
-from tests.conftest import Infra, World
+from tests.fix_infra import Infra
+from tests.fix_world import World
 from tests.helpers import ROOT, WsClient, http_json, wait_for
 
 CONF = ROOT / "deploy" / "redis" / "redis.conf"

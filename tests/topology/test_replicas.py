@@ -18,7 +18,8 @@ import pytest
 
 from common.auth import mint_token
 from devstack import embedded
-from tests.conftest import JWT_SECRET, Infra, World
+from tests.fix_infra import JWT_SECRET, Infra
+from tests.fix_world import World
 from tests.helpers import http_json, wait_for
 
 LIST_QUERY = "%FROM orders WHERE restaurant_id%ORDER BY created_at DESC%"

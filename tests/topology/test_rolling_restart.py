@@ -19,9 +19,9 @@ import pytest
 from common.auth import mint_token
 from devstack import embedded
 from devstack.seed import DEMO, demo_id
-from tests.conftest import JWT_SECRET, Infra
+from tests.fix_infra import JWT_SECRET, Infra
 from tests.helpers import ROOT, http_json, seconds, wait_for
-from tests.topology.conftest import FAST_LIMITS, Follower, free_ports
+from tests.topology.support import FAST_LIMITS, Follower, free_ports
 
 pytestmark = pytest.mark.needs_system("nginx")
 

@@ -24,11 +24,11 @@ import pytest
 from common.auth import mint_token
 from common.events import ALL_ORDERS
 from devstack import embedded
-from tests.conftest import JWT_SECRET
 from tests.faults.harness import Stack as FaultStack
 from tests.faults.harness import Stream, assert_lossless
+from tests.fix_infra import JWT_SECRET
 from tests.helpers import ROOT, WsClient, http_json, seconds, wait_for
-from tests.topology.conftest import FAST_LIMITS, free_ports
+from tests.topology.support import FAST_LIMITS, free_ports
 
 
 @dataclass
