@@ -49,7 +49,7 @@ PURGED_NAME = "purged"
 
 
 @dataclass
-class _Gap:
+class Gap:
     first_missing: int
     # True once every transaction that was numbering after the read that showed the gap has ended.
     barrier_passed: bool = False
@@ -58,8 +58,8 @@ class _Gap:
     since: float = field(default=0.0, compare=False)
 
 
-def settle(rows: list[dict[str, Any]], *, last_id: int, gap: _Gap | None
-           ) -> tuple[list[dict[str, Any]], _Gap | None]:
+def settle(rows: list[dict[str, Any]], *, last_id: int, gap: Gap | None
+           ) -> tuple[list[dict[str, Any]], Gap | None]:
     """Pick the rows that may be published now, in order, and the gap that blocks the rest.
 
     A new gap comes back with `barrier_passed` false; the caller waits for the transactions that
@@ -71,7 +71,7 @@ def settle(rows: list[dict[str, Any]], *, last_id: int, gap: _Gap | None
         row_id = int(row["id"])
         if row_id != expected:
             if gap is None or gap.first_missing != expected:
-                return ready, _Gap(expected)
+                return ready, Gap(expected)
             if not gap.barrier_passed:
                 return ready, gap
             logger.bind(first_missing=expected, next_id=row_id).debug(
@@ -108,7 +108,7 @@ class Relay:
         self.last_id = 0
         self.is_leader = False
         self.published_total = 0
-        self._gap: _Gap | None = None
+        self._gap: Gap | None = None
         self._conn: psycopg.Connection[dict[str, Any]] | None = None
 
     def run(self, should_run: Callable[[], bool]) -> None:
@@ -188,7 +188,7 @@ class Relay:
             if len(rows) < self.batch_size or not ready:
                 return published
 
-    def _numberers_done(self, conn: psycopg.Connection[dict[str, Any]], gap: _Gap) -> bool:
+    def _numberers_done(self, conn: psycopg.Connection[dict[str, Any]], gap: Gap) -> bool:
         """Have the transactions that were numbering after the gap was seen all ended?"""
         row = conn.execute(_NUMBERING_NOW).fetchone()
         now_holding = set(row["holders"]) if row else set()
