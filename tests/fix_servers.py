@@ -8,7 +8,7 @@ from __future__ import annotations
 import signal
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 import pytest
 
@@ -17,6 +17,22 @@ from common.config import Config
 from devstack import embedded
 from tests.fix_infra import Infra
 from tests.helpers import Process
+
+
+class SharedGateway(TypedDict):
+    """The session's gateway: its WebSocket URL, its HTTP base URL and its log file."""
+
+    url: str
+    http: str
+    log: str
+
+
+class StartedGateway(TypedDict):
+    """A gateway started by one test: WebSocket URL, HTTP base URL and its GATEWAY_ID."""
+
+    url: str
+    http: str
+    id: str
 
 
 @pytest.fixture(scope="session")
@@ -33,7 +49,7 @@ def client(api_app: Any) -> Any:
 
 
 @pytest.fixture(scope="session")
-def gateway(infra: Infra, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
+def gateway(infra: Infra, tmp_path_factory: pytest.TempPathFactory) -> Iterator[SharedGateway]:
     """One real gateway process (gevent, flask-sock, relay) shared by the session."""
     port = embedded.free_port()
     log = tmp_path_factory.mktemp("gateway") / "gateway.log"
@@ -52,7 +68,7 @@ def start_gateway(infra: Infra, tmp_path: Path) -> Iterator[Any]:
     started: list[Process] = []
 
     def start(*, name: str = "gw", wait: bool = True, base: dict[str, str] | None = None,
-              **settings: str) -> tuple[Process, dict[str, str]]:
+              **settings: str) -> tuple[Process, StartedGateway]:
         port = embedded.free_port()
         env = {**(base if base is not None else infra.env()), "GATEWAY_PORT": str(port),
                "GATEWAY_ID": f"{name}-{port}", **settings}
