@@ -16,7 +16,14 @@ from loguru import logger
 
 from common.auth import ROLES, mint_token
 from common.config import DEV_JWT_SECRET
+from common.db import connect
 from common.logging import setup_logging
+from common.migrations import discover, migrate
+from devstack.backup import BackupError, backup, default_path, restore
+from devstack.embedded import EmbeddedError, pid_alive
+from devstack.nginx import NginxError
+from devstack.seed import seed_demo, seed_orders
+from devstack.stack import Stack, StackError
 
 
 def _dms_home() -> Path:
@@ -44,10 +51,6 @@ def _require(name: str) -> str:
 
 
 def cmd_up(args: argparse.Namespace) -> int:
-    from devstack.embedded import EmbeddedError
-    from devstack.nginx import NginxError
-    from devstack.stack import Stack, StackError
-
     if args.api < 1 or args.gateways < 1:
         print("dms up: --api and --gateways must be at least 1", file=sys.stderr)
         return 2
@@ -131,14 +134,14 @@ def cmd_status(_: argparse.Namespace) -> int:
         print("dms status: no `dms up` state found (no .dms/state.json); run `dms up`", file=sys.stderr)
         return 1
     pid = state.get("dms_pid")
-    running = isinstance(pid, int) and _alive(pid)
+    running = isinstance(pid, int) and pid_alive(pid)
     print(f"dms up (pid {pid}): {'running' if running else 'not running'}")
     limit = state.get("crash_limit")
     if isinstance(limit, list):
         print(f"crash-loop rule: {limit[0]} unexpected exits within {limit[1]:.0f}s stop the stack")
     print(f"{'process':<12} {'pid':>8} {'port':>6}  {'state':<9} {'restarts':>8}  last exit")
     for entry in state.get("servers", []) + state.get("children", []):
-        alive = _alive(entry["pid"])
+        alive = pid_alive(entry["pid"])
         status = entry.get("state", "up") if alive or entry.get("state") == "waiting" else "down"
         last = entry.get("last_exit")
         print(f"{entry['name']:<12} {entry['pid']:>8} {entry.get('port') or '-':>6}  {status:<9} "
@@ -147,24 +150,10 @@ def cmd_status(_: argparse.Namespace) -> int:
     return 0 if running else 1
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def cmd_migrate(args: argparse.Namespace) -> int:
-    from common.migrations import migrate
-
     url = _require("DATABASE_URL")
     if _setting("DMS_ENV") == "production" and not args.no_backup and _pending_migrations(url):
         # A migration that goes wrong on production data must have a way back.
-        from devstack.backup import BackupError, backup, default_path
-
         try:
             print("backup before migrating:", backup(url, default_path(_dms_home() / "backups")), flush=True)
         except BackupError as exc:
@@ -177,9 +166,6 @@ def cmd_migrate(args: argparse.Namespace) -> int:
 
 
 def _pending_migrations(url: str) -> list[str]:
-    from common.db import connect
-    from common.migrations import discover
-
     with connect(url) as conn:
         exists = conn.execute("SELECT to_regclass('schema_migrations') IS NOT NULL AS yes").fetchone()
         done = {row["name"] for row in conn.execute("SELECT name FROM schema_migrations")} \
@@ -188,8 +174,6 @@ def _pending_migrations(url: str) -> list[str]:
 
 
 def cmd_backup(args: argparse.Namespace) -> int:
-    from devstack.backup import BackupError, backup, default_path
-
     out = Path(args.out) if args.out else default_path(_dms_home() / "backups")
     try:
         print(backup(_require("DATABASE_URL"), out))
@@ -200,8 +184,6 @@ def cmd_backup(args: argparse.Namespace) -> int:
 
 
 def cmd_restore(args: argparse.Namespace) -> int:
-    from devstack.backup import BackupError, restore
-
     try:
         restore(_require("DATABASE_URL"), Path(args.file))
     except BackupError as exc:
@@ -212,8 +194,6 @@ def cmd_restore(args: argparse.Namespace) -> int:
 
 
 def cmd_seed(args: argparse.Namespace) -> int:
-    from devstack.seed import seed_demo, seed_orders
-
     url = _require("DATABASE_URL")
     print("demo data:", seed_demo(url))
     if args.orders:

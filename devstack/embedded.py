@@ -19,6 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import psycopg
 from loguru import logger
 
 UNPRIVILEGED_USER = "nobody"
@@ -381,8 +382,6 @@ def start_postgres(
 
 def _wait_until_accepting(port: int, *, timeout_s: float, server: ServerProcess) -> None:
     """A listening postmaster may still be in recovery; wait until it accepts queries."""
-    import psycopg
-
     deadline = time.monotonic() + timeout_s
     last_error: Exception | None = None
     while time.monotonic() < deadline and server.alive():
@@ -408,8 +407,6 @@ def running_postgres(data_dir: Path) -> int | None:
 
 def create_database(port: int, name: str) -> str:
     """Create `name` if missing and return its URL."""
-    import psycopg
-
     admin = f"postgresql://postgres@127.0.0.1:{port}/postgres"
     with psycopg.connect(admin, autocommit=True) as conn:
         exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone()

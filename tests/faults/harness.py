@@ -79,7 +79,7 @@ class Stack:
     _processes: list[Process] = field(default_factory=list)
 
     def start(self, *, gateways: int = 2, relays: int = 0) -> Stack:
-        self._seed()
+        self.seed()
         port = embedded.free_port()
         api = self._spawn("api", "api", API_PORT=str(port), **FAST_LIMITS)
         api.wait_http_ok(f"http://127.0.0.1:{port}/ready")
@@ -103,7 +103,7 @@ class Stack:
         self._processes.append(process)
         return process
 
-    def _seed(self) -> None:
+    def seed(self) -> None:
         self.restaurant_id = str(uuid.uuid4())
         with connect(self.infra.database_url) as conn:
             conn.execute("INSERT INTO restaurants (id, name) VALUES (%s, 'Fault kitchen')", (self.restaurant_id,))

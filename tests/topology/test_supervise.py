@@ -182,7 +182,7 @@ def _stream(up: Up, tmp: Path) -> tuple[FaultStack, Stream]:
     """The fault harness's writer, GPS driver and three subscribers, all through nginx."""
     stack = FaultStack(infra=SimpleNamespace(database_url=up.settings()["DATABASE_URL"]),  # type: ignore[arg-type]
                        logs=tmp)
-    stack._seed()
+    stack.seed()
     stack.api_url = f"http://{up.nginx}"
     through_nginx = [f"ws://{up.nginx}/ws"]
     stream = Stream(stack, subscribers=3, subscriber_urls=lambda: through_nginx, gps_urls=lambda: through_nginx)
@@ -263,7 +263,7 @@ def test_lost_nginx_redis_and_postgres_come_back_with_their_data(up: Up) -> None
     token = mint_token(JWT_SECRET, role="admin")
     stack = FaultStack(infra=SimpleNamespace(database_url=up.settings()["DATABASE_URL"]),  # type: ignore[arg-type]
                        logs=up.home)
-    stack._seed()
+    stack.seed()
     body = {"restaurant_id": stack.restaurant_id, "items": [{"product_id": stack.product_ids[0], "quantity": 1}]}
     status, _, order = http_json("POST", f"{base}/api/orders", body, token=token)
     assert status == 201, order
