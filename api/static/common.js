@@ -188,7 +188,9 @@
       const delay = ceiling / 2 + Math.random() * (ceiling / 2);
       const offline = navigator.onLine === false || this.attempt > 5;
       setIndicator(offline ? "offline" : "reconnecting", "retry in " + (delay / 1000).toFixed(1) + " s");
-      this.timer = setTimeout(() => this.connect(), delay);
+      // No attempt while the browser knows it is offline (it would only fail and log an error);
+      // the "online" event reconnects at once.
+      this.timer = setTimeout(() => (navigator.onLine === false ? this.scheduleReconnect() : this.connect()), delay);
     }
 
     reconnectNow() {

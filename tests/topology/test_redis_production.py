@@ -13,7 +13,9 @@ from typing import Any
 import pytest
 import redis
 
+from common.db import connect
 from common.events import RELAY_WATERMARK_KEY
+from common.migrations import migrate
 from devstack import embedded
 from tests.fix_infra import Infra
 from tests.fix_world import World
@@ -49,8 +51,17 @@ def test_the_stack_runs_under_the_production_redis_settings(infra: Infra, world:
     assert info["maxmemory_policy"] == "noeviction" and info["maxmemory"] == 64 * 1024 * 1024
     assert client.info("persistence")["aof_enabled"] == 0
 
-    _, api = start_api(REDIS_URL=production_redis)
-    _, gateway = start_gateway(base=infra.env(REDIS_URL=production_redis))
+    # A database of its own: in the shared one another test's gateway may lead the relay, and it
+    # publishes to the test Redis, so this gateway's relay would stand by and never set the watermark.
+    database_url = embedded.create_database(infra.postgres.port, f"redis_prod_{uuid.uuid4().hex[:8]}")
+    migrate(database_url)
+    with connect(database_url) as conn:
+        conn.execute("INSERT INTO restaurants (id, name) VALUES (%s, 'R')", (world.restaurant_id,))
+        conn.execute("INSERT INTO products (id, name, category, price) VALUES (%s, 'P', 'produce', 1.25)",
+                     (world.products[0]["id"],))
+        conn.commit()
+    _, api = start_api(REDIS_URL=production_redis, DATABASE_URL=database_url)
+    _, gateway = start_gateway(base=infra.env(REDIS_URL=production_redis, DATABASE_URL=database_url))
     wait_for(lambda: client.get(RELAY_WATERMARK_KEY) is not None, message="the relay's watermark")
     watcher = WsClient.connect(gateway["url"], token=world.restaurant)
     assert watcher.recv()["type"] == "welcome"
