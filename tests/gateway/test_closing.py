@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import socket
-import time
 from typing import Any
 
 from tests.fix_world import World
@@ -18,13 +17,33 @@ def _open_fds(pid: int) -> int:
 
 
 def _silent_client(host: str, port: int, token: str) -> socket.socket:
-    """Completes the handshake, then never reads, never answers a ping or a close frame."""
+    """Completes the handshake (reads the 101), then never reads, never answers a ping or a close."""
     sock = socket.create_connection((host, port))
     sock.sendall(
         b"GET /ws?token=" + token.encode() + b" HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
         b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
     )
+    sock.settimeout(seconds(10))
+    head = b""
+    while b"\r\n\r\n" not in head:
+        chunk = sock.recv(1)  # byte by byte: nothing after the response head is consumed
+        assert chunk, "the gateway closed before answering the handshake"
+        head += chunk
+    assert head.startswith(b"HTTP/1.1 101"), head
     return sock
+
+
+def _ended_by_peer(sock: socket.socket) -> bool:
+    """Read what is left (welcome, pings, the close frame) until FIN or reset; False if it stays silent."""
+    sock.settimeout(seconds(5))
+    try:
+        while sock.recv(65536):
+            pass
+    except ConnectionResetError:
+        return True
+    except TimeoutError:
+        return False  # still open: the gateway kept the connection
+    return True
 
 
 def test_silent_peers_cost_no_descriptors_after_the_close_timeout(start_gateway: Any, world: World) -> None:
@@ -36,25 +55,22 @@ def test_silent_peers_cost_no_descriptors_after_the_close_timeout(start_gateway:
     assert warm.recv()["type"] == "welcome"
     warm.close()
     baseline = wait_for(lambda: (n := _open_fds(pid)) and n, message="a descriptor count")
-    silent = [_silent_client(host, port, world.admin) for _ in range(SILENT)]
+    silent: list[socket.socket] = []
     try:
-        peak = wait_for(lambda: (n := _open_fds(pid)) >= baseline + SILENT and n, timeout_s=30,
-                        message="all silent clients connected")
-        print(f"gateway descriptors: baseline {baseline}, with {SILENT} silent clients {peak}")
+        # Every client is accepted (each got its 101). The first may already be closed by the time the
+        # last connects on a slow machine, so the descriptors are not required to peak all at once.
+        peak = baseline
+        for _ in range(SILENT):
+            silent.append(_silent_client(host, port, world.admin))
+            peak = max(peak, _open_fds(pid))
+        print(f"gateway descriptors: baseline {baseline}, peak with {SILENT} silent clients {peak}")
         # Ping (0.5 s) + no pong (0.5 s) -> 1011 close; no answer to it (1 s) -> the socket is dropped.
         after = wait_for(lambda: (n := _open_fds(pid)) <= baseline + 3 and n, timeout_s=30,
                          message="descriptors back to the baseline")
         print(f"gateway descriptors after the close timeout: {after}")
-        for sock in silent[:5]:  # the peer sees the connection end (FIN or reset), not silence
-            sock.settimeout(seconds(5))
-            ended = False
-            deadline = time.monotonic() + seconds(5)
-            while time.monotonic() < deadline and not ended:
-                try:
-                    ended = sock.recv(65536) == b""
-                except (ConnectionResetError, TimeoutError):
-                    ended = True
-            assert ended
+        # The peers see the connection end (FIN or reset), not silence.
+        still_open = [n for n, sock in enumerate(silent[:10]) if not _ended_by_peer(sock)]
+        assert not still_open, f"connections the gateway kept open: {still_open}"
     finally:
         for sock in silent:
             sock.close()

@@ -146,8 +146,18 @@ def _scrape(http: str) -> str:
         return response.read().decode()
 
 
+@pytest.fixture
+def cluster_redis(tmp_path: Path) -> Iterator[str]:
+    """A Redis of the cluster's own: in the shared one, the relay of another test's database would
+    set the same watermark key to its own (higher) ids, and this stack's events would look old."""
+    server = embedded.start_redis(tmp_path / "redis", port=embedded.free_port(), persist=False)
+    yield f"redis://127.0.0.1:{server.port}/0"
+    server.stop(sig=signal.SIGTERM)
+
+
 def test_failover_to_a_promoted_replica_loses_no_acknowledged_write(
-        cluster: Cluster, infra: Infra, start_api: Any, start_gateway: Any, tmp_path: Path) -> None:
+        cluster: Cluster, cluster_redis: str, infra: Infra, start_api: Any, start_gateway: Any,
+        tmp_path: Path) -> None:
     restaurant, user = str(uuid.uuid4()), str(uuid.uuid4())
     with connect(cluster.url) as conn:
         conn.execute("INSERT INTO restaurants (id, name) VALUES (%s, 'failover')", (restaurant,))
@@ -156,8 +166,9 @@ def test_failover_to_a_promoted_replica_loses_no_acknowledged_write(
         conn.commit()
     assert row is not None
     token = mint_token(JWT_SECRET, role="restaurant", sub=user, restaurant_id=restaurant)
-    _, api = start_api(DATABASE_URL=cluster.url)
-    gateway_process, gateway = start_gateway(base=infra.env(DATABASE_URL=cluster.url, WS_PING_INTERVAL="2"))
+    _, api = start_api(DATABASE_URL=cluster.url, REDIS_URL=cluster_redis)
+    gateway_process, gateway = start_gateway(base=infra.env(DATABASE_URL=cluster.url, REDIS_URL=cluster_redis,
+                                                            WS_PING_INTERVAL="2"))
     channel = f"restaurant:{restaurant}"
     staying = Follower(gateway["url"], token, channel).start()
     recovering = Follower(gateway["url"], token, channel).start()
