@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -12,10 +13,13 @@ IO_LIBRARIES = {"psycopg", "psycopg_pool", "redis", "gevent", "flask", "flask_so
 def top_level_modules_after(statement: str) -> set[str]:
     """The top-level packages a fresh interpreter has loaded after running `statement`.
 
-    A fresh one: this test process has long since imported everything.
+    A fresh one: this test process has long since imported everything. Without coverage's
+    subprocess measurement, which would load gevent itself (its concurrency setting).
     """
+    env = {name: value for name, value in os.environ.items() if not name.startswith("COVERAGE_")}
     probe = f"import json, sys; {statement}; print(json.dumps(sorted({{m.split('.')[0] for m in sys.modules}})))"
-    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=60)
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=60,
+                         env=env)
     return set(json.loads(out.stdout))
 
 
