@@ -46,6 +46,7 @@ _NUMBERING_NOW = (
 )
 CURSOR_NAME = "relay"
 PURGED_NAME = "purged"
+WATERMARK_CHECK_EVERY_S = 1.0
 
 
 @dataclass
@@ -158,11 +159,14 @@ class Relay:
         return True
 
     def _lead(self, conn: psycopg.Connection[dict[str, Any]], should_run: Callable[[], bool]) -> None:
-        next_retention = time.monotonic()
+        next_retention = next_watermark_check = time.monotonic()
         while should_run():
             self.catch_up(conn)
-            # Redis may have restarted and lost the watermark: put it back.
-            self.redis.set(RELAY_WATERMARK_KEY, self.last_id, nx=True)
+            if time.monotonic() >= next_watermark_check:
+                # Redis may have restarted and lost the watermark: put it back. Once a second, not
+                # per wake-up: every publish sets it anyway, and a subscribe waits for it a few seconds.
+                self.redis.set(RELAY_WATERMARK_KEY, self.last_id, nx=True)
+                next_watermark_check = time.monotonic() + WATERMARK_CHECK_EVERY_S
             if time.monotonic() >= next_retention:
                 self.purge_old_events(conn)
                 housekeeping.run(conn)  # idempotency keys, samples, GPS day partitions

@@ -57,8 +57,10 @@ def receiver() -> Iterator[tuple[int, list[bytes]]]:
     thread.join(timeout=5)
 
 
-def test_an_unhandled_error_reaches_sentry(infra: Infra, receiver: tuple[int, list[bytes]],
-                                           tmp_path: Path) -> None:
+@pytest.fixture
+def api_reporting(infra: Infra, receiver: tuple[int, list[bytes]], tmp_path: Path
+                  ) -> Iterator[tuple[str, list[bytes], Process]]:
+    """An API process whose Sentry DSN points at the receiver: (its URL, what Sentry got, the process)."""
     port, bodies = receiver
     api_port = embedded.free_port()
     env = infra.env(API_PORT=str(api_port), SENTRY_DSN=f"http://publickey@127.0.0.1:{port}/1",
@@ -66,47 +68,41 @@ def test_an_unhandled_error_reaches_sentry(infra: Infra, receiver: tuple[int, li
     process = Process("api", env, tmp_path / "api.log")
     try:
         process.wait_http_ok(f"http://127.0.0.1:{api_port}/health")
-        secret_token = mint_token(JWT_SECRET, role="admin")
-        status, _, body = http_json("GET", f"http://127.0.0.1:{api_port}/api/_test/boom?token={secret_token}",
-                                    token=secret_token)
-        assert status == 500
-        assert body == {"error": {"code": "internal", "message": "internal error", "details": None}}
-        envelope = wait_for(lambda: next((b for b in bodies if b"RuntimeError" in b), None), timeout_s=15,
-                            message="a Sentry envelope with the exception")
-        assert b"deliberate failure from /api/_test/boom" in envelope
-        # Neither the Authorization header nor a ?token= value reaches Sentry or the logs.
-        leaks = [b[max(0, b.find(secret_token.encode()) - 300):b.find(secret_token.encode())] for b in bodies
-                 if secret_token.encode() in b]
-        assert leaks == []
-        assert secret_token not in process.log()
+        yield f"http://127.0.0.1:{api_port}", bodies, process
     finally:
         process.stop()
 
 
-def test_sentry_events_carry_the_request_id_as_a_tag(infra: Infra, receiver: tuple[int, list[bytes]],
-                                                     tmp_path: Path) -> None:
-    port, bodies = receiver
-    api_port = embedded.free_port()
-    env = infra.env(API_PORT=str(api_port), SENTRY_DSN=f"http://publickey@127.0.0.1:{port}/1",
-                    SENTRY_TRACES_SAMPLE_RATE="0")
-    process = Process("api", env, tmp_path / "api.log")
-    try:
-        process.wait_http_ok(f"http://127.0.0.1:{api_port}/health")
-        request_ids = [f"sentry-tag-{n}-0001" for n in range(2)]
-        for request_id in request_ids:
-            status, headers, _ = http_json("GET", f"http://127.0.0.1:{api_port}/api/_test/boom",
-                                           token=mint_token(JWT_SECRET, role="admin"),
-                                           headers={"X-Request-ID": request_id})
-            assert status == 500 and headers["X-Request-ID"] == request_id
-        for request_id in request_ids:
-            pattern = re.compile(rb'"tags":\s*\{[^}]*"request_id":\s*"' + request_id.encode() + rb'"')
-            wait_for(lambda p=pattern: any(p.search(b) for b in bodies), timeout_s=15,
-                     message=f"a Sentry event tagged {request_id}")
-        # The error line of the log carries it too.
-        wait_for(lambda: all(f"'request_id': '{rid}'" in process.log() or f'"request_id": "{rid}"' in process.log()
-                             for rid in request_ids), timeout_s=5, message="request_id on the error log line")
-    finally:
-        process.stop()
+def test_an_unhandled_error_reaches_sentry(api_reporting: tuple[str, list[bytes], Process]) -> None:
+    api, bodies, process = api_reporting
+    secret_token = mint_token(JWT_SECRET, role="admin")
+    status, _, body = http_json("GET", f"{api}/api/_test/boom?token={secret_token}", token=secret_token)
+    assert status == 500
+    assert body == {"error": {"code": "internal", "message": "internal error", "details": None}}
+    envelope = wait_for(lambda: next((b for b in bodies if b"RuntimeError" in b), None), timeout_s=15,
+                        message="a Sentry envelope with the exception")
+    assert b"deliberate failure from /api/_test/boom" in envelope
+    # Neither the Authorization header nor a ?token= value reaches Sentry or the logs.
+    leaks = [b[max(0, b.find(secret_token.encode()) - 300):b.find(secret_token.encode())] for b in bodies
+             if secret_token.encode() in b]
+    assert leaks == []
+    assert secret_token not in process.log()
+
+
+def test_sentry_events_carry_the_request_id_as_a_tag(api_reporting: tuple[str, list[bytes], Process]) -> None:
+    api, bodies, process = api_reporting
+    request_ids = [f"sentry-tag-{n}-0001" for n in range(2)]
+    for request_id in request_ids:
+        status, headers, _ = http_json("GET", f"{api}/api/_test/boom", token=mint_token(JWT_SECRET, role="admin"),
+                                       headers={"X-Request-ID": request_id})
+        assert status == 500 and headers["X-Request-ID"] == request_id
+    for request_id in request_ids:
+        pattern = re.compile(rb'"tags":\s*\{[^}]*"request_id":\s*"' + request_id.encode() + rb'"')
+        wait_for(lambda p=pattern: any(p.search(b) for b in bodies), timeout_s=15,
+                 message=f"a Sentry event tagged {request_id}")
+    # The error line of the log carries it too.
+    wait_for(lambda: all(f"'request_id': '{rid}'" in process.log() or f'"request_id": "{rid}"' in process.log()
+                         for rid in request_ids), timeout_s=5, message="request_id on the error log line")
 
 
 def test_the_failing_route_exists_only_in_tests(infra: Infra) -> None:
