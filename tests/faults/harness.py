@@ -78,7 +78,7 @@ class Stack:
     cleanups: list[Callable[[], None]] = field(default_factory=list)
     _processes: list[Process] = field(default_factory=list)
 
-    def start(self, *, gateways: int = 2, relays: int = 0) -> Stack:
+    def start(self, *, gateways: int = 2, relays: int = 0, **gateway_settings: str) -> Stack:
         self.seed()
         port = embedded.free_port()
         api = self._spawn("api", "api", API_PORT=str(port), **FAST_LIMITS)
@@ -91,7 +91,7 @@ class Stack:
             port = embedded.free_port()
             name = f"gw-{'ab'[n]}"
             process = self._spawn("gateway", name, GATEWAY_PORT=str(port), GATEWAY_ID=name,
-                                  RELAY_IN_GATEWAY="false" if relays else "true")
+                                  RELAY_IN_GATEWAY="false" if relays else "true", **gateway_settings)
             self.gateways.append(GatewayProcess(name, process, port))
         for gw in self.gateways:
             gw.process.wait_http_ok(gw.http + "/health")
