@@ -83,6 +83,9 @@ class Transport:
         self.aborted = False
         self._queue: deque[bytes] = deque()
         self._queued_bytes = 0
+        # The queue's first entry is the unsent rest of a frame whose start is already on the wire:
+        # dropping the backlog must keep it, or the peer reads the close frame as payload.
+        self._partial_head = False
         self._writer: gevent.Greenlet | None = None
         self.on_slow_consumer: Callable[[], None] | None = None
 
@@ -133,8 +136,7 @@ class Transport:
             return False
         self.close_code = code
         if discard_queued:
-            self._queue.clear()
-            self._queued_bytes = 0
+            self._drop_backlog()
         frame = framing.close(code, reason)
         if self._queue or self._writer is not None:
             self._queue.append(frame)
@@ -149,6 +151,7 @@ class Transport:
         self.aborted = True
         self._queue.clear()
         self._queued_bytes = 0
+        self._partial_head = False
         try:
             self.sock.shutdown(socket.SHUT_RDWR)
         except OSError:
@@ -165,9 +168,18 @@ class Transport:
             return
         if sent < len(frame):
             rest = frame[sent:]
-            self._queue.append(rest)
+            self._queue.append(rest)  # the queue was empty: write-through only happens then
             self._queued_bytes += len(rest)
+            self._partial_head = sent > 0
             self._writer = gevent.spawn(self._flush)
+
+    def _drop_backlog(self) -> None:
+        """Forget the queued frames, all but the rest of a frame the peer has started to receive."""
+        head = self._queue[0] if self._partial_head and self._queue else b""
+        self._queue.clear()
+        if head:
+            self._queue.append(head)
+        self._queued_bytes = len(head)
 
     def _flush(self) -> None:
         """Writer greenlet: send the backlog, many frames per call, until it is empty."""
@@ -176,6 +188,7 @@ class Transport:
                 chunk = b"".join(self._queue)
                 self._queue.clear()
                 self._queued_bytes = 0
+                self._partial_head = False  # sendall finishes the chunk, or the connection is gone
                 self.sock.sendall(chunk)
         except OSError:
             self.abort()

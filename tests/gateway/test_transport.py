@@ -33,6 +33,22 @@ def pair() -> Iterator[tuple[gsocket.socket, gsocket.socket]]:
     peer.close()
 
 
+@pytest.fixture
+def tcp_pair() -> Iterator[tuple[gsocket.socket, gsocket.socket]]:
+    """A loopback TCP connection (ours, peer): unlike a socketpair, TCP accepts part of a frame."""
+    listener = gsocket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(1)
+    peer = gsocket.socket()
+    peer.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    peer.connect(listener.getsockname())
+    ours, _ = listener.accept()
+    listener.close()
+    yield ours, peer
+    ours.close()
+    peer.close()
+
+
 def read_frames(peer: gsocket.socket, *, until_close: bool = False, count: int | None = None,
                 timeout_s: float = 10.0) -> list[tuple[int, bytes]]:
     """Decode server frames from the peer side: (opcode, payload) in arrival order."""
@@ -103,6 +119,27 @@ def test_the_queue_limit_closes_with_4008_after_an_intact_prefix(pair: tuple[gso
     frames = read_frames(peer, until_close=True)
     data = [json.loads(body)["n"] for op, body in frames if op == framing.OP_TEXT]
     assert data == list(range(len(data)))  # what arrived is an in-order prefix, nothing skipped
+    assert frames[-1][0] == framing.OP_CLOSE and struct.unpack("!H", frames[-1][1][:2])[0] == 4008
+
+
+def test_the_4008_after_a_half_sent_frame_still_parses(
+        tcp_pair: tuple[gsocket.socket, gsocket.socket]) -> None:
+    """On TCP the kernel takes part of a big frame; the rest waits for the writer greenlet. When the
+    limit is hit before that greenlet ran (a busy hub delivering without yielding), the backlog is
+    dropped but that rest must still go out before the close frame, or the peer reads the close
+    frame as payload and never sees its 4008."""
+    ours, peer = tcp_pair
+    transport = Transport(ours)
+    big = [framing.text(json.dumps({"n": n, "pad": "x" * 60_000})) for n in range(200)]
+    accepted = 0
+    for frame in big:  # no yield between sends: the writer greenlet never runs
+        if not transport.send(frame):
+            break
+        accepted += 1
+    assert transport.close_code == CloseCode.SLOW_CONSUMER and 0 < accepted < 200
+    frames = read_frames(peer, until_close=True)
+    data = [json.loads(body)["n"] for op, body in frames if op == framing.OP_TEXT]
+    assert data == list(range(len(data)))
     assert frames[-1][0] == framing.OP_CLOSE and struct.unpack("!H", frames[-1][1][:2])[0] == 4008
 
 
