@@ -17,6 +17,8 @@ from gevent.pywsgi import WSGIServer  # noqa: E402
 from loguru import logger  # noqa: E402
 
 from api.app import create_app  # noqa: E402
+from api.cache import HITS_KEY  # noqa: E402
+from api.near_cache import run_listener  # noqa: E402
 from api.performance import run_sampler  # noqa: E402
 from api.warm import run_warmer  # noqa: E402
 from common.boot import boot  # noqa: E402
@@ -76,7 +78,11 @@ def main() -> int:
     )
     sampler = gevent.spawn(run_sampler, app)  # history rows and alert checks, once a minute
     warmer = gevent.spawn(run_warmer, app)  # the catalogue cache, at start and whenever Redis lost it
+    svc = app.extensions["dms"]
+    # Keeps this process's near cache in step with every other process's writes (api/near_cache.py).
+    listener = gevent.spawn(run_listener, svc.near_cache, svc.redis, HITS_KEY)
     server.serve_forever()
+    listener.kill(block=True, timeout=2)
     warmer.kill(block=True, timeout=2)
     sampler.kill(block=True, timeout=2)
     app.extensions["dms"].close()

@@ -6,7 +6,9 @@ whatever query built it, stops being read at once and expires on its own.
 
 A hit is one round trip: a script reads the generation and the entry and counts the hit, and the
 stored JSON text goes to the client as it is, with an `ETag` (its hash) so a client holding the
-same text gets `304 Not Modified` without a body.
+same text gets `304 Not Modified` without a body. In `python -m api` a hit is usually no round
+trip at all: the process's near cache (api/near_cache.py) keeps the texts it has read until any
+process invalidates their namespace.
 
 Fails open: when Redis does not answer, reads go to PostgreSQL (`X-Cache: MISS`), writes still
 succeed, a warning is logged and `dms_api_redis_fail_open_total{feature="cache"}` counts it.
@@ -30,6 +32,7 @@ from loguru import logger
 from prometheus_client import Counter
 
 from api.context import services
+from api.near_cache import NearCache, NearEntry, publish_change
 from common.redis_client import registered_script
 
 PREFIX = "dms:cache:"
@@ -95,6 +98,7 @@ class Prefetched:
     key: str
     full_key: str
     raw: str | None
+    epoch: tuple[int, int]  # the near cache's, read before the round trip
 
 
 # endpoint -> the (namespace, key) its view will look up, computed from the request alone.
@@ -137,6 +141,7 @@ class Cached:
 
     raw: str
     hit: bool
+    known_etag: str | None = None
 
     @cached_property
     def value(self) -> Any:
@@ -148,16 +153,26 @@ class Cached:
 
     @property
     def etag(self) -> str:
-        return hashlib.blake2b(self.raw.encode(), digest_size=12).hexdigest()
+        return self.known_etag or etag_of(self.raw)
 
     def response(self, *, cache_control: str) -> Response:
         """The stored text as the body, `ETag` and `Cache-Control` set; 304 when If-None-Match matches."""
-        reply = current_app.response_class(self.raw + "\n", mimetype="application/json")
-        reply.headers.update(self.header)
-        reply.headers["Cache-Control"] = cache_control
-        reply.set_etag(self.etag)
-        reply.make_conditional(request)  # 304 and no body when If-None-Match names this text
-        return reply
+        quoted = f'"{self.etag}"'
+        headers = [("X-Cache", "HIT" if self.hit else "MISS"), ("Cache-Control", cache_control), ("ETag", quoted)]
+        if names_etag(request.headers.get("If-None-Match"), quoted):
+            return current_app.response_class(status=304, headers=headers)
+        return current_app.response_class(self.raw + "\n", headers=headers, mimetype="application/json")
+
+
+def names_etag(if_none_match: str | None, quoted: str) -> bool:
+    """Whether an If-None-Match header names this entity tag (weak comparison, RFC 9110 13.1.2)."""
+    if not if_none_match:
+        return False
+    return any(tag == "*" or tag.removeprefix("W/") == quoted for tag in map(str.strip, if_none_match.split(",")))
+
+
+def etag_of(raw: str) -> str:
+    return hashlib.blake2b(raw.encode(), digest_size=12).hexdigest()
 
 
 def query_key(**parts: Any) -> str:
@@ -167,16 +182,18 @@ def query_key(**parts: Any) -> str:
 
 
 def cache() -> Cache:
-    """The cache of the current app's Redis client."""
-    return Cache(services().redis)
+    """The cache of the current app's Redis client and near cache."""
+    svc = services()
+    return Cache(svc.redis, near=svc.near_cache)
 
 
 class Cache:
     """Cache-aside over one Redis client; values are JSON."""
 
-    def __init__(self, client: redis.Redis, *, lock_ttl_ms: int = 3000, wait_for_rebuild_s: float = 1.0,
-                 poll_interval_s: float = 0.05, jitter: float = 0.1) -> None:
+    def __init__(self, client: redis.Redis, *, near: NearCache | None = None, lock_ttl_ms: int = 3000,
+                 wait_for_rebuild_s: float = 1.0, poll_interval_s: float = 0.05, jitter: float = 0.1) -> None:
         self.redis = client
+        self.near = near
         self.lock_ttl_ms = lock_ttl_ms
         self.wait_for_rebuild_s = wait_for_rebuild_s
         self.poll_interval_s = poll_interval_s
@@ -188,13 +205,17 @@ class Cache:
         On a miss one caller takes a short lock and rebuilds; the others poll for its value for up
         to `wait_for_rebuild_s`, then read PostgreSQL themselves rather than wait longer.
         """
+        near = self.near.get(namespace, key) if self.near is not None else None
+        if near is not None:
+            _LOOKUP_COUNTERS["hit"].inc()
+            return Cached(near.raw, hit=True, known_etag=near.etag)
         try:
-            full_key, raw = self._lookup(namespace, key)
+            full_key, raw, epoch = self._lookup(namespace, key)
         except redis.RedisError as exc:
             return self._fail_open(exc, load)
         if raw is not None:
             _LOOKUP_COUNTERS["hit"].inc()
-            return Cached(raw, hit=True)
+            return self._keep_near(namespace, key, Cached(raw, hit=True), epoch)
         token = uuid.uuid4().hex
         lock_key = f"{full_key}:lock"
         try:
@@ -210,7 +231,7 @@ class Cache:
                 self._release(lock_key, token)
                 raise
             self._store_and_release(full_key, text, ttl_s, lock_key, token)
-            return Cached(text, hit=False)
+            return self._keep_near(namespace, key, Cached(text, hit=False), epoch)
         waited = self._wait_for(full_key)
         self._count(HITS_KEY if waited is not None else MISSES_KEY)
         if waited is not None:
@@ -232,7 +253,7 @@ class Cache:
 
     def get(self, namespace: str, key: str) -> Any | None:
         try:
-            _, raw = self._lookup(namespace, key)
+            _, raw, _ = self._lookup(namespace, key)
         except redis.RedisError as exc:
             self._warn(exc)
             return None
@@ -249,11 +270,27 @@ class Cache:
             self._warn(exc)
 
     def invalidate(self, namespace: str) -> None:
-        """Make every entry of `namespace` unreachable at once by moving to a new generation."""
+        """Make every entry of `namespace` unreachable at once by moving to a new generation.
+
+        This process's near copies go at once; the other processes' when the change message reaches
+        them (sent in the same round trip as the generation moves).
+        """
+        if self.near is not None:
+            self.near.invalidate(namespace)
         try:
-            self.redis.incr(f"{PREFIX}gen:{namespace}")
+            with self.redis.pipeline(transaction=False) as pipe:
+                pipe.incr(f"{PREFIX}gen:{namespace}")
+                publish_change(pipe, namespace)
+                pipe.execute()
         except redis.RedisError as exc:
             self._warn(exc)
+
+    def _keep_near(self, namespace: str, key: str, found: Cached, epoch: tuple[int, int]) -> Cached:
+        """Keep a copy in this process unless an invalidation arrived while we were reading."""
+        if self.near is not None:
+            found.known_etag = etag_of(found.raw)
+            self.near.put(namespace, key, NearEntry(found.raw, found.known_etag), epoch=epoch)
+        return found
 
     def _script(self, source: str) -> Any:
         return registered_script(self.redis, source)
@@ -264,20 +301,22 @@ class Cache:
         except redis.RedisError as exc:
             self._warn(exc)
 
-    def _lookup(self, namespace: str, key: str) -> tuple[str, str | None]:
-        """(full key, stored text or None) in one round trip; a hit is counted there too.
+    def _lookup(self, namespace: str, key: str) -> tuple[str, str | None, tuple[int, int]]:
+        """(full key, stored text or None, the near cache's epoch before the read) in one round trip;
+        a hit is counted there too.
 
         No round trip at all when the rate limiter's script already read this entry.
         """
         early = _prefetched(namespace, key)
         if early is not None:
-            return early.full_key, early.raw
+            return early.full_key, early.raw, early.epoch
+        epoch = self.near.epoch(namespace) if self.near is not None else (0, 0)
         generation, raw = self._script(_LOOKUP)(keys=[f"{PREFIX}gen:{namespace}", HITS_KEY],
                                                 args=[f"{PREFIX}{namespace}", key])
         generation = generation.decode() if isinstance(generation, bytes) else str(generation)
         if isinstance(raw, bytes):
             raw = raw.decode()
-        return f"{PREFIX}{namespace}:g{generation}:{key}", raw
+        return f"{PREFIX}{namespace}:g{generation}:{key}", raw, epoch
 
     def _key(self, namespace: str, key: str) -> str:
         generation = int(self.redis.get(f"{PREFIX}gen:{namespace}") or 0)

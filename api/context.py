@@ -14,6 +14,7 @@ from flask import Flask, current_app, g, request
 from loguru import logger
 
 from api import replicas
+from api.headers import REQUEST_ID_KEY
 from api.services import Services
 from common.auth import Identity, claims_of
 from common.db import ANONYMOUS, set_claims
@@ -101,7 +102,7 @@ def require(*roles: str, write: bool = False) -> Callable[[F], F]:
 
 
 def init_app(app: Flask) -> None:
-    """Request id in and out, one structured access-log line per request, security headers."""
+    """Request id in, claims and log context per request, one structured access-log line per request."""
     replicas.init_app(app)  # read-your-writes marks and the replica-failure retry
 
     @app.before_request
@@ -109,6 +110,7 @@ def init_app(app: Flask) -> None:
         set_claims(ANONYMOUS)  # until a token says otherwise (test clients reuse one context)
         incoming = request.headers.get("X-Request-ID", "")
         g.request_id = incoming if _VALID_REQUEST_ID.match(incoming) else uuid.uuid4().hex
+        request.environ[REQUEST_ID_KEY] = g.request_id  # for the response headers (api/headers.py)
         g.started = time.perf_counter()
         # Every line of this request, warnings and deeper modules included, carries its id.
         g.log_context = log_context(request_id=g.request_id)
@@ -124,15 +126,7 @@ def init_app(app: Flask) -> None:
 
     @app.after_request
     def _finish(response: Any) -> Any:
-        response.headers["X-Request-ID"] = request_id()
-        response.headers["X-Content-Type-Options"] = "nosniff"
-        response.headers["X-Frame-Options"] = "DENY"
-        response.headers["Referrer-Policy"] = "no-referrer"
-        # HTML pages set their own policy (api/routes/pages.py); everything else is JSON.
-        response.headers.setdefault("Content-Security-Policy", "default-src 'none'; frame-ancestors 'none'")
-        response.headers["Cache-Control"] = response.headers.get("Cache-Control", "no-store")
-        if request.headers.get("X-Forwarded-Proto") == "https" or request.is_secure:
-            response.headers["Strict-Transport-Security"] = "max-age=31536000; includeSubDomains"
+        # The request id and the security headers are added by api/headers.py.
         duration_ms = (time.perf_counter() - g.get("started", time.perf_counter())) * 1000
         if not _INFO_ENABLED() or not keep_access_line(status=response.status_code, duration_ms=duration_ms,
                                                        sample=services().config.log_sample_info):

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 import weakref
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from flask import Blueprint, Flask, Response, g, request
@@ -84,14 +84,20 @@ def init_app(app: Flask) -> None:
     def _start_timer() -> None:
         g.metrics_started = time.perf_counter()
 
+    # The histogram child of each (route, method, status) seen: `labels()` is a locked lookup.
+    observers: dict[tuple[str, str, int], Callable[[float], None]] = {}
+
     @app.after_request
     def _observe(response: Any) -> Any:
         started = g.get("metrics_started")
         if started is not None:
             route = request.url_rule.rule if request.url_rule else "<unmatched>"
             method = request.method if request.method in _METHODS else "OTHER"
-            REQUEST_SECONDS.labels(route, method, str(response.status_code)).observe(
-                time.perf_counter() - started)
+            labels = (route, method, response.status_code)
+            observe = observers.get(labels)
+            if observe is None:
+                observe = observers[labels] = REQUEST_SECONDS.labels(route, method, str(labels[2])).observe
+            observe(time.perf_counter() - started)
         return response
 
 

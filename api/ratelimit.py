@@ -1,9 +1,12 @@
 """REST rate limits in Redis: fixed windows per client IP and per user, shared by every API process.
 
-Each window is one Redis counter, `dms:rl:<scope>:<who>:<period>:<window number>`. One Lua
+Each window is one Redis counter, `dms:rl:<scope>:<who>:<limit>/<period>:<window number>`. One Lua
 script raises every counter of the request (IP and user) and gives a new counter its expiry, so
-a request costs one round trip and a crash between INCR and EXPIRE cannot leave a counter that
-never expires. Every limited response carries `X-RateLimit-Limit`,
+a request costs at most one round trip and a crash between INCR and EXPIRE cannot leave a counter
+that never expires. A process raises a counter by a small lease (a fiftieth of the limit, at
+most 1,000) and spends it locally, so a busy client costs a round trip only every few requests;
+the shared count is never passed, and a client spread over several processes may be refused a
+few requests early, never late. Every limited response carries `X-RateLimit-Limit`,
 `X-RateLimit-Remaining` and `X-RateLimit-Reset` (seconds until the tighter window resets); a
 refused one is 429 `rate_limited` with `Retry-After`.
 
@@ -19,6 +22,7 @@ from __future__ import annotations
 import ipaddress
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -29,6 +33,7 @@ from loguru import logger
 from api.cache import FAIL_OPEN, HITS_KEY, Prefetched, prefetch_key
 from api.cache import PREFIX as CACHE_PREFIX
 from api.context import services
+from api.rate_leases import Lease, Leases, lease_size
 from common.config import Config, RateLimit
 from common.errors import RateLimited, Unauthorized
 from common.redis_client import registered_script
@@ -37,21 +42,22 @@ KEY_PREFIX = "dms:rl:"
 UNLIMITED_PATHS = ("/health", "/ready", "/metrics")
 
 # KEYS: n counters, then (optionally) a cache generation key and the hits counter.
-# ARGV: n, n expiries (s), n limits, then (optionally) the cache key prefix and the key.
+# ARGV: n, n expiries (s), n limits, n lease sizes, then (optionally) the cache key prefix and the key.
 # Returns the n counts, then (when asked and no limit is exceeded) {generation, entry or false}.
 _HIT = """
 local n = tonumber(ARGV[1])
 local out = {}
 local over = false
 for i = 1, n do
-    local count = redis.call('INCR', KEYS[i])
-    if count == 1 then redis.call('EXPIRE', KEYS[i], ARGV[1 + i]) end
+    local want = tonumber(ARGV[1 + 2 * n + i])
+    local count = redis.call('INCRBY', KEYS[i], want)
+    if count == want then redis.call('EXPIRE', KEYS[i], ARGV[1 + i]) end
     out[i] = count
-    if count > tonumber(ARGV[1 + n + i]) then over = true end
+    if count - want >= tonumber(ARGV[1 + n + i]) then over = true end
 end
 if #KEYS > n and not over then
     local generation = redis.call('GET', KEYS[n + 1]) or '0'
-    local value = redis.call('GET', ARGV[2 + 2 * n] .. ':g' .. generation .. ':' .. ARGV[3 + 2 * n])
+    local value = redis.call('GET', ARGV[2 + 3 * n] .. ':g' .. generation .. ':' .. ARGV[3 + 3 * n])
     if value then redis.call('INCR', KEYS[n + 2]) end
     out[n + 1] = generation
     out[n + 2] = value
@@ -117,31 +123,54 @@ def _user_id() -> str | None:
     return cast(str, g.verified.user_id)
 
 
-def hit(client: redis.Redis, counters: list[tuple[str, RateLimit]], *, now_s: float,
-        lookup: tuple[str, str] | None = None) -> tuple[list[Window], Prefetched | None]:
-    """Count one request against every (subject, limit) pair in one round trip (one script call).
+def hit(client: redis.Redis, leases: Leases, counters: list[tuple[str, RateLimit]], *, now_s: float,
+        lookup: Callable[[], tuple[str, str] | None] = lambda: None,
+        epoch: Callable[[str], tuple[int, int]] = lambda _: (0, 0)) -> tuple[list[Window], Prefetched | None]:
+    """Count one request against every (subject, limit) pair: from this process's leases, or, for
+    the counters whose lease is spent, with one script call that takes a new lease of each.
 
-    With `lookup` (namespace, key) the same call also reads that cache entry, unless a limit is
-    exceeded: a cached read then costs one Redis round trip in all.
+    A lease is `lease_size(limit)` requests (1 for limits under 2 * LEASE_SHARE), so the shared
+    count is never passed; a client spread over P processes may be refused up to
+    (P - 1) * (lease - 1) requests early, never late. When a script call is needed and `lookup()`
+    names a cache entry (namespace, key), the same call reads it, unless a limit is exceeded;
+    `epoch(namespace)` is the near cache's, read before the call.
     """
-    keys: list[str] = []
-    resets: list[int] = []
+    windows: list[Window] = []
+    remote: list[tuple[int, str, RateLimit, int]] = []  # (position, counter key, limit, reset)
     for subject, limit in counters:
         window = int(now_s // limit.period_s)
-        keys.append(f"{KEY_PREFIX}{subject}:{limit.period_s}:{window}")
-        resets.append(max(1, math.ceil((window + 1) * limit.period_s - now_s)))
-    args: list[Any] = [len(counters), *(limit.period_s + 1 for _, limit in counters),
-                       *(limit.count for _, limit in counters)]
-    if lookup is not None:
-        keys += [f"{CACHE_PREFIX}gen:{lookup[0]}", HITS_KEY]
-        args += [f"{CACHE_PREFIX}{lookup[0]}", lookup[1]]
+        key = f"{KEY_PREFIX}{subject}:{limit.count}/{limit.period_s}:{window}"
+        reset_s = max(1, math.ceil((window + 1) * limit.period_s - now_s))
+        lease = leases.get(key)
+        if lease is not None and lease.tokens > 0:
+            lease.tokens -= 1
+            windows.append(Window(limit.count, lease.through - lease.tokens, reset_s))
+        else:
+            windows.append(Window(limit.count, 0, reset_s))  # filled in below
+            remote.append((len(windows) - 1, key, limit, reset_s))
+    if not remote:
+        return windows, None
+    wanted = lookup()
+    read_at = epoch(wanted[0]) if wanted is not None else (0, 0)
+    wants = [lease_size(limit) for _, _, limit, _ in remote]
+    keys = [key for _, key, _, _ in remote]
+    args: list[Any] = [len(remote), *(limit.period_s + 1 for _, _, limit, _ in remote),
+                       *(limit.count for _, _, limit, _ in remote), *wants]
+    if wanted is not None:
+        keys += [f"{CACHE_PREFIX}gen:{wanted[0]}", HITS_KEY]
+        args += [f"{CACHE_PREFIX}{wanted[0]}", wanted[1]]
     out = registered_script(client, _HIT)(keys=keys, args=args)
-    windows = [Window(limit.count, int(out[n]), resets[n]) for n, (_, limit) in enumerate(counters)]
+    for n, (position, key, limit, reset_s) in enumerate(remote):
+        before = int(out[n]) - wants[n]
+        granted = max(0, min(wants[n], limit.count - before))
+        if granted > 1:
+            leases.put(key, Lease(tokens=granted - 1, through=before + granted), ttl_s=reset_s)
+        windows[position] = Window(limit.count, before + 1, reset_s)
     prefetched = None
-    if lookup is not None and len(out) > len(counters):
-        generation, raw = out[len(counters)], out[len(counters) + 1]
-        prefetched = Prefetched(lookup[0], lookup[1], f"{CACHE_PREFIX}{lookup[0]}:g{generation}:{lookup[1]}",
-                                raw if raw else None)
+    if wanted is not None and len(out) > len(remote):
+        generation, raw = out[len(remote)], out[len(remote) + 1]
+        prefetched = Prefetched(wanted[0], wanted[1], f"{CACHE_PREFIX}{wanted[0]}:g{generation}:{wanted[1]}",
+                                raw if raw else None, read_at)
     return windows, prefetched
 
 
@@ -157,8 +186,16 @@ def init_app(app: Flask, config: Config) -> None:
         user_id = _user_id()
         if user_id is not None:
             counters.append((f"user:{user_id}", config.rate_limit_user))
+        svc = services()
+
+        def lookup() -> tuple[str, str] | None:
+            """The view's cache entry, read in the limiter's round trip unless this process holds it."""
+            wanted = prefetch_key()
+            return None if wanted is None or svc.near_cache.peek(*wanted) else wanted
+
         try:
-            windows, g.cache_prefetch = hit(services().redis, counters, now_s=time.time(), lookup=prefetch_key())
+            windows, g.cache_prefetch = hit(svc.redis, svc.rate_leases, counters, now_s=time.time(), lookup=lookup,
+                                            epoch=svc.near_cache.epoch)
         except redis.RedisError as exc:
             FAIL_OPEN.labels("ratelimit").inc()
             logger.warning("rate limiter unavailable, letting the request through: {}", type(exc).__name__)

@@ -212,6 +212,8 @@ def init_app(app: Flask) -> None:
 
     @app.after_request
     def _note_write(response: Any) -> Any:
+        if request.method not in WRITE_METHODS:
+            return response
         router: ReplicaRouter | None = getattr(current_app.extensions.get("dms"), "router", None)
         who = g.get("identity")
         if (router is not None and router.replicas and who is not None and request.method in WRITE_METHODS

@@ -9,6 +9,8 @@ import psycopg
 import redis
 from psycopg_pool import ConnectionPool
 
+from api.near_cache import NearCache
+from api.rate_leases import Leases, new_leases
 from api.replicas import ReadPool, Replica, ReplicaRouter
 from common.auth import TokenVerifier, TtlCache
 from common.config import Config
@@ -29,10 +31,15 @@ class Services:
     # In-process memories that spare a request the JWT check and the profile round trip.
     tokens: TokenVerifier = field(init=False, repr=False)
     profiles_seen: TtlCache[str, bool] = field(init=False, repr=False)
+    # ...and a cached read its Redis round trips: copies of cache entries, unspent rate-limit leases.
+    near_cache: NearCache = field(init=False, repr=False)
+    rate_leases: Leases = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.tokens = TokenVerifier(self.config.jwt_secret.value)
         self.profiles_seen = TtlCache(max_entries=10_000, ttl_s=PROFILE_SEEN_TTL_S)
+        self.near_cache = NearCache()
+        self.rate_leases = new_leases()
         self.router = ReplicaRouter(
             self.pool, [Replica(f"replica-{n}", pool) for n, pool in enumerate(self.replicas)], self.redis
         )

@@ -125,6 +125,11 @@ class TtlCache(Generic[K, V]):
         with self._lock:
             self._entries.pop(key, None)
 
+    def discard_where(self, doomed: Callable[[K], bool]) -> None:
+        with self._lock:
+            for key in [key for key in self._entries if doomed(key)]:
+                del self._entries[key]
+
     def clear(self) -> None:
         with self._lock:
             self._entries.clear()

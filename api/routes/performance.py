@@ -7,7 +7,9 @@ from typing import Any, cast
 from flask import Blueprint, current_app, jsonify, request
 
 from api import performance
+from api.cache import HITS_KEY
 from api.context import require, services
+from api.near_cache import flush_hits
 from api.routes.cache_admin import count_keys
 from common.errors import Unavailable, ValidationFailed
 
@@ -77,6 +79,7 @@ def slow_queries() -> Any:
 def cache() -> Any:
     """Fails closed: without Redis there are no counters to give (503 from the error handler)."""
     svc = services()
+    flush_hits(svc.near_cache, svc.redis, HITS_KEY)  # this process's near hits count at once
     hits, misses = performance.cache_counts(svc.redis)
     by_namespace = count_keys(svc.redis)
     lookups = hits + misses
