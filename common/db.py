@@ -55,22 +55,28 @@ def database_role(who: Claims, app_role: str) -> str:
     return STAFF_ROLE if who.role in STAFF_CLAIMS and app_role == APP_ROLE else app_role
 
 
+# BEGIN and the claims in one message: the transaction starts with the caller's role, claims and
+# timeouts one round trip after checkout instead of two. Transaction-local (set_config(..., true)),
+# which PgBouncer's transaction pooling preserves; a session SET would stay on whichever server
+# connection ran it and be gone after PgBouncer replaces that connection (server_lifetime).
+_BEGIN_WITH_CLAIMS = (
+    "BEGIN; SELECT CASE WHEN %s <> '' THEN set_config('role', %s, true) END, set_config('dms.role', %s, true),"
+    " set_config('dms.user_id', %s, true), set_config('dms.restaurant_id', %s, true),"
+    " set_config('statement_timeout', %s, true), set_config('idle_in_transaction_session_timeout', %s, true)"
+)
+
+
 def _apply_claims(app_role: str | None) -> Callable[[psycopg.Connection[Any]], None]:
     def check(conn: psycopg.Connection[Any]) -> None:
-        # Runs at every checkout and opens the transaction the caller then uses: role, claims and
-        # timeouts are transaction-local (set_config(..., true)), which PgBouncer's transaction
-        # pooling preserves; a session SET would stay on whichever server connection ran it and
-        # be gone after PgBouncer replaces that connection (server_lifetime). One statement, so
-        # the timeouts cost no round trip. It also proves the connection is alive.
+        # Runs at every checkout and opens the transaction the caller then uses (the pool's
+        # connections are in autocommit mode, so psycopg sends no BEGIN of its own and commits or
+        # rolls back at the end of `pool.connection()` by the server's transaction status). Two
+        # statements in one message need client-side binding. It also proves the connection is alive.
         who = _claims.get()
         role = database_role(who, app_role) if app_role else ""
-        conn.execute(
-            "SELECT CASE WHEN %s <> '' THEN set_config('role', %s, true) END, set_config('dms.role', %s, true),"
-            " set_config('dms.user_id', %s, true), set_config('dms.restaurant_id', %s, true),"
-            " set_config('statement_timeout', %s, true), set_config('idle_in_transaction_session_timeout', %s, true)",
-            (role, role, who.role, who.user_id or "", who.restaurant_id or "", str(STATEMENT_TIMEOUT_MS),
-             str(IDLE_IN_TRANSACTION_TIMEOUT_MS)),
-        )
+        with psycopg.ClientCursor(conn) as cur:
+            cur.execute(_BEGIN_WITH_CLAIMS, (role, role, who.role, who.user_id or "", who.restaurant_id or "",
+                                             str(STATEMENT_TIMEOUT_MS), str(IDLE_IN_TRANSACTION_TIMEOUT_MS)))
 
     return check
 
@@ -105,7 +111,8 @@ def make_pool(
         open=False,
         configure=_configure,
         check=_apply_claims(app_role),
-        kwargs={"row_factory": dict_row, "prepare_threshold": None, "application_name": f"dms-{name}"},
+        kwargs={"row_factory": dict_row, "prepare_threshold": None, "application_name": f"dms-{name}",
+                "autocommit": True},  # the checkout's check begins the transaction (_apply_claims)
         connection_class=psycopg.Connection[dict[str, Any]],
     )
 
