@@ -142,6 +142,7 @@ class Cached:
     raw: str
     hit: bool
     known_etag: str | None = None
+    known_body: bytes = b""
 
     @cached_property
     def value(self) -> Any:
@@ -161,7 +162,11 @@ class Cached:
         headers = [("X-Cache", "HIT" if self.hit else "MISS"), ("Cache-Control", cache_control), ("ETag", quoted)]
         if names_etag(request.headers.get("If-None-Match"), quoted):
             return current_app.response_class(status=304, headers=headers)
-        return current_app.response_class(self.raw + "\n", headers=headers, mimetype="application/json")
+        return current_app.response_class(self.body, headers=headers, mimetype="application/json")
+
+    @property
+    def body(self) -> bytes:
+        return self.known_body or (self.raw + "\n").encode()
 
 
 def names_etag(if_none_match: str | None, quoted: str) -> bool:
@@ -208,7 +213,7 @@ class Cache:
         near = self.near.get(namespace, key) if self.near is not None else None
         if near is not None:
             _LOOKUP_COUNTERS["hit"].inc()
-            return Cached(near.raw, hit=True, known_etag=near.etag)
+            return Cached(near.raw, hit=True, known_etag=near.etag, known_body=near.body)
         try:
             full_key, raw, epoch = self._lookup(namespace, key)
         except redis.RedisError as exc:
@@ -288,8 +293,8 @@ class Cache:
     def _keep_near(self, namespace: str, key: str, found: Cached, epoch: tuple[int, int]) -> Cached:
         """Keep a copy in this process unless an invalidation arrived while we were reading."""
         if self.near is not None:
-            found.known_etag = etag_of(found.raw)
-            self.near.put(namespace, key, NearEntry(found.raw, found.known_etag), epoch=epoch)
+            found.known_etag, found.known_body = etag_of(found.raw), found.body
+            self.near.put(namespace, key, NearEntry(found.raw, found.known_etag, found.known_body), epoch=epoch)
         return found
 
     def _script(self, source: str) -> Any:

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import re
 import time
-import uuid
 from collections.abc import Callable
 from functools import wraps
 from typing import Any, TypeVar, cast
@@ -52,11 +52,13 @@ def _bearer_token() -> str:
 
 def authenticate() -> Identity:
     """Verify the bearer token once per request and remember the identity."""
-    if g.get("identity") is None:
-        g.identity = g.get("verified") or services().tokens.verify(_bearer_token())
-        set_claims(claims_of(g.identity))  # every query of this request runs under row-level security
-        _ensure_profile(g.identity)
-    return cast(Identity, g.identity)
+    who: Identity | None = g.get("identity")
+    if who is None:
+        who = g.get("verified") or services().tokens.verify(_bearer_token())
+        g.identity = who
+        set_claims(claims_of(who))  # every query of this request runs under row-level security
+        _ensure_profile(who)
+    return who
 
 
 def _ensure_profile(who: Identity) -> None:
@@ -108,15 +110,17 @@ def init_app(app: Flask) -> None:
     @app.before_request
     def _start() -> None:
         set_claims(ANONYMOUS)  # until a token says otherwise (test clients reuse one context)
-        incoming = request.headers.get("X-Request-ID", "")
-        g.request_id = incoming if _VALID_REQUEST_ID.match(incoming) else uuid.uuid4().hex
-        request.environ[REQUEST_ID_KEY] = g.request_id  # for the response headers (api/headers.py)
+        environ = request.environ
+        incoming = environ.get("HTTP_X_REQUEST_ID", "")
+        rid = incoming if _VALID_REQUEST_ID.match(incoming) else os.urandom(16).hex()
+        environ[REQUEST_ID_KEY] = rid  # for the response headers (api/headers.py)
+        g.request_id = rid
         g.started = time.perf_counter()
         # Every line of this request, warnings and deeper modules included, carries its id.
-        g.log_context = log_context(request_id=g.request_id)
-        g.log_context.__enter__()
+        g.log_context = entered = log_context(request_id=rid)
+        entered.__enter__()
         if sentry_sdk.get_client().is_active():
-            sentry_sdk.set_tag("request_id", g.request_id)  # this request's scope (the Flask integration's)
+            sentry_sdk.set_tag("request_id", rid)  # this request's scope (the Flask integration's)
 
     @app.teardown_request
     def _end(_exc: BaseException | None) -> None:

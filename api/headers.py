@@ -1,4 +1,5 @@
-"""Headers every response carries, added where the response leaves the app (a WSGI middleware).
+"""Headers every response carries, added where the response leaves the app (a WSGI middleware):
+the request id, the rate-limit window, the security headers.
 
 Setting them on each Flask response object validated every value again, about as much work as
 the rest of a cached read; here they are ready tuples appended to the header list. A header the
@@ -10,7 +11,8 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from typing import Any
 
-REQUEST_ID_KEY = "dms.request_id"  # the environ entry api/context.py fills for this middleware
+REQUEST_ID_KEY = "dms.request_id"  # environ entries filled by api/context.py and api/ratelimit.py
+RATE_WINDOW_KEY = "dms.rate_window"  # an object with `headers`, the X-RateLimit-* pairs
 ALWAYS = (("X-Content-Type-Options", "nosniff"), ("X-Frame-Options", "DENY"), ("Referrer-Policy", "no-referrer"))
 # JSON answers: nothing may load from or frame them, and nothing may store them unless a view says so.
 DEFAULTS = (("Content-Security-Policy", "default-src 'none'; frame-ancestors 'none'"),
@@ -36,6 +38,9 @@ class ResponseHeaders:
             request_id = environ.get(REQUEST_ID_KEY)
             if request_id and "x-request-id" not in present:
                 extra.append(("X-Request-ID", request_id))
+            window = environ.get(RATE_WINDOW_KEY)
+            if window is not None:
+                extra += window.headers
             if _https(environ):
                 extra.append(HSTS)
             return start_response(status, headers + extra, exc_info)

@@ -91,8 +91,10 @@ def init_app(app: Flask) -> None:
     def _observe(response: Any) -> Any:
         started = g.get("metrics_started")
         if started is not None:
-            route = request.url_rule.rule if request.url_rule else "<unmatched>"
-            method = request.method if request.method in _METHODS else "OTHER"
+            rule = request.url_rule
+            route = rule.rule if rule else "<unmatched>"
+            method = request.method
+            method = method if method in _METHODS else "OTHER"
             labels = (route, method, response.status_code)
             observe = observers.get(labels)
             if observe is None:

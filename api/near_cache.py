@@ -41,6 +41,7 @@ RETRY_S = 1.0
 class NearEntry:
     raw: str
     etag: str
+    body: bytes = b""  # the response body, ready to send (the text and a newline, encoded)
 
 
 class NearCache:

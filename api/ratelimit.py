@@ -19,12 +19,13 @@ the limiter's store is down would turn a Redis outage into a full API outage.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any
 
 import redis
 from flask import Flask, g, request
@@ -33,7 +34,9 @@ from loguru import logger
 from api.cache import FAIL_OPEN, HITS_KEY, Prefetched, prefetch_key
 from api.cache import PREFIX as CACHE_PREFIX
 from api.context import services
+from api.headers import RATE_WINDOW_KEY
 from api.rate_leases import Lease, Leases, lease_size
+from common.auth import TokenVerifier
 from common.config import Config, RateLimit
 from common.errors import RateLimited, Unauthorized
 from common.redis_client import registered_script
@@ -78,12 +81,19 @@ class Window:
     def remaining(self) -> int:
         return max(0, self.limit - self.count)
 
+    @property
+    def headers(self) -> list[tuple[str, str]]:
+        return [("X-RateLimit-Limit", str(self.limit)), ("X-RateLimit-Remaining", str(self.remaining)),
+                ("X-RateLimit-Reset", str(self.reset_s))]
 
+
+@functools.lru_cache(maxsize=4096)
 def client_ip(remote_addr: str | None, forwarded_for: str | None, trusted: tuple[str, ...]) -> str:
     """The peer, unless it is a trusted proxy: then the right-most untrusted `X-Forwarded-For` entry.
 
     Reading from the right means a client cannot pick its own address by sending a forged header:
-    only hops our proxies appended are believed.
+    only hops our proxies appended are believed. Remembered: a client sends the same pair for as
+    long as it is connected, and parsing addresses is most of a cached read's limiter work.
     """
     peer = remote_addr or "unknown"
     if not _is_trusted(peer, trusted) or not forwarded_for:
@@ -110,17 +120,18 @@ def _is_trusted(address: str, trusted: tuple[str, ...]) -> bool:
     return False
 
 
-def _user_id() -> str | None:
+def _user_id(environ: dict[str, Any], tokens: TokenVerifier) -> str | None:
     """The token's subject when the token is valid; the route itself answers 401 otherwise."""
-    header = request.headers.get("Authorization", "")
+    header = environ.get("HTTP_AUTHORIZATION", "")
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
         return None
     try:
-        g.verified = services().tokens.verify(token.strip())  # the route's authenticate() reuses it
+        verified = tokens.verify(token.strip())
     except Unauthorized:
         return None
-    return cast(str, g.verified.user_id)
+    g.verified = verified  # the route's authenticate() reuses it
+    return verified.user_id
 
 
 def hit(client: redis.Redis, leases: Leases, counters: list[tuple[str, RateLimit]], *, now_s: float,
@@ -179,14 +190,16 @@ def init_app(app: Flask, config: Config) -> None:
 
     @app.before_request
     def _limit() -> None:
-        if request.path in UNLIMITED_PATHS or not request.path.startswith("/api"):
+        environ = request.environ  # read directly: each `request.` attribute is a context lookup
+        path = environ.get("PATH_INFO", "")
+        if path in UNLIMITED_PATHS or not path.startswith("/api"):
             return
-        ip = client_ip(request.remote_addr, request.headers.get("X-Forwarded-For"), config.trusted_proxies)
+        ip = client_ip(environ.get("REMOTE_ADDR"), environ.get("HTTP_X_FORWARDED_FOR"), config.trusted_proxies)
         counters = [(f"ip:{ip}", config.rate_limit_ip)]
-        user_id = _user_id()
+        svc = services()
+        user_id = _user_id(environ, svc.tokens)
         if user_id is not None:
             counters.append((f"user:{user_id}", config.rate_limit_user))
-        svc = services()
 
         def lookup() -> tuple[str, str] | None:
             """The view's cache entry, read in the limiter's round trip unless this process holds it."""
@@ -201,19 +214,12 @@ def init_app(app: Flask, config: Config) -> None:
             logger.warning("rate limiter unavailable, letting the request through: {}", type(exc).__name__)
             return
         # The tightest window speaks for the request: the fewest left, then the longest wait.
-        g.rate_window = min(windows, key=lambda w: (w.remaining, -w.reset_s))
+        # api/headers.py writes it into the response, whichever way the request ends.
+        environ[RATE_WINDOW_KEY] = min(windows, key=lambda w: (w.remaining, -w.reset_s))
         exceeded = [w for w in windows if w.count > w.limit]
         if exceeded:
-            g.rate_window = worst = max(exceeded, key=lambda w: w.reset_s)
+            environ[RATE_WINDOW_KEY] = worst = max(exceeded, key=lambda w: w.reset_s)
             raise RateLimited(f"more than {worst.limit} requests; retry in {worst.reset_s} s",
                               retry_after_s=worst.reset_s, details={"limit": worst.limit,
                                                                     "reset_s": worst.reset_s})
 
-    @app.after_request
-    def _headers(response: Any) -> Any:
-        window: Window | None = g.get("rate_window")
-        if window is not None:
-            response.headers["X-RateLimit-Limit"] = str(window.limit)
-            response.headers["X-RateLimit-Remaining"] = str(window.remaining)
-            response.headers["X-RateLimit-Reset"] = str(window.reset_s)
-        return response

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import threading
 import time
 import uuid
 import warnings
@@ -89,7 +88,9 @@ def verify_token(token: str, secret: str, *, leeway_s: float = 0.0) -> Identity:
 class TtlCache(Generic[K, V]):
     """A bounded in-process map whose entries expire: least recently used go first when full.
 
-    Per process on purpose: a hit costs a dict lookup, where Redis would cost a round trip.
+    Per process on purpose: a hit costs a dict lookup, where Redis would cost a round trip. No
+    lock: under gevent nothing here yields, and with real threads (test clients) every step is
+    one atomic dict operation that tolerates another thread having got there first.
     """
 
     def __init__(self, *, max_entries: int, ttl_s: float, clock: Callable[[], float] = time.monotonic) -> None:
@@ -97,42 +98,42 @@ class TtlCache(Generic[K, V]):
         self.ttl_s = ttl_s
         self.clock = clock
         self._entries: OrderedDict[K, tuple[float, V]] = OrderedDict()
-        self._lock = threading.Lock()  # real threads too (test clients, the pool's workers)
 
     def get(self, key: K) -> V | None:
-        with self._lock:
-            found = self._entries.get(key)
-            if found is None:
-                return None
-            if found[0] <= self.clock():
-                del self._entries[key]
-                return None
+        found = self._entries.get(key)
+        if found is None:
+            return None
+        if found[0] <= self.clock():
+            self._entries.pop(key, None)
+            return None
+        try:
             self._entries.move_to_end(key)
-            return found[1]
+        except KeyError:  # another thread dropped it meanwhile; the value read is still good
+            pass
+        return found[1]
 
     def put(self, key: K, value: V, *, ttl_s: float | None = None) -> None:
         """Keep `value` for `ttl_s` (default the cache's own), never longer than the cache's ttl."""
         ttl = self.ttl_s if ttl_s is None else min(ttl_s, self.ttl_s)
         if ttl <= 0:
             return
-        with self._lock:
-            self._entries[key] = (self.clock() + ttl, value)
+        self._entries[key] = (self.clock() + ttl, value)
+        try:
             self._entries.move_to_end(key)
             while len(self._entries) > self.max_entries:
                 self._entries.popitem(last=False)
+        except KeyError:
+            pass
 
     def discard(self, key: K) -> None:
-        with self._lock:
-            self._entries.pop(key, None)
+        self._entries.pop(key, None)
 
     def discard_where(self, doomed: Callable[[K], bool]) -> None:
-        with self._lock:
-            for key in [key for key in self._entries if doomed(key)]:
-                del self._entries[key]
+        for key in [key for key in list(self._entries) if doomed(key)]:
+            self._entries.pop(key, None)
 
     def clear(self) -> None:
-        with self._lock:
-            self._entries.clear()
+        self._entries.clear()
 
     def __len__(self) -> int:
         return len(self._entries)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, cast
+from typing import Any
 
 from flask import Blueprint, g, jsonify, request
 
@@ -122,14 +122,15 @@ def _list_entry() -> tuple[str, str]:
     Remembered per query string in this process (parsing and hashing it cost as much as the rest
     of a cached read), and for the request: the rate limiter asks first, the view again.
     """
-    if "list_entry" not in g:
+    entry: tuple[str, str] | None = g.get("list_entry")
+    if entry is None:
         query = request.query_string
         entry = _ENTRIES.get(query)
         if entry is None:
             entry = _compute_list_entry()  # an invalid query raises every time; only valid ones are kept
             _ENTRIES.put(query, entry)
         g.list_entry = entry
-    return cast(tuple[str, str], g.list_entry)
+    return entry
 
 
 prefetches("products.list_products")(_list_entry)
