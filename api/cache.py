@@ -32,6 +32,7 @@ from loguru import logger
 from prometheus_client import Counter
 
 from api.context import services
+from api.headers import add_ready
 from api.near_cache import NearCache, NearEntry, publish_change
 from common.redis_client import registered_script
 
@@ -159,10 +160,14 @@ class Cached:
     def response(self, *, cache_control: str) -> Response:
         """The stored text as the body, `ETag` and `Cache-Control` set; 304 when If-None-Match matches."""
         quoted = f'"{self.etag}"'
-        headers = [("X-Cache", "HIT" if self.hit else "MISS"), ("Cache-Control", cache_control), ("ETag", quoted)]
-        if names_etag(request.headers.get("If-None-Match"), quoted):
-            return current_app.response_class(status=304, headers=headers)
-        return current_app.response_class(self.body, headers=headers, mimetype="application/json")
+        environ = request.environ
+        # Added as they are by api/headers.py: werkzeug would check each value again, and that
+        # cost a tenth of a cached read.
+        add_ready(environ, [("X-Cache", "HIT" if self.hit else "MISS"), ("Cache-Control", cache_control),
+                            ("ETag", quoted)])
+        if names_etag(environ.get("HTTP_IF_NONE_MATCH"), quoted):
+            return current_app.response_class(status=304)
+        return current_app.response_class(self.body, mimetype="application/json")
 
     @property
     def body(self) -> bytes:

@@ -13,6 +13,7 @@ from typing import Any
 
 REQUEST_ID_KEY = "dms.request_id"  # environ entries filled by api/context.py and api/ratelimit.py
 RATE_WINDOW_KEY = "dms.rate_window"  # an object with `headers`, the X-RateLimit-* pairs
+READY_KEY = "dms.ready_headers"  # pairs a view hands over as they are (add_ready)
 ALWAYS = (("X-Content-Type-Options", "nosniff"), ("X-Frame-Options", "DENY"), ("Referrer-Policy", "no-referrer"))
 # JSON answers: nothing may load from or frame them, and nothing may store them unless a view says so.
 DEFAULTS = (("Content-Security-Policy", "default-src 'none'; frame-ancestors 'none'"),
@@ -24,6 +25,12 @@ def _https(environ: dict[str, Any]) -> bool:
     return environ.get("HTTP_X_FORWARDED_PROTO") == "https" or environ.get("wsgi.url_scheme") == "https"
 
 
+def add_ready(environ: dict[str, Any], pairs: list[tuple[str, str]]) -> None:
+    """Headers for this request's response that need no checking (constants, hex digests); they
+    replace what an earlier call gave (a view run again after a replica failed)."""
+    environ[READY_KEY] = pairs
+
+
 class ResponseHeaders:
     """WSGI middleware: the request id, the security headers and the JSON defaults on every answer."""
 
@@ -32,6 +39,7 @@ class ResponseHeaders:
 
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
         def start(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
+            headers = headers + environ.get(READY_KEY, [])
             present = {name.lower() for name, _ in headers}
             extra = [pair for pair in ALWAYS if pair[0].lower() not in present]
             extra += [pair for pair in DEFAULTS if pair[0].lower() not in present]

@@ -41,6 +41,7 @@ from common.events import (
     driver_channel,
     ephemeral_frame,
 )
+from common.logging import log_context
 from common.orders import ACTIVE_STATUSES
 from common.profiles import ensure_profile
 from common.redis_client import make_redis
@@ -196,7 +197,7 @@ class Gateway:
     # -- one connection ------------------------------------------------------------------------
     def _serve(self, conn: Connection) -> None:
         who = conn.identity
-        with logger.contextualize(connection_id=conn.id):
+        with log_context(connection_id=conn.id):
             try:
                 if who.role == Role.DRIVER:
                     self._ensure_driver(conn)
@@ -310,7 +311,7 @@ class Gateway:
 
     # -- subscriptions and recovery --------------------------------------------------------------
     def _subscribe(self, conn: Connection, action: Subscribe) -> None:
-        with logger.contextualize(connection_id=conn.id):  # a new greenlet starts with an empty context
+        with log_context(connection_id=conn.id):  # a new greenlet starts with an empty context
             self._subscribe_in_context(conn, action)
 
     def _subscribe_in_context(self, conn: Connection, action: Subscribe) -> None:
@@ -349,7 +350,7 @@ class Gateway:
             gevent.spawn(self._resync, conn)
 
     def _resync(self, conn: Connection) -> None:
-        with logger.contextualize(connection_id=conn.id):
+        with log_context(connection_id=conn.id):
             self.recovery.resync(conn)
 
     # -- privacy over time: restaurants on drivers' channels -------------------------------------
