@@ -87,6 +87,20 @@ def test_a_restaurant_cannot_change_or_create_another_restaurants_orders(infra: 
                          (scene["b"], scene["user_a"]))
 
 
+def test_order_items_go_only_into_the_writers_own_orders(infra: Infra, scene: Any) -> None:
+    """The insert check (sql/0014, a function planned once per connection) says what the policy said."""
+    item = "INSERT INTO order_items (order_id, line_no, product_id, name, quantity, unit_price, line_total)" \
+           " VALUES (%s, 9, %s, 'p', 1, 1, 1)"
+    with as_claims(infra.database_url, _restaurant(scene, "a")) as conn:
+        conn.execute(item, (scene["orders"]["a"][0], scene["product"]))  # its own order: allowed
+    for claims, order in ((_restaurant(scene, "a"), scene["orders"]["b"][0]),  # another restaurant's order
+                          (Claims("demo", str(uuid.uuid4()), scene["a"]), scene["orders"]["a"][0]),  # read-only
+                          (Claims("driver", scene["driver_1"]), scene["orders"]["a"][0]),
+                          (_restaurant(scene, "a"), str(uuid.uuid4()))):  # no such order
+        with as_claims(infra.database_url, claims) as conn, pytest.raises(psycopg.errors.InsufficientPrivilege):
+            conn.execute(item, (order, scene["product"]))
+
+
 def test_demo_users_and_drivers_cannot_write_orders_or_products(infra: Infra, scene: Any) -> None:
     for claims in (Claims("demo", str(uuid.uuid4()), scene["a"]), Claims("driver", scene["driver_1"])):
         with as_claims(infra.database_url, claims) as conn, pytest.raises(psycopg.errors.InsufficientPrivilege):
