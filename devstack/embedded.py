@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import psycopg
+import redis
 from loguru import logger
 
 UNPRIVILEGED_USER = "nobody"
@@ -376,22 +377,31 @@ def start_postgres(
         )
     server = ServerProcess("postgres", port, process.pid, process, log_path)
     wait_for_port(port, timeout_s=timeout_s, alive=server.alive, what=f"PostgreSQL (log: {log_path})")
-    _wait_until_accepting(port, timeout_s=timeout_s, server=server)
+    _wait_until_accepting(port, data_dir, timeout_s=timeout_s, server=server)
     return server
 
 
-def _wait_until_accepting(port: int, *, timeout_s: float, server: ServerProcess) -> None:
-    """A listening postmaster may still be in recovery; wait until it accepts queries."""
+def _wait_until_accepting(port: int, data_dir: Path, *, timeout_s: float, server: ServerProcess) -> None:
+    """Wait until our postmaster accepts queries (it may still be in recovery).
+
+    Whoever answers must serve `data_dir`: a second stack starting beside this one may have bound
+    the port first, and then our postmaster is about to exit on its failed bind, while the port
+    answers with the other one's database.
+    """
     deadline = time.monotonic() + timeout_s
-    last_error: Exception | None = None
+    last_error: object = None
     while time.monotonic() < deadline and server.alive():
         try:
             with psycopg.connect(f"postgresql://postgres@127.0.0.1:{port}/postgres", connect_timeout=5) as conn:
-                conn.execute("SELECT 1")
+                row = conn.execute("SHOW data_directory").fetchone()
+            if row is not None and Path(row[0]).resolve() == data_dir.resolve():
                 return
+            last_error = f"port {port} is served by another PostgreSQL ({row[0] if row else '?'})"
         except psycopg.OperationalError as exc:
             last_error = exc
-            time.sleep(0.1)
+        time.sleep(0.1)
+    if not server.alive():
+        raise EmbeddedError(f"PostgreSQL exited during start-up ({last_error}; log: {server.log_path})")
     raise EmbeddedError(f"PostgreSQL on port {port} never accepted queries: {last_error}")
 
 
@@ -431,4 +441,23 @@ def start_redis(data_dir: Path, *, port: int, persist: bool = True, timeout_s: f
     )
     server = ServerProcess("redis", port, process.pid, process, log_path)
     wait_for_port(port, timeout_s=timeout_s, alive=server.alive, what=f"Redis (log: {log_path})")
+    _wait_until_ours(server, timeout_s=timeout_s)
     return server
+
+
+def _wait_until_ours(server: ServerProcess, *, timeout_s: float) -> None:
+    """The Redis answering on the port must be the one we started (see `_wait_until_accepting`)."""
+    deadline = time.monotonic() + timeout_s
+    last: object = None
+    while time.monotonic() < deadline and server.alive():
+        client = redis.Redis(port=server.port, socket_timeout=2, socket_connect_timeout=2)
+        try:
+            last = client.info("server").get("process_id")
+            if last == server.pid:
+                return
+        except redis.RedisError as exc:
+            last = exc
+        finally:
+            client.close()
+        time.sleep(0.05)
+    raise EmbeddedError(f"Redis exited during start-up or another Redis answers on port {server.port} ({last})")
