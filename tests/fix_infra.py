@@ -104,6 +104,17 @@ def private_infra(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Infra]:
         private.stop()
 
 
+@pytest.fixture
+def own_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A Redis of this test alone (its URL), for tests that count the commands Redis received:
+    the session's shared Redis also serves the shared gateway's background work."""
+    server = embedded.start_redis(tmp_path_factory.mktemp("own-redis"), port=embedded.free_port(), persist=False)
+    try:
+        yield f"redis://127.0.0.1:{server.port}/0"
+    finally:
+        server.stop(sig=signal.SIGTERM)
+
+
 @pytest.fixture(scope="session")
 def config(infra: Infra) -> Config:
     # Every test client comes from 127.0.0.1; the rate-limit tests build apps with small limits.

@@ -126,12 +126,13 @@ def _commands(store: redis.Redis) -> dict[str, int]:
     return {name.removeprefix("cmdstat_"): int(value["calls"]) for name, value in stats.items()}
 
 
-def test_both_rate_limits_cost_one_redis_command_and_still_expire(infra: Infra, world: World) -> None:
-    app = create_app(Config.from_env(infra.env(RATE_LIMIT_IP="50/minute", RATE_LIMIT_USER="70/hour")))
+def test_both_rate_limits_cost_one_redis_command_and_still_expire(infra: Infra, world: World, own_redis: str) -> None:
+    app = create_app(Config.from_env(infra.env(REDIS_URL=own_redis, RATE_LIMIT_IP="50/minute",
+                                                   RATE_LIMIT_USER="70/hour")))
     try:
         client = _client(app)
         client.get("/api/openapi.json", headers=auth(world.restaurant))  # the script is loaded once
-        store = redis.Redis.from_url(infra.redis_url, decode_responses=True)
+        store = redis.Redis.from_url(own_redis, decode_responses=True)
         before = _commands(store)
         response = client.get("/api/openapi.json", headers=auth(world.restaurant))
         after = _commands(store)
@@ -206,15 +207,16 @@ def test_an_expired_idempotency_key_starts_afresh(client: Any, world: World, inf
     assert other.status_code == 409
 
 
-def test_a_cached_catalogue_read_is_one_redis_round_trip(infra: Infra, world: World) -> None:
+def test_a_cached_catalogue_read_is_one_redis_round_trip(infra: Infra, world: World, own_redis: str) -> None:
     """The rate limiter's script reads the cache entry too; the view then needs no Redis at all."""
-    app = create_app(Config.from_env(infra.env(RATE_LIMIT_IP="50/minute", RATE_LIMIT_USER="70/hour")))
+    app = create_app(Config.from_env(infra.env(REDIS_URL=own_redis, RATE_LIMIT_IP="50/minute",
+                                                   RATE_LIMIT_USER="70/hour")))
     try:
         client = _client(app)
         url = f"/api/products?limit=7&category=prefetch-{uuid.uuid4().hex[:6]}"
         wait_for(lambda: 60 - time.time() % 60 > 5, timeout_s=8, interval_s=0.2, message="a fresh window")
         assert client.get(url, headers=auth(world.restaurant)).headers["X-Cache"] == "MISS"
-        store = redis.Redis.from_url(infra.redis_url, decode_responses=True)
+        store = redis.Redis.from_url(own_redis, decode_responses=True)
         before = _commands(store)
         response = client.get(url, headers=auth(world.restaurant))
         after = _commands(store)
@@ -231,15 +233,16 @@ def test_a_cached_catalogue_read_is_one_redis_round_trip(infra: Infra, world: Wo
         app.extensions["dms"].close()
 
 
-def test_a_refused_request_reads_no_cache_entry(infra: Infra, world: World) -> None:
-    app = create_app(Config.from_env(infra.env(RATE_LIMIT_IP="2/minute", RATE_LIMIT_USER="1000/hour")))
+def test_a_refused_request_reads_no_cache_entry(infra: Infra, world: World, own_redis: str) -> None:
+    app = create_app(Config.from_env(infra.env(REDIS_URL=own_redis, RATE_LIMIT_IP="2/minute",
+                                                   RATE_LIMIT_USER="1000/hour")))
     try:
         client = _client(app)
         url = f"/api/products?limit=3&category=refused-{uuid.uuid4().hex[:6]}"
         # Fixed windows reset on the minute: start well inside one.
         wait_for(lambda: 60 - time.time() % 60 > 5, timeout_s=8, interval_s=0.2, message="a fresh window")
         assert [client.get(url, headers=auth(world.restaurant)).status_code for _ in range(2)] == [200, 200]
-        store = redis.Redis.from_url(infra.redis_url, decode_responses=True)
+        store = redis.Redis.from_url(own_redis, decode_responses=True)
         before = _commands(store)
         refused = client.get(url, headers=auth(world.restaurant))
         after = _commands(store)
