@@ -460,4 +460,7 @@ def _wait_until_ours(server: ServerProcess, *, timeout_s: float) -> None:
         finally:
             client.close()
         time.sleep(0.05)
-    raise EmbeddedError(f"Redis exited during start-up or another Redis answers on port {server.port} ({last})")
+    if not server.alive():
+        raise EmbeddedError(f"Redis exited during start-up (port {server.port} answered with process {last}; "
+                            f"log: {server.log_path})")
+    raise EmbeddedError(f"another Redis (process {last}) answers on port {server.port}, not ours ({server.pid})")
