@@ -49,6 +49,11 @@ def two_apis(infra: Infra, own_redis: str, tmp_path: Path) -> Iterator[list[str]
             processes.append(process)
             process.wait_http_ok(f"http://127.0.0.1:{port}/health")
             urls.append(f"http://127.0.0.1:{port}")
+        # A process uses its near cache only once its listener is subscribed.
+        store = redis.Redis.from_url(own_redis, decode_responses=True)
+        wait_for(lambda: dict(store.pubsub_numsub(CHANNEL)).get(CHANNEL) == 2, timeout_s=10,
+                 message="both processes following the change channel")
+        store.close()
         yield urls
     finally:
         for process in processes:
