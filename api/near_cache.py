@@ -27,8 +27,8 @@ import gevent
 import redis
 from loguru import logger
 
-from common.auth import TtlCache
 from common.stores import STORE_ERRORS
+from common.ttl_cache import TtlCache
 
 CHANNEL = "dms:cache:changed"
 DEFAULT_TTL_S = 10.0
@@ -125,10 +125,9 @@ def run_listener(near: NearCache, client: redis.Redis, hits_key: str, *, flush_e
         except STORE_ERRORS as exc:
             if near.listening:
                 logger.warning("near cache off until Redis answers again: {}", type(exc).__name__)
-            near.listening = False
-            near.reset()
         finally:
-            near.listening = False
+            near.listening = False  # changes may be missed from now on: nothing held may be served
+            near.reset()
             try:
                 pubsub.close()
             except STORE_ERRORS:

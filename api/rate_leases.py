@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from common.auth import TtlCache
 from common.config import RateLimit
+from common.ttl_cache import TtlCache
 
 # A process takes at most this share of a limit at once, and never more than MAX_LEASE.
 LEASE_SHARE = 50

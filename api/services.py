@@ -12,10 +12,11 @@ from psycopg_pool import ConnectionPool
 from api.near_cache import NearCache
 from api.rate_leases import Leases, new_leases
 from api.replicas import ReadPool, Replica, ReplicaRouter
-from common.auth import TokenVerifier, TtlCache
+from common.auth import TokenVerifier
 from common.config import Config
 from common.db import make_pool
 from common.redis_client import make_redis
+from common.ttl_cache import TtlCache
 
 PROFILE_SEEN_TTL_S = 300.0
 Pool = ConnectionPool[psycopg.Connection[dict[str, Any]]]

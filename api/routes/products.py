@@ -10,10 +10,10 @@ from api.cache import cache, prefetches, query_key
 from api.context import require, services
 from api.pagination import Page, keyset_query, page_args, page_body
 from api.validation import Field, Validator, json_body, uuid_arg
-from common.auth import TtlCache
 from common.errors import NotFound, ValidationFailed
 from common.events import iso
 from common.orders import money
+from common.ttl_cache import TtlCache
 
 bp = Blueprint("products", __name__, url_prefix="/api/products")
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,7 +14,7 @@ from api.app import create_app
 from api.warm import WARM_MARK, warm_if_needed
 from common.config import Config
 from devstack import embedded
-from tests.api.support import auth
+from tests.api.support import auth, clear_of_window_edge, redis_commands
 from tests.fix_infra import Infra
 from tests.fix_world import World
 from tests.helpers import Process, http_json, wait_for
@@ -121,25 +120,21 @@ def test_a_running_api_warms_at_start_and_after_redis_comes_back_empty(infra: In
         process.stop()
 
 
-def _commands(store: redis.Redis) -> dict[str, int]:
-    stats = store.info("commandstats")
-    return {name.removeprefix("cmdstat_"): int(value["calls"]) for name, value in stats.items()}
+def _limited_app(infra: Infra, own_redis: str, *, ip: str, user: str) -> Any:
+    """An app with these limits on a Redis of this test alone (the tests count its commands)."""
+    return create_app(Config.from_env(infra.env(REDIS_URL=own_redis, RATE_LIMIT_IP=ip, RATE_LIMIT_USER=user)))
 
 
 def test_both_rate_limits_cost_one_redis_command_and_still_expire(infra: Infra, world: World, own_redis: str) -> None:
-    app = create_app(Config.from_env(infra.env(REDIS_URL=own_redis, RATE_LIMIT_IP="50/minute",
-                                                   RATE_LIMIT_USER="70/hour")))
+    app = _limited_app(infra, own_redis, ip="50/minute", user="70/hour")
     try:
         client = _client(app)
         client.get("/api/openapi.json", headers=auth(world.restaurant))  # the script is loaded once
         store = redis.Redis.from_url(own_redis, decode_responses=True)
-        before = _commands(store)
-        response = client.get("/api/openapi.json", headers=auth(world.restaurant))
-        after = _commands(store)
+        with redis_commands(store) as used:
+            response = client.get("/api/openapi.json", headers=auth(world.restaurant))
         assert response.status_code == 200
         assert response.headers["X-RateLimit-Limit"] == "50"
-        used = {name: after[name] - before.get(name, 0) for name in after
-                if after[name] != before.get(name, 0) and name not in ("info",)}
         # One round trip (the script); Redis counts the two INCRBYs it ran inside; no MULTI/EXEC/EXPIRE.
         # (Limits under 100 lease one request at a time, so every request goes to Redis here.)
         assert used == {"evalsha": 1, "incrby": 2}, used
@@ -209,21 +204,17 @@ def test_an_expired_idempotency_key_starts_afresh(client: Any, world: World, inf
 
 def test_a_cached_catalogue_read_is_one_redis_round_trip(infra: Infra, world: World, own_redis: str) -> None:
     """The rate limiter's script reads the cache entry too; the view then needs no Redis at all."""
-    app = create_app(Config.from_env(infra.env(REDIS_URL=own_redis, RATE_LIMIT_IP="50/minute",
-                                                   RATE_LIMIT_USER="70/hour")))
+    app = _limited_app(infra, own_redis, ip="50/minute", user="70/hour")
     try:
         client = _client(app)
         url = f"/api/products?limit=7&category=prefetch-{uuid.uuid4().hex[:6]}"
-        wait_for(lambda: 60 - time.time() % 60 > 5, timeout_s=8, interval_s=0.2, message="a fresh window")
+        clear_of_window_edge()
         assert client.get(url, headers=auth(world.restaurant)).headers["X-Cache"] == "MISS"
         store = redis.Redis.from_url(own_redis, decode_responses=True)
-        before = _commands(store)
-        response = client.get(url, headers=auth(world.restaurant))
-        after = _commands(store)
+        with redis_commands(store) as used:
+            response = client.get(url, headers=auth(world.restaurant))
         assert response.status_code == 200 and response.headers["X-Cache"] == "HIT"
         assert response.headers["X-RateLimit-Remaining"] == "48"
-        used = {name: after[name] - before.get(name, 0) for name in after
-                if after[name] != before.get(name, 0) and name != "info"}
         # One EVALSHA; inside it: two counters, the generation and the entry, the hits counter.
         assert used == {"evalsha": 1, "incrby": 2, "incr": 1, "get": 2}, used
         # An invalid query is not prefetched and is still refused by the view.
@@ -234,21 +225,16 @@ def test_a_cached_catalogue_read_is_one_redis_round_trip(infra: Infra, world: Wo
 
 
 def test_a_refused_request_reads_no_cache_entry(infra: Infra, world: World, own_redis: str) -> None:
-    app = create_app(Config.from_env(infra.env(REDIS_URL=own_redis, RATE_LIMIT_IP="2/minute",
-                                                   RATE_LIMIT_USER="1000/hour")))
+    app = _limited_app(infra, own_redis, ip="2/minute", user="1000/hour")
     try:
         client = _client(app)
         url = f"/api/products?limit=3&category=refused-{uuid.uuid4().hex[:6]}"
-        # Fixed windows reset on the minute: start well inside one.
-        wait_for(lambda: 60 - time.time() % 60 > 5, timeout_s=8, interval_s=0.2, message="a fresh window")
+        clear_of_window_edge()
         assert [client.get(url, headers=auth(world.restaurant)).status_code for _ in range(2)] == [200, 200]
         store = redis.Redis.from_url(own_redis, decode_responses=True)
-        before = _commands(store)
-        refused = client.get(url, headers=auth(world.restaurant))
-        after = _commands(store)
+        with redis_commands(store) as used:
+            refused = client.get(url, headers=auth(world.restaurant))
         assert refused.status_code == 429 and "ETag" not in refused.headers
-        used = {name: after[name] - before.get(name, 0) for name in after
-                if after[name] != before.get(name, 0) and name != "info"}
         # The IP counter only: the user's limit (1000/hour) leased 20 requests on the first one.
         # No GET, no hit counted.
         assert used == {"evalsha": 1, "incrby": 1}, used

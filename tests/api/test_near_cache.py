@@ -8,7 +8,6 @@ nginx would.
 from __future__ import annotations
 
 import threading
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,20 +18,12 @@ import redis
 from api.near_cache import CHANNEL, NearCache, NearEntry, run_listener
 from api.warm import GENERATION_KEY, WARM_MARK
 from devstack import embedded
+from tests.api.support import clear_of_window_edge, redis_commands
 from tests.fix_infra import Infra
 from tests.fix_world import World
 from tests.helpers import Process, http_json, wait_for
 
 HITS = "dms:cache:hits"
-
-
-def _commands(store: redis.Redis) -> dict[str, int]:
-    return {name.removeprefix("cmdstat_"): int(value["calls"]) for name, value in store.info("commandstats").items()}
-
-
-def _used(before: dict[str, int], after: dict[str, int]) -> dict[str, int]:
-    return {name: after[name] - before.get(name, 0) for name in after
-            if after[name] != before.get(name, 0) and name not in ("info", "ping")}
 
 
 @pytest.fixture
@@ -60,23 +51,17 @@ def two_apis(infra: Infra, own_redis: str, tmp_path: Path) -> Iterator[list[str]
             process.stop()
 
 
-def _fresh_minute() -> None:
-    """Rate-limit windows turn on the minute; a new window takes a new lease (one script call)."""
-    wait_for(lambda: 60 - time.time() % 60 > 8, timeout_s=10, interval_s=0.2, message="a fresh rate-limit window")
-
-
 def test_a_repeated_cached_read_needs_no_redis_round_trip(two_apis: list[str], world: World, own_redis: str) -> None:
     url = f"{two_apis[1]}/api/products?limit=5&category=near-{uuid.uuid4().hex[:6]}"
-    _fresh_minute()
+    clear_of_window_edge(60, margin_s=8)  # a new window would take a new lease (one script call)
     first, _, _ = http_json("GET", url, token=world.restaurant)  # loads, takes the leases, keeps a copy
     assert first == 200
     store = redis.Redis.from_url(own_redis, decode_responses=True)
     # The processes warm the catalogue when they start (api/warm.py); let that finish first.
     wait_for(lambda: store.get(WARM_MARK) == (store.get(GENERATION_KEY) or "0"), timeout_s=10,
              message="the catalogue warmed")
-    before = _commands(store)
-    answers = [http_json("GET", url, token=world.restaurant) for _ in range(20)]
-    used = _used(before, _commands(store))
+    with redis_commands(store) as used:
+        answers = [http_json("GET", url, token=world.restaurant) for _ in range(20)]
     assert all(status == 200 and headers["X-Cache"] == "HIT" for status, headers, _ in answers)
     assert int(answers[-1][1]["X-RateLimit-Remaining"]) == 1_000_000 - 21  # counted exactly, from the lease
     # Nothing per request (a round trip each would be 20 script calls or more). What may show:

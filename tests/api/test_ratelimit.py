@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -13,10 +12,9 @@ from api.app import create_app
 from api.ratelimit import client_ip
 from common.config import Config
 from devstack import embedded
-from tests.api.support import auth, error_code
+from tests.api.support import auth, clear_of_window_edge, error_code
 from tests.fix_infra import Infra
 from tests.fix_world import World
-from tests.helpers import wait_for
 
 AppFactory = Callable[..., Any]
 
@@ -36,12 +34,6 @@ def make_app(infra: Infra) -> Iterator[AppFactory]:
         app.extensions["dms"].close()
 
 
-def _clear_of_window_edge(period_s: int, margin_s: float = 5.0) -> None:
-    """Fixed windows reset on period boundaries; start a counting test well inside one."""
-    wait_for(lambda: period_s - time.time() % period_s > margin_s, timeout_s=margin_s + 2, interval_s=0.2,
-             message="a fresh rate-limit window")
-
-
 def _client(app: Any, ip: str | None = None) -> Any:
     client = app.test_client()
     client.environ_base["REMOTE_ADDR"] = ip or f"192.0.2.{uuid.uuid4().int % 250 + 1}"
@@ -51,7 +43,7 @@ def _client(app: Any, ip: str | None = None) -> Any:
 def test_the_ip_limit_counts_down_then_refuses(make_app: AppFactory, world: World) -> None:
     app = make_app(RATE_LIMIT_IP="5/minute")
     client = _client(app, f"198.51.100.{uuid.uuid4().int % 250 + 1}")
-    _clear_of_window_edge(60)
+    clear_of_window_edge(60)
     remaining = []
     for _ in range(5):
         response = client.get("/api/products?limit=1", headers=auth(world.restaurant))
@@ -72,7 +64,7 @@ def test_the_ip_limit_counts_down_then_refuses(make_app: AppFactory, world: Worl
 def test_unauthenticated_requests_are_limited_by_ip_too(make_app: AppFactory) -> None:
     app = make_app(RATE_LIMIT_IP="2/minute")
     client = _client(app)
-    _clear_of_window_edge(60)
+    clear_of_window_edge(60)
     assert [client.get("/api/orders").status_code for _ in range(3)] == [401, 401, 429]
 
 
@@ -87,7 +79,7 @@ def test_probes_are_never_limited(make_app: AppFactory) -> None:
 
 def test_the_user_limit_follows_the_user_across_addresses(make_app: AppFactory, world: World) -> None:
     app = make_app(RATE_LIMIT_USER="3/minute")
-    _clear_of_window_edge(60)
+    clear_of_window_edge(60)
     token = world.token("admin")
     statuses = [_client(app).get("/api/restaurants?limit=1", headers=auth(token)).status_code for _ in range(4)]
     assert statuses == [200, 200, 200, 429]
@@ -97,7 +89,7 @@ def test_the_user_limit_follows_the_user_across_addresses(make_app: AppFactory, 
 def test_forwarded_for_is_believed_only_from_trusted_proxies(make_app: AppFactory) -> None:
     app = make_app(RATE_LIMIT_IP="2/minute", TRUSTED_PROXIES="127.0.0.1,10.0.0.0/8")
     proxy = _client(app, "127.0.0.1")
-    _clear_of_window_edge(60)
+    clear_of_window_edge(60)
     first, second = (f"203.0.113.{uuid.uuid4().int % 250 + 1}" for _ in range(2))
     # The left-most entry is whatever the client sent; the proxy appended the real peer last.
     spoofed = {"X-Forwarded-For": f"1.1.1.1, {first}, 10.1.2.3"}

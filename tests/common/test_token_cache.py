@@ -8,8 +8,9 @@ import uuid
 import pytest
 
 from common import auth
-from common.auth import TokenVerifier, TtlCache, mint_token
+from common.auth import TokenVerifier, mint_token
 from common.errors import Unauthorized
+from common.ttl_cache import TtlCache
 from tests.helpers import wait_for
 
 SECRET = "a-test-secret-of-32-characters!!"
