@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
-# CI requires 85% (lines and branches of api/, gateway/, common/, devstack/); a machine that skips the
+# CI requires 85% (lines and branches of api/, gateway/, relay/, common/, devstack/); a machine that skips the
 # nginx, PgBouncer and browser tests measures less, so locally the number is only printed.
 COV_FAIL_UNDER ?= 0
 PIP := $(BIN)/python -m pip --disable-pip-version-check
@@ -28,15 +28,15 @@ run: $(STAMP)
 test: $(STAMP) lint typecheck pytest
 
 lint: $(STAMP)
-	$(BIN)/ruff check api gateway common devstack tests bench locustfiles
+	$(BIN)/ruff check api gateway relay common devstack tests bench locustfiles
 
 typecheck: $(STAMP)
-	$(BIN)/mypy api gateway common devstack
+	$(BIN)/mypy api gateway relay common devstack
 
 pytest: $(STAMP)
 	@rm -f .coverage .coverage.*
 	$(BIN)/pytest --cov --cov-report=term --cov-fail-under=$(COV_FAIL_UNDER)
-	@echo "coverage of api/, gateway/, common/ and devstack/ (lines and branches): $$($(BIN)/coverage report --format=total)%"
+	@echo "coverage of api/, gateway/, relay/, common/ and devstack/ (lines and branches): $$($(BIN)/coverage report --format=total)%"
 
 # Re-pin requirements/dev.lock from setup.cfg's ranges (run after changing dependencies).
 lock:

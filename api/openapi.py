@@ -6,6 +6,7 @@ from typing import Any
 
 from flask import Blueprint, jsonify
 
+from common import gps
 from common.roles import ROLES
 
 bp = Blueprint("openapi", __name__)
@@ -102,12 +103,12 @@ SCHEMAS: dict[str, Schema] = {
                                ["status"]),
     "DriverStatus": _obj({"id": UUID, "status": {"type": "string", "enum": ["online", "offline", "on_break"]},
                           "updated_at": TIME}, ["id", "status", "updated_at"]),
-    "LocationPoint": _obj({"lat": {"type": "number", "minimum": -90, "maximum": 90},
-                           "lng": {"type": "number", "minimum": -180, "maximum": 180},
-                           "heading": _nullable({"type": "number", "minimum": 0, "exclusiveMaximum": True,
-                                                 "maximum": 360}),
-                           "speed": _nullable({"type": "number", "minimum": 0}),
-                           "accuracy": _nullable({"type": "number", "minimum": 0}),
+    "LocationPoint": _obj({"lat": {"type": "number", "minimum": gps.LAT_MIN, "maximum": gps.LAT_MAX},
+                           "lng": {"type": "number", "minimum": gps.LNG_MIN, "maximum": gps.LNG_MAX},
+                           "heading": _nullable({"type": "number", "minimum": gps.HEADING_MIN,
+                                                 "exclusiveMaximum": True, "maximum": gps.HEADING_BELOW}),
+                           "speed": _nullable({"type": "number", "minimum": 0, "maximum": gps.SPEED_MAX}),
+                           "accuracy": _nullable({"type": "number", "minimum": 0, "maximum": gps.ACCURACY_MAX}),
                            "recorded_at": {**_nullable(TIME), "description":
                                            "with a zone; at most 5 min ahead, at most 1 day old; default now"}},
                           ["lat", "lng"]),

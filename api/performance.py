@@ -33,6 +33,7 @@ from common import gateway_stats
 from common.db import time_queries
 from common.errors import Unavailable
 from common.events import iso
+from common.outbox import RELAY_CURSOR
 from common.stores import STORE_ERRORS
 
 WINDOW_S = 300.0
@@ -40,7 +41,6 @@ SAMPLE_EVERY_S = 60.0
 SAMPLE_RETENTION = "8 days"
 # timeRange -> (how far back, one history point per)
 TIME_RANGES = {"1h": ("1 hour", "1 minute"), "24h": ("24 hours", "15 minutes"), "7d": ("7 days", "1 hour")}
-RELAY_CURSOR = "relay"  # gateway.relay.CURSOR_NAME; the API does not import the gateway
 
 
 class LatencyWindow:

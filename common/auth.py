@@ -43,6 +43,12 @@ def _uuid(value: object, claim: str) -> str:
         raise Unauthorized(f"token claim {claim!r} is not a UUID") from exc
 
 
+def bearer_token(header: str) -> str:
+    """The token of an `Authorization: Bearer <token>` value; "" when the value is not one."""
+    scheme, _, value = header.partition(" ")
+    return value.strip() if scheme.lower() == "bearer" else ""
+
+
 def verify_token(token: str, secret: str, *, leeway_s: float = 0.0) -> Identity:
     """Return the token's identity or raise `Unauthorized` saying why, never echoing the token."""
     if not token:

@@ -19,7 +19,7 @@ def parse_channel(channel: str) -> tuple[str, str | None]:
     """`restaurant:RID` -> ("restaurant", RID); `orders` -> ("orders", None); else InvalidChannel.
 
     `orders`, `drivers` and `admin:connections` have no key and are for admins only:
-    `common.access.check_subscribe` lets admins through before any per-kind rule, so every other
+    `common.visibility.check_subscribe` lets admins through before any per-kind rule, so every other
     role falls through to Forbidden.
     """
     if channel in ADMIN_CHANNELS:

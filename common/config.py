@@ -84,7 +84,9 @@ class Config:
     rate_limit_ip: RateLimit = RateLimit(100, 60)
     rate_limit_user: RateLimit = RateLimit(1000, 3600)
     trusted_proxies: tuple[str, ...] = ()
-    relay_in_gateway: bool = True  # false when relays run alone (`python -m gateway.relay`)
+    relay_in_gateway: bool = True  # false when relays run alone (`python -m relay`)
+    relay_host: str = "127.0.0.1"  # `python -m relay` serves /health and /metrics here
+    relay_port: int = 8090
     idempotency_retention_hours: float = 24.0  # the relay leader's housekeeping deletes older keys
     location_retention_days: int = 30  # GPS history: whole day partitions older than this are dropped
     log_sample_info: float = 1.0  # share of routine access lines written (contract section 5 "Logs")
@@ -144,6 +146,8 @@ class Config:
             rate_limit_user=reader.rate("RATE_LIMIT_USER", "1000/hour"),
             trusted_proxies=tuple(reader.csv("TRUSTED_PROXIES")),
             relay_in_gateway=reader.flag("RELAY_IN_GATEWAY", True),
+            relay_host=reader.text("RELAY_HOST", "127.0.0.1"),
+            relay_port=reader.port("RELAY_PORT", 8090),
             idempotency_retention_hours=retention.idempotency_hours,
             location_retention_days=retention.location_days,
             log_sample_info=reader.number("LOG_SAMPLE_INFO", 1.0, low=0.0, high=1.0),
@@ -151,6 +155,11 @@ class Config:
         if reader.errors:
             raise ConfigError("invalid configuration: " + "; ".join(reader.errors))
         return config
+
+    @property
+    def retention(self) -> Retention:
+        """What the relay leader's housekeeping keeps."""
+        return Retention(self.idempotency_retention_hours, self.location_retention_days)
 
     def public_summary(self) -> dict[str, object]:
         """Every setting with secrets masked and passwords removed from URLs, for start-up logs."""
@@ -182,7 +191,7 @@ def read_retention(reader: _Reader) -> Retention:
 
 
 def retention_from_env(environ: Mapping[str, str] | None = None) -> Retention:
-    """Only the retention settings: housekeeping needs them where no full `Config` was built."""
+    """Only the retention settings, checked as `Config.from_env` checks them."""
     reader = _Reader(os.environ if environ is None else environ)
     values = read_retention(reader)
     if reader.errors:

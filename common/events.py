@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import psycopg
-
+from common import outbox
 from common.clock import iso
+
+if TYPE_CHECKING:  # the gateway's pure protocol core builds frames with this module, loading no driver
+    import psycopg
 
 ORDER_CREATED = "order.created"
 ORDER_STATUS_CHANGED = "order.status_changed"
@@ -76,7 +78,7 @@ def ephemeral_frame(channel: str, event: str, data: dict[str, Any], ts: str) -> 
 
 def publish_ephemeral(client: Any, channel: str, frame: str) -> None:
     """Send a stored-nowhere frame to every gateway; `-` in place of an id marks it ephemeral."""
-    client.publish(REDIS_PREFIX + channel, f"-|{frame}")
+    client.publish(REDIS_PREFIX + channel, outbox.encode(None, frame))
 
 
 @dataclass(frozen=True)

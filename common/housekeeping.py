@@ -11,7 +11,7 @@ import psycopg
 from loguru import logger
 from psycopg import sql
 
-from common.config import Retention, retention_from_env
+from common.config import Retention
 
 T = TypeVar("T")
 BATCH_ROWS = 5000
@@ -110,12 +110,12 @@ def drop_location_partitions(conn: psycopg.Connection[Any], *, retention_days: i
     return dropped
 
 
-def run(conn: psycopg.Connection[Any], retention: Retention | None = None) -> Report:
+def run(conn: psycopg.Connection[Any], retention: Retention) -> Report:
     """Every step once; a step that met a lock timeout is skipped until the next run.
 
-    `conn` is the relay leader's autocommit session (the table owner, as partitions need).
+    `conn` is the relay leader's autocommit session (the table owner, as partitions need); the
+    retention comes from the relay's `Config`.
     """
-    retention = retention or retention_from_env()
     report = Report()
 
     def guarded(name: str, step: Callable[[], T], default: T) -> T:

@@ -1,27 +1,31 @@
-"""One client: its protocol session, its subscriptions, and pre-framed delivery onto its transport.
+"""One client: its protocol session, its subscriptions, its close state, and pre-framed delivery.
 
 The hub hands every subscriber the same `Outgoing` (frame bytes built once per event); the
 connection only decides whether this subscriber gets it (subscription state, replay buffer,
-duplicates, the per-restaurant filter on `driver:*`) and passes the bytes to its transport.
-With `batch_ms` events that arrive within that window leave as one `batch` frame.
+duplicates, the visibility filter on `driver:*`) and passes the bytes to its transport.
+With `batch_ms` events that arrive within that window leave as one `batch` frame. The
+connection's `state` and `disconnect` are its one close state; every close goes through `close`.
 """
 
 from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import gevent
 from loguru import logger
 
+from common import visibility
 from common.auth import Identity
-from common.roles import ROLES_WITH_RESTAURANT
-from gateway import framing
-from gateway.framing import CloseCode
-from gateway.protocol import Session, TokenBucket
+from common.visibility import DriverEventTag
+from gateway import closes, framing, metrics
+from gateway.closes import Disconnect, State
+from gateway.protocol import Session, Subscription, TokenBucket
 from gateway.transport import Transport
+
+__all__ = ["Connection", "Outgoing", "Subscription"]
 
 # Live events held while a subscription replays history; past this the client is too slow.
 MAX_REPLAY_BUFFER = 10_000
@@ -36,21 +40,12 @@ class Outgoing:
     event_id: int | None
     text: str
     frame: bytes
-    # Set on order events carried by `driver:*`: only admins, the driver and this restaurant get it.
-    restaurant_id: str | None = None
+    # Set on order events carried by `driver:*` (see common.visibility).
+    tag: DriverEventTag | None = None
 
     @classmethod
-    def of(cls, event_id: int | None, text: str, restaurant_id: str | None = None) -> Outgoing:
-        return cls(event_id, text, framing.text(text), restaurant_id)
-
-
-@dataclass
-class Subscription:
-    """Delivery state of one channel on one connection."""
-
-    last_id: int | None = None
-    # Live events that arrived while history was being replayed; None once live.
-    buffer: list[Outgoing] | None = field(default_factory=list)
+    def of(cls, event_id: int | None, text: str, tag: DriverEventTag | None = None) -> Outgoing:
+        return cls(event_id, text, framing.text(text), tag)
 
 
 class Connection:
@@ -61,22 +56,28 @@ class Connection:
         self.transport = transport
         self.session = session
         self.batch_ms = batch_ms
-        self.subscriptions: dict[str, Subscription] = {}
+        self.state = State.CONNECTING
+        self.disconnect: Disconnect | None = None  # why the connection ended (or is ending)
         self.gps_rate = TokenBucket(rate_per_s=GPS_POINTS_PER_S, burst=GPS_BURST)
         self.log = logger.bind(connection_id=connection_id, user_id=identity.user_id, role=identity.role)
         transport.on_slow_consumer = self._slow_consumer
+        transport.on_abort = self._lost
         self._batch: list[str] = []
         self._batch_timer: gevent.Greenlet | None = None
-        # Restaurants see only their own orders' events on a driver's channel.
-        self.own_restaurant = identity.restaurant_id if identity.role in ROLES_WITH_RESTAURANT else None
+        self.own_restaurant = visibility.own_restaurant(identity)
+
+    @property
+    def subscriptions(self) -> dict[str, Subscription]:
+        """The one subscription map (the protocol session counts and caps from the same map)."""
+        return self.session.subscriptions
 
     @property
     def closed(self) -> bool:
-        return self.transport.closing
+        return self.state in (State.CLOSING, State.CLOSED)
 
     @property
     def close_code(self) -> int | None:
-        return self.transport.close_code
+        return None if self.disconnect is None else int(self.disconnect.code)
 
     @property
     def queued_frames(self) -> int:
@@ -89,6 +90,11 @@ class Connection:
     def _slow_consumer(self) -> None:
         self.log.warning("slow consumer: {} frames / {} bytes queued", self.transport.queued_frames,
                          self.transport.queued_bytes)
+        self.close(closes.SLOW_CONSUMER, discard_queued=True)
+
+    def opened(self) -> None:
+        self.state = State.OPEN
+        self.session.start(time.monotonic())
 
     # -- outbound ------------------------------------------------------------------------------
     def send_json(self, body: dict[str, Any]) -> None:
@@ -118,14 +124,37 @@ class Connection:
     def ping(self) -> None:
         self.transport.send_control(framing.ping(b"dms"))
 
-    def close(self, code: CloseCode | int, reason: str, *, discard_queued: bool = False) -> None:
+    def close(self, disconnect: Disconnect, *, discard_queued: bool = False) -> None:
         """Send a close frame (once); the timer loop drops the socket if the peer never answers."""
+        if self.closed:
+            return
         if not discard_queued:
             self._flush_batch()
         else:
             self._batch.clear()
-        if self.transport.close(code, reason, discard_queued=discard_queued):
+        self._ending(disconnect, State.CLOSING)
+        if self.transport.close(disconnect.code, disconnect.reason, discard_queued=discard_queued):
             self.session.close_sent(time.monotonic())
+
+    def peer_closed(self, code: int) -> None:
+        """The peer's close, or its answer to ours: echo once, then drop the TCP connection."""
+        self._ending(closes.PEER_CLOSED, State.CLOSING)
+        echo = code if code not in (framing.CloseCode.NO_STATUS,) else framing.CloseCode.NORMAL
+        self.transport.close(echo, "")
+
+    def abort(self, disconnect: Disconnect = closes.CONNECTION_LOST) -> None:
+        """Drop the TCP connection now; the end counts as `disconnect` unless one was chosen before."""
+        self._ending(disconnect, State.CLOSED)
+        self.transport.abort()
+
+    def _lost(self) -> None:
+        self._ending(closes.CONNECTION_LOST, State.CLOSED)
+
+    def _ending(self, disconnect: Disconnect, state: State) -> None:
+        if self.disconnect is None:
+            self.disconnect = disconnect
+            metrics.count_close(disconnect.label)
+        self.state = state
 
     # -- inbound events from the hub -------------------------------------------------------------
     def deliver(self, channel: str, out: Outgoing) -> None:
@@ -136,14 +165,13 @@ class Connection:
             sub.buffer.append(out)
             if len(sub.buffer) > MAX_REPLAY_BUFFER:
                 self.log.warning("slow consumer: {} live events held during replay", len(sub.buffer))
-                self.close(CloseCode.SLOW_CONSUMER, "slow consumer", discard_queued=True)
+                self.close(closes.SLOW_CONSUMER, discard_queued=True)
             return
         if out.event_id is not None:
             if sub.last_id is not None and out.event_id <= sub.last_id:
                 return  # already delivered by replay or before a resync
             sub.last_id = out.event_id
-        if out.restaurant_id is not None and self.own_restaurant is not None \
-                and out.restaurant_id != self.own_restaurant:
+        if not visibility.may_see_event(self.own_restaurant, out.tag):
             return
         self.send_frame(out)
 

@@ -5,12 +5,12 @@ Redis to confirm, so nothing published after that point can be missed), the last
 unsubscribes. Each message becomes one `Outgoing` (id, text, frame bytes built once: server frames
 are unmasked, so the same bytes serve every subscriber) handed to every local subscriber, which
 writes it through to its socket or queues it; nobody waits on a slow socket here. On `driver:*`
-an order event's restaurant is read here once per message, so each subscriber only compares ids.
+an order event is tagged here once per message (common.visibility), so each subscriber only
+compares ids. Messages arrive in the outbox wire format (common.outbox).
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -20,6 +20,7 @@ from gevent.event import Event as GEvent
 from gevent.exceptions import ConcurrentObjectUseError
 from loguru import logger
 
+from common import outbox, visibility
 from common.errors import Unavailable
 from common.events import REDIS_PREFIX, publish_ephemeral
 from gateway.connection import Outgoing
@@ -162,27 +163,17 @@ class Hub:
         if kind != "message":
             return
         self.messages_in += 1
-        head, _, frame = str(message["data"]).partition("|")
-        event_id = None if head == "-" else int(head)
+        event_id, frame = outbox.decode(str(message["data"]))
         subscribers = self.channels.get(channel)
         if not subscribers:
             return
-        out = Outgoing.of(event_id, frame, _restaurant_of(frame) if event_id is not None and
-                          channel.startswith("driver:") else None)
+        out = Outgoing.of(event_id, frame, visibility.tag_driver_event(channel, frame) if event_id is not None
+                          else None)
         for subscriber in list(subscribers):
             subscriber.deliver(channel, out)
         self.frames_out += len(subscribers)
-        if out.restaurant_id is not None and self.on_driver_order_event is not None:
+        if out.tag is not None and self.on_driver_order_event is not None:
             self.on_driver_order_event(channel, out)
         if event_id is not None and self.messages_in % DELIVERY_SAMPLE_EVERY == 0:
             observe_delivery(frame)  # sampled: it parses the frame the fan-out passes on unread
 
-
-def _restaurant_of(frame: str) -> str | None:
-    """The restaurant of an order event (None for a driver's own events): who may see it on `driver:*`."""
-    try:
-        data = json.loads(frame).get("data")
-    except ValueError:
-        return None
-    restaurant = data.get("restaurant_id") if isinstance(data, dict) else None
-    return str(restaurant) if restaurant else None

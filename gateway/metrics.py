@@ -1,6 +1,6 @@
-"""Prometheus metrics of one gateway process and the relay inside it, served at `GET /metrics`.
+"""Prometheus metrics of one gateway process, served at `GET /metrics` (the relay's are in relay.metrics).
 
-Rare events (disconnects, reconnects, relay publishes) update prometheus-client counters where
+Rare events (closes, reconnects) update prometheus-client counters where
 they happen. Per-frame counts (frames in and out) are plain integers on the Gateway and its
 transports, read at scrape time with the gauges of live state (connections by role,
 subscriptions, queued frames): no lock per frame on the hot path, and nothing can drift. Label values come
@@ -24,23 +24,31 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from common.auth import ROLES
+from gateway.closes import LABELS
+from relay.metrics import LAG_BUCKETS, RECONNECTS
+
+__all__ = ["CLOSES", "DISCONNECTS", "GATEWAYS", "RECONNECTS", "count_close", "observe_delivery"]
 
 DELIVERY_SAMPLE_EVERY = 16
+# The earlier counter of two close reasons; dashboards and tests still read it.
 DISCONNECT_REASONS = ("slow_consumer", "ping_timeout")
-LAG_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 
+CLOSES = Counter("dms_ws_closes_total", "Connections ended, by reason (gateway/closes.py)", ["reason"])
 DISCONNECTS = Counter("dms_gateway_disconnects_total", "Connections the gateway closed, by reason", ["reason"])
-RECONNECTS = Counter("dms_gateway_reconnects_total", "Connections to a dependency lost (then retried)",
-                     ["component", "dependency"])
-RELAY_LAG = Histogram("dms_relay_lag_seconds", "Event created_at to its publish to Redis by the relay",
-                      buckets=LAG_BUCKETS)
 DELIVERY_LAG = Histogram("dms_gateway_delivery_lag_seconds",
                          f"Event commit time to hub fan-out into local queues (1 in {DELIVERY_SAMPLE_EVERY} sampled)",
                          buckets=LAG_BUCKETS)
 for _reason in DISCONNECT_REASONS:
     DISCONNECTS.labels(_reason)
-for _component, _dependency in (("hub", "redis"), ("relay", "postgres"), ("relay", "redis")):
-    RECONNECTS.labels(_component, _dependency)
+for _label in LABELS:
+    CLOSES.labels(_label)
+
+
+def count_close(label: str) -> None:
+    """One connection ended (counted once per connection, at its first close or drop)."""
+    CLOSES.labels(label).inc()
+    if label in DISCONNECT_REASONS:
+        DISCONNECTS.labels(label).inc()
 
 
 def observe_delivery(frame: str) -> None:
@@ -53,15 +61,6 @@ def observe_delivery(frame: str) -> None:
     if committed.tzinfo is None:
         return
     DELIVERY_LAG.observe(max(0.0, (datetime.now(UTC) - committed).total_seconds()))
-
-
-def observe_relay_lag(rows: list[dict[str, Any]]) -> None:
-    """Each published row's wait between its insert (created_at) and now."""
-    now = datetime.now(UTC)
-    for row in rows:
-        created = row.get("created_at")
-        if isinstance(created, datetime):
-            RELAY_LAG.observe(max(0.0, (now - created).total_seconds()))
 
 
 class GatewayCollector(Collector):
@@ -80,14 +79,12 @@ class GatewayCollector(Collector):
         channels = GaugeMetricFamily("dms_gateway_channels", "Channels this gateway holds in Redis")
         queued = GaugeMetricFamily("dms_gateway_outbound_queue_frames", "Frames waiting in all outbound queues")
         deepest = GaugeMetricFamily("dms_gateway_outbound_queue_max_frames", "Frames in the fullest outbound queue")
-        leader = GaugeMetricFamily("dms_gateway_relay_leader", "1 while this gateway's relay is the active one")
-        published = CounterMetricFamily("dms_relay_published_events", "Events this process's relay published")
         messages = CounterMetricFamily("dms_gateway_hub_messages", "Messages the hub received from Redis")
         frames_in = CounterMetricFamily("dms_gateway_frames_in", "Text frames received from clients")
         frames_out = CounterMetricFamily("dms_gateway_frames_out", "Frames handed to client sockets")
         by_role = dict.fromkeys(ROLES, 0)
-        totals = {"subscriptions": 0, "channels": 0, "queued": 0, "deepest": 0, "leader": 0, "published": 0,
-                  "messages": 0, "frames_in": 0, "frames_out": 0}
+        totals = {"subscriptions": 0, "channels": 0, "queued": 0, "deepest": 0, "messages": 0, "frames_in": 0,
+                  "frames_out": 0}
         for gateway in list(self._gateways):
             for conn in list(gateway.connections):
                 by_role[conn.identity.role] = by_role.get(conn.identity.role, 0) + 1
@@ -98,22 +95,16 @@ class GatewayCollector(Collector):
             totals["frames_out"] += gateway.frames_out_total()
             totals["channels"] += len(gateway.hub.channels)
             totals["messages"] += gateway.hub.messages_in
-            if gateway.relay is not None:
-                totals["leader"] += int(gateway.relay.is_leader)
-                totals["published"] += gateway.relay.published_total
         for role, count in by_role.items():
             connections.add_metric([role], count)
         subscriptions.add_metric([], totals["subscriptions"])
         channels.add_metric([], totals["channels"])
         queued.add_metric([], totals["queued"])
         deepest.add_metric([], totals["deepest"])
-        leader.add_metric([], totals["leader"])
-        published.add_metric([], totals["published"])
         messages.add_metric([], totals["messages"])
         frames_in.add_metric([], totals["frames_in"])
         frames_out.add_metric([], totals["frames_out"])
-        yield from (connections, subscriptions, channels, queued, deepest, leader, published, messages, frames_in,
-                    frames_out)
+        yield from (connections, subscriptions, channels, queued, deepest, messages, frames_in, frames_out)
 
 
 GATEWAYS = GatewayCollector()

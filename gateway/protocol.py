@@ -1,4 +1,4 @@
-"""The client protocol with no I/O: parse frames, track subscriptions, decide replies and closes.
+"""The client protocol with no I/O: parse frames, hold subscriptions, decide replies and closes.
 
 Data comes in through `Session.receive(text, now)`; what to do comes out as a list of actions
 (`Reply`, `Subscribe`, `Unsubscribe`, `Location`, `Close`). Nothing here touches a socket,
@@ -10,30 +10,24 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 from typing import Any
 
+from common import gps
 from common.channels import InvalidChannel, parse_channel
 from common.clock import iso
 from common.roles import Role
+from gateway import closes
+from gateway.closes import Disconnect
 from gateway.framing import CloseCode
 
-# Names kept for callers that predate the enum; each is the CloseCode member.
-CLOSE_NORMAL = CloseCode.NORMAL
-CLOSE_GOING_AWAY = CloseCode.GOING_AWAY
-CLOSE_POLICY = CloseCode.POLICY
-CLOSE_TOO_BIG = CloseCode.TOO_BIG
-CLOSE_INTERNAL = CloseCode.INTERNAL
-CLOSE_TOKEN_EXPIRED = CloseCode.TOKEN_EXPIRED
-CLOSE_SLOW_CONSUMER = CloseCode.SLOW_CONSUMER
+CLOSE_POLICY = CloseCode.POLICY  # the one name kept for callers that predate the enum
 
 MAX_REF_CHARS = 64
 RATE_PER_S = 20.0
 RATE_BURST = 40.0
 # Frames refused for rate while already limited; past this the client is closed with 1008.
 MAX_RATE_VIOLATIONS = 20
-MAX_LOCATION_AGE = timedelta(days=1)
-MAX_LOCATION_SKEW = timedelta(minutes=5)
 
 
 @dataclass(frozen=True)
@@ -56,21 +50,23 @@ class Unsubscribe:
 
 @dataclass(frozen=True)
 class Location:
-    lat: float
-    lng: float
-    heading: float | None
-    speed: float | None
-    accuracy: float | None
-    recorded_at: datetime
+    point: gps.GpsPoint
     ref: str | None
 
 
 @dataclass(frozen=True)
 class Close:
-    """Send a close frame with this code (then wait for the answer or the close timeout)."""
+    """Send this close frame (then wait for the answer or the close timeout)."""
 
-    code: CloseCode
-    reason: str
+    disconnect: Disconnect
+
+    @property
+    def code(self) -> CloseCode:
+        return self.disconnect.code
+
+    @property
+    def reason(self) -> str:
+        return self.disconnect.reason
 
 
 @dataclass(frozen=True)
@@ -110,6 +106,15 @@ def subscribed(channel: str, ref: str | None, last_event_id: int | None, recover
             "recovered": recovered}
 
 
+@dataclass
+class Subscription:
+    """Delivery state of one channel on one connection: the connection's one subscription record."""
+
+    last_id: int | None = None
+    # Live events (the connection's `Outgoing`) that arrived while history was replayed; None once live.
+    buffer: list[Any] | None = field(default_factory=list)
+
+
 class TokenBucket:
     """`rate_per_s` tokens a second up to `burst`; `take()` says whether a frame may pass."""
 
@@ -131,12 +136,12 @@ class TokenBucket:
 
 @dataclass
 class Session:
-    """One connection's protocol state."""
+    """One connection's protocol state; `subscriptions` is the connection's one subscription map."""
 
     role: str
     max_subscriptions: int = 50
-    subscriptions: set[str] = field(default_factory=set)
-    pending: set[str] = field(default_factory=set)
+    subscriptions: dict[str, Subscription] = field(default_factory=dict)
+    pending: set[str] = field(default_factory=set)  # subscribes the server is still working on
     rate: TokenBucket = field(default_factory=TokenBucket)
     rate_violations: int = 0
     # Time rules, driven by `tick`: seconds on the caller's monotonic clock, `expires_at` wall time.
@@ -169,10 +174,10 @@ class Session:
                 return [Abort("no answer to our close frame")]
             return []
         if wall_s >= self.expires_at:
-            return [Close(CloseCode.TOKEN_EXPIRED, "token expired")]
+            return [Close(closes.TOKEN_EXPIRED)]
         if self.ping_sent_at is not None:
             if now_s - self.ping_sent_at >= self.ping_timeout_s:
-                return [Close(CloseCode.INTERNAL, "keepalive ping timeout")]
+                return [Close(closes.PING_TIMEOUT)]
             return []
         if now_s >= self.next_ping_at:
             self.ping_sent_at = now_s
@@ -184,7 +189,7 @@ class Session:
         if not self.rate.take(now_s):
             self.rate_violations += 1
             if self.rate_violations > MAX_RATE_VIOLATIONS:
-                return [Close(CLOSE_POLICY, "too many frames")]
+                return [Close(closes.TOO_MANY_FRAMES)]
             return [error("rate_limited", f"at most {RATE_PER_S:g} frames per second (burst {RATE_BURST:g})",
                           _ref_of(text))]
         if isinstance(text, bytes):
@@ -229,49 +234,39 @@ class Session:
         if since is not None and (isinstance(since, bool) or not isinstance(since, int) or since < 0):
             return [error("bad_request", "'since' must be a non-negative integer event id", ref)]
         held = channel in self.subscriptions or channel in self.pending
-        if not held and len(self.subscriptions) + len(self.pending) >= self.max_subscriptions:
+        # A subscribe in progress may already hold its entry (replaying): count each channel once.
+        if not held and len(self.pending | self.subscriptions.keys()) >= self.max_subscriptions:
             return [error("subscription_limit", f"at most {self.max_subscriptions} subscriptions", ref)]
         if channel in self.pending:
             return [error("bad_request", f"a subscribe to {channel} is already in progress", ref)]
         self.pending.add(channel)
         return [Subscribe(channel, since, ref)]
 
+    def hold(self, channel: str) -> Subscription:
+        """The server allowed a subscribe: its entry exists from now on (replaying until live)."""
+        sub = self.subscriptions[channel] = Subscription()
+        return sub
+
     def subscribe_done(self, channel: str, *, ok: bool) -> None:
         """The server finished (or refused) a subscribe this session asked for."""
         self.pending.discard(channel)
         if ok:
-            self.subscriptions.add(channel)
+            self.subscriptions.setdefault(channel, Subscription(buffer=None))
 
     def _unsubscribe(self, frame: dict[str, Any], ref: str | None) -> list[Action]:
         channel = self._channel(frame, ref)
         if isinstance(channel, Reply):
             return [channel]
-        self.subscriptions.discard(channel)
+        self.subscriptions.pop(channel, None)
         return [Unsubscribe(channel, ref)]
 
     def _location(self, frame: dict[str, Any], ref: str | None, now: datetime) -> list[Action]:
         if self.role != Role.DRIVER:
             return [error("forbidden", "only drivers send locations", ref)]
-        problems: list[str] = []
-        lat = _number(frame, "lat", -90.0, 90.0, problems, required=True)
-        lng = _number(frame, "lng", -180.0, 180.0, problems, required=True)
-        heading = _number(frame, "heading", 0.0, 359.999999, problems)
-        speed = _number(frame, "speed", 0.0, 1000.0, problems)
-        accuracy = _number(frame, "accuracy", 0.0, 100000.0, problems)
-        recorded_at = now
-        raw_time = frame.get("recorded_at")
-        if raw_time is not None:
-            parsed = _timestamp(raw_time)
-            if parsed is None:
-                problems.append("recorded_at must be an ISO-8601 time with a zone")
-            elif parsed > now + MAX_LOCATION_SKEW or parsed < now - MAX_LOCATION_AGE:
-                problems.append("recorded_at is too far from the server's time")
-            else:
-                recorded_at = parsed
-        if problems:
-            return [error("bad_request", "; ".join(problems), ref)]
-        assert lat is not None and lng is not None
-        return [Location(lat, lng, heading, speed, accuracy, recorded_at, ref)]
+        point, problems = gps.check_point(frame, now)
+        if point is None:
+            return [error("bad_request", "; ".join(f"{name} {problem}" for name, problem in problems.items()), ref)]
+        return [Location(point, ref)]
 
 
 def _ref_of(text: str | bytes) -> str | None:
@@ -282,31 +277,3 @@ def _ref_of(text: str | bytes) -> str | None:
         return None
     ref = frame.get("ref") if isinstance(frame, dict) else None
     return ref if isinstance(ref, str) and len(ref) <= MAX_REF_CHARS else None
-
-
-def _number(frame: dict[str, Any], name: str, low: float, high: float, problems: list[str], *,
-            required: bool = False) -> float | None:
-    value = frame.get(name)
-    if value is None:
-        if required:
-            problems.append(f"{name} is required")
-        return None
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        problems.append(f"{name} must be a finite number")
-        return None
-    if not low <= value <= high:
-        problems.append(f"{name} must be within {low:g}..{high:g}")
-        return None
-    return float(value)
-
-
-def _timestamp(value: Any) -> datetime | None:
-    if not isinstance(value, str):
-        return None
-    try:
-        moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    if moment.tzinfo is None:
-        return None
-    return moment.astimezone(UTC)

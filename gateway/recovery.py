@@ -2,7 +2,7 @@
 
 A subscription first buffers live events (`Subscription.buffer`), replays the stored ones up to
 the watermark from PostgreSQL, then merges the buffer without duplicates (`Connection.go_live`).
-A restaurant replaying a driver's channel gets only its own orders' events, filtered in SQL.
+A restaurant replaying a driver's channel gets only what common.visibility lets it see, filtered in SQL.
 """
 
 from __future__ import annotations
@@ -14,12 +14,13 @@ import gevent
 import redis
 from psycopg_pool import ConnectionPool
 
+from common import visibility
 from common.errors import DmsError, Unavailable
 from common.events import RELAY_WATERMARK_KEY, Event
+from common.outbox import PURGED_CURSOR
 from common.stores import STORE_ERRORS
+from gateway import closes
 from gateway.connection import Connection, Outgoing, Subscription
-from gateway.framing import CloseCode
-from gateway.relay import PURGED_NAME
 
 REPLAY_PAGE = 200
 WATERMARK_WAIT_S = 3.0
@@ -27,9 +28,7 @@ WATERMARK_WAIT_S = 3.0
 RECOVERY_ERRORS: tuple[type[Exception], ...] = (DmsError, *STORE_ERRORS)
 
 _REPLAY = ("SELECT id, channels, event, data, created_at FROM events"
-           " WHERE channels @> ARRAY[%s]::text[] AND id > %s AND id <= %s {only_own} ORDER BY id LIMIT %s")
-# On `driver:*`, a restaurant sees order events of its own restaurant and the driver's own events.
-_ONLY_OWN = "AND (NOT data ? 'restaurant_id' OR data->>'restaurant_id' = %s)"
+           " WHERE channels @> ARRAY[%s]::text[] AND id > %s AND id <= %s {visible} ORDER BY id LIMIT %s")
 
 
 class Recovery:
@@ -50,21 +49,19 @@ class Recovery:
 
     def purged_through(self) -> int:
         with self.pool.connection() as db:
-            row = db.execute("SELECT last_id FROM relay_cursor WHERE name = %s", (PURGED_NAME,)).fetchone()
+            row = db.execute("SELECT last_id FROM relay_cursor WHERE name = %s", (PURGED_CURSOR,)).fetchone()
         return int(row["last_id"]) if row else 0
 
     def replay(self, conn: Connection, channel: str, sub: Subscription, *, after: int, upto: int) -> None:
         """Send the channel's stored events in (after, upto], paced by the client's queue."""
-        only_own = conn.own_restaurant if channel.startswith("driver:") else None
-        sql = _REPLAY.format(only_own=_ONLY_OWN if only_own else "")
+        visible, visible_params = visibility.replay_filter(conn.own_restaurant, channel)
+        sql = _REPLAY.format(visible=visible)
         cursor = after
         while cursor < upto and not conn.closed:
             while conn.queued_frames > conn.transport.max_queued_frames // 2 and not conn.closed:
                 gevent.sleep(0.01)
-            params: tuple[Any, ...] = ((channel, cursor, upto, only_own, REPLAY_PAGE) if only_own
-                                       else (channel, cursor, upto, REPLAY_PAGE))
             with self.pool.connection() as db:
-                rows = db.execute(sql, params).fetchall()
+                rows = db.execute(sql, (channel, cursor, upto, *visible_params, REPLAY_PAGE)).fetchall()
             if not rows:
                 break
             for row in rows:
@@ -84,6 +81,6 @@ class Recovery:
                 self.replay(conn, channel, sub, after=after, upto=watermark)
             except RECOVERY_ERRORS as exc:
                 conn.log.warning("resync failed, closing so the client recovers: {}", exc)
-                conn.close(CloseCode.INTERNAL, "resynchronisation failed, reconnect with since")
+                conn.close(closes.RESYNC_FAILED)
                 return
             conn.go_live(channel)

@@ -1,8 +1,9 @@
 """The socket of one WebSocket connection once the handshake is accepted: write-through, one reader.
 
 The HTTP handshake runs in Flask under gevent.pywsgi; `UpgradeHandler` lets the view take the
-accepted socket out of pywsgi (pywsgi then writes no response and does not close it), and the
-view answers 101 itself. From then on `Transport` is the only code touching the socket:
+accepted socket out of pywsgi (pywsgi then writes no response and does not close it), and
+`accept` wraps it in a `Transport`, which answers 101. From then on (and for that answer)
+`Transport` is the only code touching the socket:
 
 - `send(frame)` writes ready frame bytes at once with a non-blocking send when nothing is queued;
   only what the kernel does not take is queued, and a writer greenlet, started on demand, flushes
@@ -37,7 +38,7 @@ class UpgradeHandler(WSGIHandler):
     """pywsgi's handler plus one environ entry: a callable that hands the socket to the app.
 
     After the hand-over pywsgi's loop sees no socket, so it neither reads another request nor
-    writes or closes anything; the view returns a response that writes nothing (`Taken`).
+    writes or closes anything; the view returns a response that writes nothing (`handshake.Taken`).
     """
 
     def get_environ(self) -> dict[str, Any]:
@@ -58,11 +59,12 @@ class UpgradeHandler(WSGIHandler):
         return owned
 
 
-class Taken:
-    """WSGI response for a taken-over socket: start_response is never called, nothing is written."""
-
-    def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> list[bytes]:
-        return []
+def accept(take: Callable[[], socket.socket], key: str) -> Transport | None:
+    """Take the socket out of pywsgi and answer 101 on it; None if the peer is already gone."""
+    transport = Transport(take())
+    if not transport.send_handshake(upgrade_response(key)):
+        return None
+    return transport
 
 
 def upgrade_response(key: str) -> bytes:
@@ -88,6 +90,7 @@ class Transport:
         self._partial_head = False
         self._writer: gevent.Greenlet | None = None
         self.on_slow_consumer: Callable[[], None] | None = None
+        self.on_abort: Callable[[], None] | None = None  # told once when the TCP connection is dropped
 
     @property
     def closing(self) -> bool:
@@ -102,6 +105,15 @@ class Transport:
         return self._queued_bytes
 
     # -- writing -------------------------------------------------------------------------------
+    def send_handshake(self, response: bytes) -> bool:
+        """The 101 answer, before any frame: blocking, all of it; False (and closed) if the peer left."""
+        try:
+            self.sock.sendall(response)
+        except OSError:
+            self.abort()
+            return False
+        return True
+
     def send(self, frame: bytes) -> bool:
         """Hand one data frame to the socket; False when closing or (then closed 4008) too far behind."""
         if self.close_code is not None or self.aborted:
@@ -149,6 +161,8 @@ class Transport:
         if self.aborted:
             return
         self.aborted = True
+        if self.on_abort is not None:
+            self.on_abort()
         self._queue.clear()
         self._queued_bytes = 0
         self._partial_head = False

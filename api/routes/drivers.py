@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 import redis
@@ -12,29 +12,20 @@ from loguru import logger
 from api.context import identity, request_id, require, services
 from api.pagination import keyset_query, page_args, page_body
 from api.validation import Field, Validator, json_body, uuid_arg
-from common import events
-from common.access import driver_visible_to_restaurant
+from common import events, gps
 from common.errors import NotFound, ValidationFailed
+from common.gps import GpsPoint
 from common.locations import store_points
 from common.orders import ACTIVE_STATUSES
 from common.roles import ROLES_WITH_RESTAURANT, Role
+from common.visibility import driver_visible_to_restaurant
 
 bp = Blueprint("drivers", __name__, url_prefix="/api/drivers")
 
 DRIVER_STATUSES = ("online", "offline", "on_break")
 MAX_POINTS = 500
-MAX_FUTURE = timedelta(minutes=5)  # phone clocks drift; further ahead is a wrong clock
-MAX_AGE = timedelta(days=1)
 _status_body = Validator({"status": Field("string", choices=DRIVER_STATUSES)})
 _locations_body = Validator({"points": Field("list", min=1, max=MAX_POINTS)})
-_point = Validator({
-    "lat": Field("number", min=-90, max=90),
-    "lng": Field("number", min=-180, max=180),
-    "heading": Field("number", required=False, nullable=True, min=0),
-    "speed": Field("number", required=False, nullable=True, min=0),
-    "accuracy": Field("number", required=False, nullable=True, min=0),
-    "recorded_at": Field("timestamp", required=False, nullable=True),
-})
 
 
 @bp.post("/me/status")
@@ -63,32 +54,20 @@ def set_status() -> Any:
     return jsonify({"id": str(row["id"]), "status": row["status"], "updated_at": events.iso(row["updated_at"])})
 
 
-def _points(raw: list[Any], now: datetime) -> list[dict[str, Any]]:
-    """Every point checked; each problem named by its index, e.g. `points[3].lat`."""
-    points: list[dict[str, Any]] = []
+def _points(raw: list[Any], now: datetime) -> list[GpsPoint]:
+    """Every point checked by the one GPS rule; each problem named by its index, e.g. `points[3].lat`."""
+    points: list[GpsPoint] = []
     errors: dict[str, str] = {}
     for index, entry in enumerate(raw):
         prefix = f"points[{index}]"
         if not isinstance(entry, dict):
             errors[prefix] = "expected an object"
             continue
-        try:
-            point = _point(entry, prefix=prefix + ".")
-        except ValidationFailed as exc:
-            errors.update(exc.details)
-            continue
-        if point.get("heading") is not None and point["heading"] >= 360:
-            errors[prefix + ".heading"] = "must be below 360"
-            continue
-        recorded_at = point.get("recorded_at") or now
-        if recorded_at > now + MAX_FUTURE:
-            errors[prefix + ".recorded_at"] = "more than 5 minutes in the future"
-            continue
-        if recorded_at < now - MAX_AGE:
-            errors[prefix + ".recorded_at"] = "older than 1 day"
-            continue
-        point["recorded_at"] = recorded_at.astimezone(UTC)
-        points.append(point)
+        errors.update({f"{prefix}.{name}": "unknown field" for name in entry if name not in gps.FIELDS})
+        point, problems = gps.check_point(entry, now)
+        errors.update({f"{prefix}.{name}": problem for name, problem in problems.items()})
+        if point is not None:
+            points.append(point)
     if errors:
         raise ValidationFailed("some points are invalid", details=errors)
     return points
@@ -100,29 +79,21 @@ def post_locations() -> Any:
     who = identity()
     clean = _locations_body(json_body())
     points = _points(clean["points"], datetime.now(UTC))
-    rows = [(who.user_id, p["lat"], p["lng"], p.get("heading"), p.get("speed"), p.get("accuracy"),
-             p["recorded_at"]) for p in points]
+    rows = [(who.user_id, p.lat, p.lng, p.heading, p.speed, p.accuracy, p.recorded_at) for p in points]
     with services().pool.connection() as conn, conn.transaction():
         store_points(conn, rows)
     _publish(who.user_id, points)
     return jsonify({"accepted": len(points)}), 202
 
 
-def _publish(driver_id: str, points: list[dict[str, Any]]) -> None:
-    """Live positions are ephemeral; the rows are committed, so a Redis failure only costs liveness.
-
-    Each point goes to the driver's own channel and to `drivers` (the admins' fleet view)."""
-    channels = (events.driver_channel(driver_id), events.ALL_DRIVERS)
+def _publish(driver_id: str, points: list[GpsPoint]) -> None:
+    """Live positions are ephemeral; the rows are committed, so a Redis failure only costs liveness."""
     ts = events.iso(datetime.now(UTC))
     try:
         with services().redis.pipeline(transaction=False) as pipe:
             for point in points:
-                data = {"driver_id": driver_id, "lat": point["lat"], "lng": point["lng"],
-                        "heading": point.get("heading"), "speed": point.get("speed"),
-                        "accuracy": point.get("accuracy"), "recorded_at": events.iso(point["recorded_at"])}
-                for channel in channels:
-                    events.publish_ephemeral(pipe, channel, events.ephemeral_frame(channel, events.DRIVER_LOCATION,
-                                                                                   data, ts))
+                for channel, frame in gps.location_frames(driver_id, point, ts):
+                    events.publish_ephemeral(pipe, channel, frame)
             pipe.execute()
     except redis.RedisError as exc:
         logger.warning("driver locations stored but not published live: {}", type(exc).__name__)

@@ -11,10 +11,10 @@ from typing import Any
 import psycopg
 import pytest
 
-from common.access import check_subscribe
 from common.auth import Identity
 from common.db import APP_ROLE, Claims, connect, database_role
 from common.errors import DmsError
+from common.visibility import check_subscribe
 from tests.fix_infra import Infra
 
 

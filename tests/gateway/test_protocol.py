@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from gateway import closes
 from gateway.protocol import (
     CLOSE_POLICY,
     MAX_RATE_VIOLATIONS,
@@ -88,7 +89,7 @@ def test_subscribe_and_unsubscribe_flow(clock: Clock) -> None:
                                       "ref": "s"})
     assert action == Subscribe(f"restaurant:{RID}", 7, "s")
     session.subscribe_done(action.channel, ok=True)
-    assert session.subscriptions == {f"restaurant:{RID}"}
+    assert set(session.subscriptions) == {f"restaurant:{RID}"}
     (again,) = send(session, clock, {"type": "subscribe", "channel": f"restaurant:{RID}"})
     assert isinstance(again, Subscribe)  # the server answers `subscribed` without counting twice
     (gone,) = send(session, clock, {"type": "unsubscribe", "channel": f"restaurant:{RID}", "ref": "u"})
@@ -124,7 +125,8 @@ def test_rate_limit_then_close(clock: Clock) -> None:
     assert limited["code"] == "rate_limited" and limited["ref"] == "late"
     for _ in range(MAX_RATE_VIOLATIONS - 1):
         send(session, clock, {"type": "ping"}, dt=0.0)
-    assert send(session, clock, {"type": "ping"}, dt=0.0) == [Close(CLOSE_POLICY, "too many frames")]
+    (close,) = send(session, clock, {"type": "ping"}, dt=0.0)
+    assert close == Close(closes.TOO_MANY_FRAMES) and (close.code, close.reason) == (CLOSE_POLICY, "too many frames")
 
 
 def test_token_bucket_refills_at_its_rate() -> None:
@@ -139,7 +141,7 @@ def test_locations_only_from_drivers_and_validated(clock: Clock) -> None:
     driver = Session(role="driver")
     (point,) = send(driver, clock, {"type": "location", "lat": 52.5, "lng": 13.4, "heading": 90, "speed": 3.5,
                                     "ref": "g"})
-    assert isinstance(point, Location) and point.recorded_at == NOW and point.ref == "g"
+    assert isinstance(point, Location) and point.point.recorded_at == NOW and point.ref == "g"
     for bad in ({"lat": 91, "lng": 0}, {"lat": 0}, {"lat": "1", "lng": 2}, {"lat": 0, "lng": 0, "speed": -1},
                 {"lat": 0, "lng": 0, "heading": 360}, {"lat": 0, "lng": 0, "recorded_at": "yesterday"},
                 {"lat": 0, "lng": 0, "recorded_at": (NOW + timedelta(hours=1)).isoformat()},

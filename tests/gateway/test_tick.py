@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from gateway import closes
 from gateway.framing import CloseCode
 from gateway.protocol import Abort, Close, SendPing, Session
 
@@ -26,13 +27,17 @@ def test_no_pong_within_the_timeout_closes_with_1011() -> None:
     s = session()
     assert s.tick(30.0, 0.0) == [SendPing()]
     assert s.tick(39.9, 0.0) == []
-    assert s.tick(40.0, 0.0) == [Close(CloseCode.INTERNAL, "keepalive ping timeout")]
+    (close,) = s.tick(40.0, 0.0)
+    assert close == Close(closes.PING_TIMEOUT) and (close.code, close.reason) == (CloseCode.INTERNAL,
+                                                                                   "keepalive ping timeout")
 
 
 def test_an_expired_token_closes_with_4001() -> None:
     s = session(expires_at=1_000.0)
     assert s.tick(1.0, 999.9) == []
-    assert s.tick(1.0, 1_000.0) == [Close(CloseCode.TOKEN_EXPIRED, "token expired")]
+    (close,) = s.tick(1.0, 1_000.0)
+    assert close == Close(closes.TOKEN_EXPIRED) and (close.code, close.reason) == (CloseCode.TOKEN_EXPIRED,
+                                                                                    "token expired")
 
 
 def test_after_our_close_only_the_close_timeout_counts() -> None:

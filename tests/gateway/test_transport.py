@@ -15,6 +15,7 @@ import pytest
 from gevent import socket as gsocket
 
 from common.auth import Identity
+from common.visibility import DriverEventTag
 from gateway import framing
 from gateway.connection import Connection, Outgoing, Subscription
 from gateway.framing import CloseCode
@@ -202,7 +203,7 @@ def test_a_restaurant_gets_only_its_own_orders_on_a_driver_channel(pair: tuple[g
     who = Identity(user_id=str(uuid.uuid4()), role="restaurant", restaurant_id=mine, expires_at=time.time() + 60)
     conn = Connection(connection_id="c2", identity=who, transport=Transport(ours), session=Session(role="restaurant"))
     conn.subscriptions["driver:d"] = Subscription(last_id=0, buffer=None)
-    conn.deliver("driver:d", Outgoing.of(1, '{"id":1}', theirs))
-    conn.deliver("driver:d", Outgoing.of(2, '{"id":2}', mine))
+    conn.deliver("driver:d", Outgoing.of(1, '{"id":1}', DriverEventTag(theirs, may_end_rights=False)))
+    conn.deliver("driver:d", Outgoing.of(2, '{"id":2}', DriverEventTag(mine, may_end_rights=False)))
     conn.deliver("driver:d", Outgoing.of(None, '{"id":null}'))  # the driver's own: everyone
     assert [body for _, body in read_frames(peer, count=2)] == [b'{"id":2}', b'{"id":null}']
