@@ -111,7 +111,7 @@ SCHEMAS: dict[str, Schema] = {
                            "accuracy": _nullable({"type": "number", "minimum": 0, "maximum": gps.ACCURACY_MAX}),
                            "recorded_at": {**_nullable(TIME), "description":
                                            "with a zone; at most 5 min ahead, at most 1 day old; default now"}},
-                          ["lat", "lng"]),
+                          list(gps.REQUIRED)),
     "LocationBatch": _obj({"points": {"type": "array", "minItems": 1, "maxItems": 500,
                                       "items": _ref("LocationPoint")}}, ["points"]),
     "Accepted": _obj({"accepted": {"type": "integer"}}, ["accepted"]),

@@ -19,6 +19,7 @@ ACCURACY_MAX = 100000.0  # metres
 MAX_FUTURE = timedelta(minutes=5)  # phone clocks drift; further ahead is a wrong clock
 MAX_AGE = timedelta(days=1)
 FIELDS = ("lat", "lng", "heading", "speed", "accuracy", "recorded_at")
+REQUIRED = ("lat", "lng")
 
 
 @dataclass(frozen=True)

@@ -42,7 +42,7 @@ BEGIN
 END
 $$;
 
--- One key for "numbering event ids"; the relay's leader lock is another (gateway/relay.py).
+-- One key for "numbering event ids"; the relay's leader lock is another (relay/loop.py).
 CREATE FUNCTION events_number_lock_key() RETURNS bigint LANGUAGE sql IMMUTABLE
     AS $$ SELECT 28267839960806765::bigint $$;  -- 0x646D735F6E756D, "dms_num"
 

@@ -50,7 +50,7 @@ def client(api_app: Any) -> Any:
 
 @pytest.fixture(scope="session")
 def gateway(infra: Infra, tmp_path_factory: pytest.TempPathFactory) -> Iterator[SharedGateway]:
-    """One real gateway process (gevent, flask-sock, relay) shared by the session."""
+    """One real gateway process (gevent.pywsgi, its own WebSocket transport, relay) shared by the session."""
     port = embedded.free_port()
     log = tmp_path_factory.mktemp("gateway") / "gateway.log"
     env = infra.env(GATEWAY_PORT=str(port), GATEWAY_ID="gw-test", WS_PING_INTERVAL="30",

@@ -2,8 +2,9 @@
 
 `python -m bench.peer.socketio_server`; clients connect with `?token=JWT`, emit
 `subscribe {channel}` (acknowledged) and receive `event` messages that a feeder process emits
-to the room through the same Redis queue. Uses simple-websocket, the WebSocket layer our
-gateway (flask-sock) also uses, so the comparison is of the two servers, not of two socket stacks.
+to the room through the same Redis queue. It runs under gevent.pywsgi as our gateway does (which
+speaks WebSocket itself, gateway/framing.py and gateway/transport.py), so both servers share one
+event loop and HTTP layer.
 """
 
 from gevent import monkey

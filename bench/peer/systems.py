@@ -84,7 +84,7 @@ def start(system: str, stack: Stack, *, feeder: bool) -> Running:
 
 
 def start_relay(stack: Stack) -> subprocess.Popen[bytes]:
-    return python_module("gateway.relay", env=stack.env(), log=stack.tmp / "relay.log")
+    return python_module("relay", env={**stack.env(), "RELAY_PORT": str(free_port())}, log=stack.tmp / "relay.log")
 
 
 def start_api(stack: Stack) -> tuple[subprocess.Popen[bytes], str]:

@@ -19,7 +19,7 @@ def test_a_bad_value_exits_with_2_and_names_it(monkeypatch: pytest.MonkeyPatch,
     assert "API_PORT" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("module", ["api", "gateway", "gateway.relay"])
+@pytest.mark.parametrize("module", ["api", "gateway", "relay", "gateway.relay"])
 def test_every_process_boots_through_it(module: str) -> None:
     env = {"PATH": "/usr/bin:/bin", "API_PORT": "not-a-port"}
     done = subprocess.run([sys.executable, "-m", module], env=env, capture_output=True, text=True, timeout=60)

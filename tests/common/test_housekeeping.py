@@ -17,7 +17,7 @@ from common.db import APP_ROLE, Claims, connect, database_role
 from common.locations import store_points
 from common.migrations import migrate
 from devstack import embedded
-from gateway.relay import Relay
+from relay.loop import Relay
 from tests.fix_infra import Infra
 from tests.helpers import wait_for
 

@@ -75,7 +75,7 @@ def render() -> str:
         "1. `kill -9` of the gateway holding two of the subscribers and the driver; they reconnect to the other.",
         "2. Redis stopped (SIGTERM), down 1 s, started empty on the same port.",
         "3. PostgreSQL fast shutdown, down 1.5 s, started again on the same data.",
-        "4. Gateways run with `RELAY_IN_GATEWAY=false` next to two `python -m gateway.relay` processes;",
+        "4. Gateways run with `RELAY_IN_GATEWAY=false` next to two `python -m relay` processes;",
         "   the one holding the advisory lock (found through `pg_locks` and `pg_stat_activity`) is",
         "   killed with SIGKILL and the standby takes over.",
         "5. One subscriber (with a 4 kB receive buffer) stops reading while 60 kB ephemeral frames are",

@@ -28,7 +28,7 @@ from common.auth import mint_token
 from common.db import connect
 from common.events import ALL_ORDERS, REDIS_PREFIX, RELAY_WATERMARK_KEY
 from devstack import embedded
-from gateway.relay import LEADER_LOCK_KEY
+from relay.loop import LEADER_LOCK_KEY
 from tests.fix_infra import JWT_SECRET, Infra
 from tests.helpers import Process, http_json, seconds, wait_for
 
@@ -86,7 +86,7 @@ class Stack:
         self.api_url = f"http://127.0.0.1:{port}"
         for n in range(relays):
             name = f"relay-{'ab'[n]}"
-            self.relays[name] = self._spawn("gateway.relay", name, PGAPPNAME=name)
+            self.relays[name] = self._spawn("relay", name, PGAPPNAME=name, RELAY_PORT=str(embedded.free_port()))
         for n in range(gateways):
             port = embedded.free_port()
             name = f"gw-{'ab'[n]}"

@@ -63,7 +63,7 @@ def test_restart_postgres(stack: Stack) -> None:
 
 
 def test_kill_9_the_active_relay(stack: Stack) -> None:
-    stack.start(relays=2)  # gateways with RELAY_IN_GATEWAY=false, two `python -m gateway.relay`
+    stack.start(relays=2)  # gateways with RELAY_IN_GATEWAY=false, two `python -m relay`
     leader = wait_for(stack.relay_leader, timeout_s=10, message="a relay holding the leader lock")
     assert leader in stack.relays
     assert "relay leading" in stack.relays[leader].log()

@@ -116,9 +116,14 @@ def test_a_ping_timeout_is_counted(start_gateway: Any, world: World) -> None:
         )
         wait_for(lambda: value(scrape(gw["http"]), "dms_gateway_disconnects_total", reason="ping_timeout") == 1,
                  message="one ping-timeout disconnect")
+        # The close catalogue counts the same end once, under its own label.
+        samples = scrape(gw["http"])
+        assert value(samples, "dms_ws_closes_total", reason="ping_timeout") == 1
+        assert value(samples, "dms_ws_closes_total", reason="connection_lost") == 0
     finally:
         silent.close()
     assert value(scrape(gw["http"]), "dms_gateway_disconnects_total", reason="slow_consumer") == 0
+    assert sum(scrape(gw["http"])["dms_ws_closes_total"].values()) == 1  # its end is counted once
 
 
 def test_lost_redis_and_postgres_connections_are_counted(private_infra: Infra, start_gateway: Any) -> None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from gateway.relay import Gap, settle
+from relay.settle import Gap, settle
 
 
 def test_relay_settle_skips_a_gap_only_after_the_numbering_barrier() -> None:

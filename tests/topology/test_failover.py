@@ -29,7 +29,7 @@ from common.auth import mint_token
 from common.db import connect
 from common.migrations import migrate
 from devstack import embedded
-from gateway.relay import LEADER_LOCK_KEY
+from relay.loop import LEADER_LOCK_KEY
 from tests.fix_infra import JWT_SECRET, Infra
 from tests.helpers import ROOT, http_json, seconds, wait_for
 from tests.topology.support import Follower
