@@ -31,6 +31,10 @@ class GpsPoint:
     accuracy: float | None
     recorded_at: datetime
 
+    def row(self, driver_id: str) -> tuple[Any, ...]:
+        """The point as common.locations.store_points takes it."""
+        return (driver_id, self.lat, self.lng, self.heading, self.speed, self.accuracy, self.recorded_at)
+
 
 def check_point(raw: dict[str, Any], now: datetime) -> tuple[GpsPoint | None, dict[str, str]]:
     """The point in `raw` (other keys ignored), or the problems by field name."""

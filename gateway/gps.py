@@ -37,6 +37,5 @@ class GpsIntake:
             conn.send_json({"type": "ack", "ref": ref} if ok else
                            error("bad_request", "the point was refused by storage", ref).body)
 
-        point = Point(driver_id, p.lat, p.lng, p.heading, p.speed, p.accuracy, p.recorded_at)
-        if not self.locations.accept(point, done):
+        if not self.locations.accept(Point(driver_id, p), done):
             conn.send_json(error("unavailable", "location storage is saturated, retry", ref).body)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any
 
 import gevent
@@ -14,6 +13,7 @@ from loguru import logger
 from psycopg_pool import ConnectionPool
 
 from common.db import SERVICE, claims
+from common.gps import GpsPoint
 from common.locations import store_points
 
 MAX_PENDING_POINTS = 50_000
@@ -21,13 +21,10 @@ MAX_PENDING_POINTS = 50_000
 
 @dataclass(frozen=True)
 class Point:
+    """One driver's checked point (common.gps), waiting for its batch."""
+
     driver_id: str
-    lat: float
-    lng: float
-    heading: float | None
-    speed: float | None
-    accuracy: float | None
-    recorded_at: datetime
+    gps: GpsPoint
 
 
 class LocationWriter:
@@ -104,5 +101,4 @@ class LocationWriter:
 
     def _write(self, points: list[Point]) -> None:
         with claims(SERVICE), self.pool.connection() as conn, conn.transaction():
-            store_points(conn, [(p.driver_id, p.lat, p.lng, p.heading, p.speed, p.accuracy, p.recorded_at)
-                                for p in points])
+            store_points(conn, [p.gps.row(p.driver_id) for p in points])

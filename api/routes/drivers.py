@@ -79,7 +79,7 @@ def post_locations() -> Any:
     who = identity()
     clean = _locations_body(json_body())
     points = _points(clean["points"], datetime.now(UTC))
-    rows = [(who.user_id, p.lat, p.lng, p.heading, p.speed, p.accuracy, p.recorded_at) for p in points]
+    rows = [point.row(who.user_id) for point in points]
     with services().pool.connection() as conn, conn.transaction():
         store_points(conn, rows)
     _publish(who.user_id, points)
