@@ -26,7 +26,7 @@ from gevent import socket as gsocket
 from gevent.pywsgi import WSGIHandler
 
 from gateway import framing
-from gateway.framing import CloseCode
+from gateway.closes import SLOW_CONSUMER
 
 TAKEOVER_KEY = "dms.take_socket"
 MAX_QUEUED_FRAMES = 1000
@@ -123,7 +123,8 @@ class Transport:
                     or self._queued_bytes + len(frame) > self.max_queued_bytes):
                 if self.on_slow_consumer is not None:
                     self.on_slow_consumer()
-                self.close(CloseCode.SLOW_CONSUMER, "slow consumer", discard_queued=True)
+                # The connection's own handler has closed it already; this serves a bare transport.
+                self.close(SLOW_CONSUMER.code, SLOW_CONSUMER.reason, discard_queued=True)
                 return False
             self._queue.append(frame)
             self._queued_bytes += len(frame)
