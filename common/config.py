@@ -190,15 +190,6 @@ def read_retention(reader: _Reader) -> Retention:
                      reader.integer("LOCATION_RETENTION_DAYS", 30, low=2))
 
 
-def retention_from_env(environ: Mapping[str, str] | None = None) -> Retention:
-    """Only the retention settings, checked as `Config.from_env` checks them."""
-    reader = _Reader(os.environ if environ is None else environ)
-    values = read_retention(reader)
-    if reader.errors:
-        raise ConfigError("invalid configuration: " + "; ".join(reader.errors))
-    return values
-
-
 def redact_url(url: str) -> str:
     """Drop the password from a connection URL."""
     parts = urlsplit(url)
