@@ -31,14 +31,14 @@ from flask import Response, current_app, g, has_request_context, request
 from loguru import logger
 from prometheus_client import Counter
 
+from api import keys
 from api.context import services
 from api.headers import add_ready
 from api.near_cache import NearCache, NearEntry, publish_change
 from common.redis_client import registered_script
 
-PREFIX = "dms:cache:"
-HITS_KEY = "dms:cache:hits"
-MISSES_KEY = "dms:cache:misses"
+HITS_KEY = keys.CACHE_HITS
+MISSES_KEY = keys.CACHE_MISSES
 FAIL_OPEN = Counter("dms_api_redis_fail_open_total", "Requests served without Redis because it failed",
                     ["feature"])
 # Per process, next to the Redis counters (which every process shares) so Prometheus can rate them.
@@ -53,11 +53,11 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) 
 return 0
 """
 
-# KEYS: the generation key, the hits counter; ARGV: the key prefix, the key within the generation.
-# Returns {generation, entry or false}; counts a hit, so a hit costs one round trip in all.
+# KEYS: the generation key, the hits counter; ARGV: the entry key before and after its generation
+# (api/keys.py). Returns {generation, entry or false}; counts a hit, so a hit costs one round trip.
 _LOOKUP = """
 local generation = redis.call('GET', KEYS[1]) or '0'
-local value = redis.call('GET', ARGV[1] .. ':g' .. generation .. ':' .. ARGV[2])
+local value = redis.call('GET', ARGV[1] .. generation .. ARGV[2])
 if value then redis.call('INCR', KEYS[2]) end
 return {generation, value}
 """
@@ -97,7 +97,7 @@ class Prefetched:
 
     namespace: str
     key: str
-    full_key: str
+    generation: str
     raw: str | None
     epoch: tuple[int, int]  # the near cache's, read before the round trip
 
@@ -185,6 +185,11 @@ def etag_of(raw: str) -> str:
     return hashlib.blake2b(raw.encode(), digest_size=12).hexdigest()
 
 
+def text_of(reply: Any) -> str:
+    """A script's reply as text (bytes from a client without decode_responses, else str or int)."""
+    return reply.decode() if isinstance(reply, bytes) else str(reply)
+
+
 def query_key(**parts: Any) -> str:
     """A short, stable key for a query's parameters."""
     canonical = json.dumps(parts, sort_keys=True, separators=(",", ":"), default=str)
@@ -220,14 +225,15 @@ class Cache:
             _LOOKUP_COUNTERS["hit"].inc()
             return Cached(near.raw, hit=True, known_etag=near.etag, known_body=near.body)
         try:
-            full_key, raw, epoch = self._lookup(namespace, key)
+            generation, raw, epoch = self._lookup(namespace, key)
         except redis.RedisError as exc:
             return self._fail_open(exc, load)
         if raw is not None:
             _LOOKUP_COUNTERS["hit"].inc()
             return self._keep_near(namespace, key, Cached(raw, hit=True), epoch)
         token = uuid.uuid4().hex
-        lock_key = f"{full_key}:lock"
+        full_key = keys.entry_key(namespace, generation, key)
+        lock_key = keys.lock_key(namespace, generation, key)
         try:
             # The miss is counted in the same round trip as the lock is taken.
             locked = bool(self._script(_LOCK_AND_COUNT)(keys=[lock_key, MISSES_KEY], args=[token, self.lock_ttl_ms]))
@@ -289,7 +295,7 @@ class Cache:
             self.near.invalidate(namespace)
         try:
             with self.redis.pipeline(transaction=False) as pipe:
-                pipe.incr(f"{PREFIX}gen:{namespace}")
+                pipe.incr(keys.generation_key(namespace))
                 publish_change(pipe, namespace)
                 pipe.execute()
         except redis.RedisError as exc:
@@ -312,25 +318,24 @@ class Cache:
             self._warn(exc)
 
     def _lookup(self, namespace: str, key: str) -> tuple[str, str | None, tuple[int, int]]:
-        """(full key, stored text or None, the near cache's epoch before the read) in one round trip;
+        """(generation, stored text or None, the near cache's epoch before the read) in one round trip;
         a hit is counted there too.
 
         No round trip at all when the rate limiter's script already read this entry.
         """
         early = _prefetched(namespace, key)
         if early is not None:
-            return early.full_key, early.raw, early.epoch
+            return early.generation, early.raw, early.epoch
         epoch = self.near.epoch(namespace) if self.near is not None else (0, 0)
-        generation, raw = self._script(_LOOKUP)(keys=[f"{PREFIX}gen:{namespace}", HITS_KEY],
-                                                args=[f"{PREFIX}{namespace}", key])
-        generation = generation.decode() if isinstance(generation, bytes) else str(generation)
+        generation, raw = self._script(_LOOKUP)(keys=[keys.generation_key(namespace), HITS_KEY],
+                                                args=list(keys.entry_key_around(namespace, key)))
         if isinstance(raw, bytes):
             raw = raw.decode()
-        return f"{PREFIX}{namespace}:g{generation}:{key}", raw, epoch
+        return text_of(generation), raw, epoch
 
     def _key(self, namespace: str, key: str) -> str:
-        generation = int(self.redis.get(f"{PREFIX}gen:{namespace}") or 0)
-        return f"{PREFIX}{namespace}:g{generation}:{key}"
+        generation = int(self.redis.get(keys.generation_key(namespace)) or 0)
+        return keys.entry_key(namespace, str(generation), key)
 
     def _ttl(self, ttl_s: int) -> int:
         return max(1, round(ttl_s * random.uniform(1 - self.jitter, 1 + self.jitter)))

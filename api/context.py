@@ -13,7 +13,7 @@ import sentry_sdk
 from flask import Flask, current_app, g, request
 from loguru import logger
 
-from api import replicas
+from api import keys, replicas
 from api.headers import REQUEST_ID_KEY
 from api.services import Services
 from common.auth import Identity, claims_of
@@ -69,7 +69,7 @@ def _ensure_profile(who: Identity) -> None:
     seen = services().profiles_seen
     if seen.get(who.user_id):
         return
-    cache_key = f"dms:profile-seen:{who.user_id}"
+    cache_key = keys.profile_seen(who.user_id)
     try:
         if services().redis.get(cache_key):
             seen.put(who.user_id, True)

@@ -103,6 +103,6 @@ class LocationWriter:
         done(True)
 
     def _write(self, points: list[Point]) -> None:
-        with claims(SERVICE), self.pool.connection() as conn, conn.transaction():
+        with claims(SERVICE), self.pool.connection() as conn:
             store_points(conn, [(p.driver_id, p.lat, p.lng, p.heading, p.speed, p.accuracy, p.recorded_at)
                                 for p in points])

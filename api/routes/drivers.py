@@ -42,7 +42,7 @@ _point = Validator({
 def set_status() -> Any:
     who = identity()
     clean = _status_body(json_body())
-    with services().pool.connection() as conn, conn.transaction():
+    with services().pool.connection() as conn:
         before = conn.execute("SELECT status FROM drivers WHERE id = %s FOR UPDATE", (who.user_id,)).fetchone()
         if before is None:
             raise NotFound("no driver profile")
@@ -102,7 +102,7 @@ def post_locations() -> Any:
     points = _points(clean["points"], datetime.now(UTC))
     rows = [(who.user_id, p["lat"], p["lng"], p.get("heading"), p.get("speed"), p.get("accuracy"),
              p["recorded_at"]) for p in points]
-    with services().pool.connection() as conn, conn.transaction():
+    with services().pool.connection() as conn:
         store_points(conn, rows)
     _publish(who.user_id, points)
     return jsonify({"accepted": len(points)}), 202
@@ -175,8 +175,7 @@ def list_drivers() -> Any:
         where.append("status = %s")
         params.append(status)
     sql, params = keyset_query(_FLEET, where, params, page)
-    with services().read_pool().connection() as conn:
-        rows = conn.execute(sql, params).fetchall()
+    rows = services().read(lambda conn: conn.execute(sql, params).fetchall())
     now = datetime.now(UTC)
     return jsonify(page_body(rows, [_fleet_json(row, now) for row in rows[: page.limit]], page.limit))
 

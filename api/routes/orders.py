@@ -237,9 +237,12 @@ def list_orders() -> Any:
         where.append("driver_id = %s")
         params.append(who.user_id)
     sql, params = keyset_query(f"SELECT {ORDER_COLUMNS} FROM orders", where, params, page)
-    with services().read_pool().connection() as conn:
+
+    def run(conn: psycopg.Connection[dict[str, Any]]) -> tuple[list[dict[str, Any]], dict[str, list[dict[str, Any]]]]:
         rows = conn.execute(sql, params).fetchall()
-        items = load_items(conn, [row["id"] for row in rows[: page.limit]])
+        return rows, load_items(conn, [row["id"] for row in rows[: page.limit]])
+
+    rows, items = services().read(run)
     return jsonify(page_body(rows, [order_json(row, items[str(row["id"])]) for row in rows[: page.limit]],
                              page.limit))
 
@@ -280,7 +283,7 @@ def _cache_order(reply: dict[str, Any]) -> None:
 def change_status(order_id: str) -> Any:
     who = identity()
     clean = _status_body(json_body())
-    with services().pool.connection() as conn, conn.transaction():
+    with services().pool.connection() as conn:
         order = _visible_order(conn, who, order_id, lock=True)
         if "version" in clean and clean["version"] != order["version"]:
             raise VersionConflict("the order changed since you read it",
@@ -309,7 +312,7 @@ def change_status(order_id: str) -> Any:
 def assign_driver(order_id: str) -> Any:
     who = identity()
     clean = _assign_body(json_body())
-    with services().pool.connection() as conn, conn.transaction():
+    with services().pool.connection() as conn:
         order = _visible_order(conn, who, order_id, lock=True)
         if order["status"] not in ASSIGNABLE_STATUSES:
             raise InvalidTransition(f"an order that is {order['status']} cannot be assigned",
