@@ -133,14 +133,14 @@ def create_order() -> Any:
 
 # now() is the transaction's start, the value the orders columns' defaults would take. Prices
 # travel as text so they stay exact decimals.
-_READ = (
-    "SELECT now() AS now, EXISTS (SELECT 1 FROM restaurants WHERE id = %s) AS known,"
+_FACTS = (
+    " EXISTS (SELECT 1 FROM restaurants WHERE id = %s) AS known,"
     " (SELECT coalesce(json_agg(json_build_object('id', p.id, 'name', p.name, 'price', p.price::text)), '[]')"
     "  FROM products p WHERE p.id = ANY(%s::uuid[]) AND p.active) AS products"
 )
-_READ_WITH_CLAIM = (f"WITH claimed AS ({idempotency.CLAIM_SQL}) "
-                    + _READ.replace("SELECT now() AS now,", "SELECT now() AS now, EXISTS (SELECT 1 FROM claimed)"
-                                    " AS claimed,", 1))
+_READ = "SELECT now() AS now," + _FACTS
+_READ_WITH_CLAIM = (f"WITH claimed AS ({idempotency.CLAIM_SQL})"
+                    " SELECT now() AS now, EXISTS (SELECT 1 FROM claimed) AS claimed," + _FACTS)
 
 
 def _build_order(who: Identity, restaurant_id: str, clean: dict[str, Any], items: list[dict[str, Any]],
@@ -197,9 +197,7 @@ def _send_writes(conn: psycopg.Connection[Any], order: dict[str, Any], lines: li
     ]
     if idempotency_record is not None:
         user_id, key, reply = idempotency_record
-        statements.append(sql.SQL(
-            "UPDATE idempotency_keys SET status_code = 201, response = {}::jsonb WHERE user_id = {} AND key = {}"
-        ).format(sql.Literal(json.dumps(reply)), sql.Literal(user_id), sql.Literal(key)))
+        statements.append(idempotency.record_statement(user_id=user_id, key=key, status=201, body=reply))
     statements.append(sql.SQL("COMMIT"))
     with psycopg.ClientCursor(conn) as cur:
         cur.execute(sql.SQL("; ").join(statements))
