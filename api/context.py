@@ -16,7 +16,7 @@ from loguru import logger
 from api import keys, replicas
 from api.headers import REQUEST_ID_KEY
 from api.services import Services
-from common.auth import Identity, claims_of
+from common.auth import Identity, bearer_token, claims_of
 from common.db import ANONYMOUS, set_claims
 from common.errors import Forbidden, Unauthorized
 from common.logging import enabled, keep_access_line, log_context
@@ -44,10 +44,10 @@ def identity() -> Identity:
 
 def _bearer_token() -> str:
     header = request.headers.get("Authorization", "")
-    scheme, _, token = header.partition(" ")
-    if scheme.lower() != "bearer" or not token.strip():
+    token = bearer_token(header)
+    if not token:
         raise Unauthorized("missing bearer token" if not header else "Authorization must be 'Bearer <token>'")
-    return token.strip()
+    return token
 
 
 def authenticate() -> Identity:

@@ -36,7 +36,7 @@ from api.cache import FAIL_OPEN, Prefetched, prefetch_key, text_of
 from api.context import services
 from api.headers import RATE_WINDOW_KEY
 from api.rate_leases import Lease, Leases, lease_size
-from common.auth import TokenVerifier
+from common.auth import TokenVerifier, bearer_token
 from common.config import Config, RateLimit
 from common.errors import RateLimited, Unauthorized
 from common.redis_client import registered_script
@@ -122,12 +122,11 @@ def _is_trusted(address: str, trusted: tuple[str, ...]) -> bool:
 
 def _user_id(environ: dict[str, Any], tokens: TokenVerifier) -> str | None:
     """The token's subject when the token is valid; the route itself answers 401 otherwise."""
-    header = environ.get("HTTP_AUTHORIZATION", "")
-    scheme, _, token = header.partition(" ")
-    if scheme.lower() != "bearer" or not token.strip():
+    token = bearer_token(environ.get("HTTP_AUTHORIZATION", ""))
+    if not token:
         return None
     try:
-        verified = tokens.verify(token.strip())
+        verified = tokens.verify(token)
     except Unauthorized:
         return None
     g.verified = verified  # the route's authenticate() reuses it
