@@ -21,13 +21,13 @@ import json
 import random
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
 
 import redis
-from flask import Response, current_app, g, has_request_context, request
+from flask import Flask, Response, current_app, g, has_request_context, request
 from loguru import logger
 from prometheus_client import Counter
 
@@ -102,23 +102,19 @@ class Prefetched:
     epoch: tuple[int, int]  # the near cache's, read before the round trip
 
 
-# endpoint -> the (namespace, key) its view will look up, computed from the request alone.
-PREFETCHERS: dict[str, Callable[[], tuple[str, str] | None]] = {}
+# How a view names its cache entry (namespace, key) from the request alone, before it runs.
+Prefetcher = Callable[[], tuple[str, str] | None]
+PREFETCHERS = "dms.prefetchers"  # app.extensions[PREFETCHERS]: endpoint -> its Prefetcher
 
 
-def prefetches(endpoint: str) -> Callable[[Callable[[], tuple[str, str] | None]], Callable[[], tuple[str, str] | None]]:
-    """Register how to name a view's cache entry before it runs, so the limiter can read it early."""
-
-    def register(compute: Callable[[], tuple[str, str] | None]) -> Callable[[], tuple[str, str] | None]:
-        PREFETCHERS[endpoint] = compute
-        return compute
-
-    return register
+def register_prefetchers(app: Flask, prefetchers: Mapping[str, Prefetcher]) -> None:
+    """Let the rate limiter read these views' cache entries in its own round trip (api/ratelimit.py)."""
+    app.extensions.setdefault(PREFETCHERS, {}).update(prefetchers)
 
 
-def prefetch_key() -> tuple[str, str] | None:
+def prefetch_key(prefetchers: Mapping[str, Prefetcher]) -> tuple[str, str] | None:
     """The current request's cache entry, when its view has one and the request names it validly."""
-    compute = PREFETCHERS.get(request.endpoint or "")
+    compute = prefetchers.get(request.endpoint or "")
     if compute is None or request.method != "GET":
         return None
     try:

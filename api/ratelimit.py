@@ -32,7 +32,7 @@ from flask import Flask, g, request
 from loguru import logger
 
 from api import keys
-from api.cache import FAIL_OPEN, Prefetched, prefetch_key, text_of
+from api.cache import FAIL_OPEN, PREFETCHERS, Prefetched, prefetch_key, text_of
 from api.context import services
 from api.headers import RATE_WINDOW_KEY
 from api.rate_leases import Lease, Leases, lease_size
@@ -185,6 +185,7 @@ def hit(client: redis.Redis, leases: Leases, counters: list[tuple[str, RateLimit
 
 def init_app(app: Flask, config: Config) -> None:
     """Count every `/api` request before its view runs; headers go on every limited response."""
+    prefetchers = app.extensions.setdefault(PREFETCHERS, {})  # filled by create_app (api/cache.py)
 
     @app.before_request
     def _limit() -> None:
@@ -201,7 +202,7 @@ def init_app(app: Flask, config: Config) -> None:
 
         def lookup() -> tuple[str, str] | None:
             """The view's cache entry, read in the limiter's round trip unless this process holds it."""
-            wanted = prefetch_key()
+            wanted = prefetch_key(prefetchers)
             return None if wanted is None or svc.near_cache.peek(*wanted) else wanted
 
         try:

@@ -6,7 +6,7 @@ from typing import Any
 
 from flask import Blueprint, g, jsonify, request
 
-from api.cache import cache, prefetches, query_key
+from api.cache import Prefetcher, cache, query_key
 from api.context import require, services
 from api.pagination import Page, keyset_query, page_args, page_body
 from api.validation import Field, Validator, json_body, uuid_arg
@@ -133,18 +133,18 @@ def _list_entry() -> tuple[str, str]:
     return entry
 
 
-prefetches("products.list_products")(_list_entry)
-
-
 def _compute_list_entry() -> tuple[str, str]:
     page = page_args()
     return NAMESPACE, list_key(category=request.args.get("category"), active=_active_arg(), q=_search_arg(),
                                limit=page.limit, cursor=request.args.get("cursor"))
 
 
-@prefetches("products.get_product")
 def _one_entry() -> tuple[str, str]:
     return NAMESPACE, f"one:{uuid_arg(request.view_args['product_id'] if request.view_args else '', what='product')}"
+
+
+# The entries the rate limiter may read for these views before they run (registered by create_app).
+PREFETCHERS: dict[str, Prefetcher] = {f"{bp.name}.list_products": _list_entry, f"{bp.name}.get_product": _one_entry}
 
 
 def list_key(*, category: str | None, active: bool | None, q: str | None, limit: int, cursor: str | None) -> str:
