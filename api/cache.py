@@ -27,7 +27,7 @@ from functools import cached_property
 from typing import Any
 
 import redis
-from flask import Flask, Response, current_app, g, has_request_context, request
+from flask import Flask, Response, current_app, has_request_context, request
 from loguru import logger
 from prometheus_client import Counter
 
@@ -35,6 +35,7 @@ from api import keys
 from api.context import services
 from api.headers import add_ready
 from api.near_cache import NearCache, NearEntry, publish_change
+from api.state import request_state
 from common.redis_client import registered_script
 
 HITS_KEY = keys.CACHE_HITS
@@ -126,7 +127,8 @@ def prefetch_key(prefetchers: Mapping[str, Prefetcher]) -> tuple[str, str] | Non
 def _prefetched(namespace: str, key: str) -> Prefetched | None:
     if not has_request_context():
         return None
-    found: Prefetched | None = g.pop("cache_prefetch", None)
+    state = request_state()
+    found, state.prefetched = state.prefetched, None  # read once: a second lookup goes to Redis
     if found is None or found.namespace != namespace or found.key != key:
         return None
     return found

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import redis
-from flask import Flask, g, request
+from flask import Flask, request
 from loguru import logger
 
 from api import keys
@@ -36,7 +36,8 @@ from api.cache import FAIL_OPEN, PREFETCHERS, Prefetched, prefetch_key, text_of
 from api.context import services
 from api.headers import RATE_WINDOW_KEY
 from api.rate_leases import Lease, Leases, lease_size
-from common.auth import TokenVerifier, bearer_token
+from api.state import request_state
+from common.auth import Identity, TokenVerifier, bearer_token
 from common.config import Config, RateLimit
 from common.errors import RateLimited, Unauthorized
 from common.redis_client import registered_script
@@ -120,17 +121,15 @@ def _is_trusted(address: str, trusted: tuple[str, ...]) -> bool:
     return False
 
 
-def _user_id(environ: dict[str, Any], tokens: TokenVerifier) -> str | None:
-    """The token's subject when the token is valid; the route itself answers 401 otherwise."""
+def _verified(environ: dict[str, Any], tokens: TokenVerifier) -> Identity | None:
+    """The token's identity when the token is valid; the route itself answers 401 otherwise."""
     token = bearer_token(environ.get("HTTP_AUTHORIZATION", ""))
     if not token:
         return None
     try:
-        verified = tokens.verify(token)
+        return tokens.verify(token)
     except Unauthorized:
         return None
-    g.verified = verified  # the route's authenticate() reuses it
-    return verified.user_id
 
 
 def hit(client: redis.Redis, leases: Leases, counters: list[tuple[str, RateLimit]], *, now_s: float,
@@ -196,9 +195,10 @@ def init_app(app: Flask, config: Config) -> None:
         ip = client_ip(environ.get("REMOTE_ADDR"), environ.get("HTTP_X_FORWARDED_FOR"), config.trusted_proxies)
         counters = [(f"ip:{ip}", config.rate_limit_ip)]
         svc = services()
-        user_id = _user_id(environ, svc.tokens)
-        if user_id is not None:
-            counters.append((f"user:{user_id}", config.rate_limit_user))
+        state = request_state()
+        state.verified = verified = _verified(environ, svc.tokens)  # the route's authenticate() reuses it
+        if verified is not None:
+            counters.append((f"user:{verified.user_id}", config.rate_limit_user))
 
         def lookup() -> tuple[str, str] | None:
             """The view's cache entry, read in the limiter's round trip unless this process holds it."""
@@ -206,7 +206,7 @@ def init_app(app: Flask, config: Config) -> None:
             return None if wanted is None or svc.near_cache.peek(*wanted) else wanted
 
         try:
-            windows, g.cache_prefetch = hit(svc.redis, svc.rate_leases, counters, now_s=time.time(), lookup=lookup,
+            windows, state.prefetched = hit(svc.redis, svc.rate_leases, counters, now_s=time.time(), lookup=lookup,
                                             epoch=svc.near_cache.epoch)
         except redis.RedisError as exc:
             FAIL_OPEN.labels("ratelimit").inc()

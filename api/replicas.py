@@ -29,12 +29,13 @@ from typing import Any, TypeVar
 
 import psycopg
 import redis
-from flask import Flask, current_app, g, has_request_context, request
+from flask import Flask, current_app, has_request_context, request
 from loguru import logger
 from prometheus_client import Counter
 from psycopg_pool import PoolTimeout
 
 from api import keys
+from api.state import request_state
 from common.db import Pool
 
 T = TypeVar("T")
@@ -213,7 +214,7 @@ class ReadPool:
 def _current_user_id() -> str | None:
     if not has_request_context():
         return None
-    who = g.get("identity")
+    who = request_state().identity
     return None if who is None else str(who.user_id)
 
 
@@ -225,7 +226,7 @@ def init_app(app: Flask) -> None:
         if request.method not in WRITE_METHODS:
             return response
         router: ReplicaRouter | None = getattr(current_app.extensions.get("dms"), "router", None)
-        who = g.get("identity")
+        who = request_state().identity
         if (router is not None and router.replicas and who is not None and request.method in WRITE_METHODS
                 and 200 <= response.status_code < 300):
             router.note_write(str(who.user_id))

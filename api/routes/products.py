@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import Blueprint, g, jsonify, request
+from flask import Blueprint, jsonify, request
 
 from api.cache import Prefetcher, cache, query_key
 from api.context import require, services
 from api.pagination import Page, keyset_query, page_args, page_body
+from api.state import request_state
 from api.validation import Field, Validator, json_body, uuid_arg
 from common.errors import NotFound, ValidationFailed
 from common.events import iso
@@ -122,14 +123,15 @@ def _list_entry() -> tuple[str, str]:
     Remembered per query string in this process (parsing and hashing it cost as much as the rest
     of a cached read), and for the request: the rate limiter asks first, the view again.
     """
-    entry: tuple[str, str] | None = g.get("list_entry")
+    state = request_state()
+    entry = state.list_entry
     if entry is None:
         query = request.query_string
         entry = _ENTRIES.get(query)
         if entry is None:
             entry = _compute_list_entry()  # an invalid query raises every time; only valid ones are kept
             _ENTRIES.put(query, entry)
-        g.list_entry = entry
+        state.list_entry = entry
     return entry
 
 
