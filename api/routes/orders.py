@@ -109,8 +109,9 @@ def create_order() -> Any:
     fingerprint = idempotency.request_fingerprint(body) if key is not None else ""
     product_ids = list({item["product_id"] for item in items})
     with services().pool.connection() as conn:
-        # Round trip 1 (after the checkout that began the transaction with the caller's claims, so
-        # row-level security applies): claim the key and read everything the order needs.
+        # Round trip 1 (after the one that began the transaction with the caller's claims, so
+        # row-level security applies: common/db.py Pool.connection): claim the key and read
+        # everything the order needs.
         facts = conn.execute(_READ_WITH_CLAIM if key is not None else _READ, (
             *(idempotency.claim_params(user_id=who.user_id, key=key, fingerprint=fingerprint)
               if key is not None else ()), restaurant_id, product_ids)).fetchone()
