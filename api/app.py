@@ -9,6 +9,7 @@ from flask import Flask
 from flask.json.provider import DefaultJSONProvider
 
 from api import context, errors, metrics, openapi, performance, ratelimit
+from api.cache import register_prefetchers
 from api.headers import ResponseHeaders
 from api.routes import cache_admin, drivers, health, orders, pages, products, realtime, restaurants, testing, users
 from api.routes import performance as performance_routes
@@ -60,6 +61,7 @@ def create_app(config: Config | None = None, *, services: Services | None = None
     errors.init_app(app)
     for blueprint in (*BLUEPRINTS, *OBSERVABILITY_BLUEPRINTS, *DISPATCH_BLUEPRINTS):
         app.register_blueprint(blueprint)
+    register_prefetchers(app, products.PREFETCHERS)
     if config.env == Environment.TEST:
         app.register_blueprint(testing.bp)
     return app

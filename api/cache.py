@@ -21,24 +21,25 @@ import json
 import random
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
 
 import redis
-from flask import Response, current_app, g, has_request_context, request
+from flask import Flask, Response, current_app, has_request_context, request
 from loguru import logger
 from prometheus_client import Counter
 
+from api import keys
 from api.context import services
 from api.headers import add_ready
 from api.near_cache import NearCache, NearEntry, publish_change
+from api.state import request_state
 from common.redis_client import registered_script
 
-PREFIX = "dms:cache:"
-HITS_KEY = "dms:cache:hits"
-MISSES_KEY = "dms:cache:misses"
+HITS_KEY = keys.CACHE_HITS
+MISSES_KEY = keys.CACHE_MISSES
 FAIL_OPEN = Counter("dms_api_redis_fail_open_total", "Requests served without Redis because it failed",
                     ["feature"])
 # Per process, next to the Redis counters (which every process shares) so Prometheus can rate them.
@@ -53,11 +54,11 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) 
 return 0
 """
 
-# KEYS: the generation key, the hits counter; ARGV: the key prefix, the key within the generation.
-# Returns {generation, entry or false}; counts a hit, so a hit costs one round trip in all.
+# KEYS: the generation key, the hits counter; ARGV: the entry key before and after its generation
+# (api/keys.py). Returns {generation, entry or false}; counts a hit, so a hit costs one round trip.
 _LOOKUP = """
 local generation = redis.call('GET', KEYS[1]) or '0'
-local value = redis.call('GET', ARGV[1] .. ':g' .. generation .. ':' .. ARGV[2])
+local value = redis.call('GET', ARGV[1] .. generation .. ARGV[2])
 if value then redis.call('INCR', KEYS[2]) end
 return {generation, value}
 """
@@ -97,28 +98,24 @@ class Prefetched:
 
     namespace: str
     key: str
-    full_key: str
+    generation: str
     raw: str | None
     epoch: tuple[int, int]  # the near cache's, read before the round trip
 
 
-# endpoint -> the (namespace, key) its view will look up, computed from the request alone.
-PREFETCHERS: dict[str, Callable[[], tuple[str, str] | None]] = {}
+# How a view names its cache entry (namespace, key) from the request alone, before it runs.
+Prefetcher = Callable[[], tuple[str, str] | None]
+PREFETCHERS = "dms.prefetchers"  # app.extensions[PREFETCHERS]: endpoint -> its Prefetcher
 
 
-def prefetches(endpoint: str) -> Callable[[Callable[[], tuple[str, str] | None]], Callable[[], tuple[str, str] | None]]:
-    """Register how to name a view's cache entry before it runs, so the limiter can read it early."""
-
-    def register(compute: Callable[[], tuple[str, str] | None]) -> Callable[[], tuple[str, str] | None]:
-        PREFETCHERS[endpoint] = compute
-        return compute
-
-    return register
+def register_prefetchers(app: Flask, prefetchers: Mapping[str, Prefetcher]) -> None:
+    """Let the rate limiter read these views' cache entries in its own round trip (api/ratelimit.py)."""
+    app.extensions.setdefault(PREFETCHERS, {}).update(prefetchers)
 
 
-def prefetch_key() -> tuple[str, str] | None:
+def prefetch_key(prefetchers: Mapping[str, Prefetcher]) -> tuple[str, str] | None:
     """The current request's cache entry, when its view has one and the request names it validly."""
-    compute = PREFETCHERS.get(request.endpoint or "")
+    compute = prefetchers.get(request.endpoint or "")
     if compute is None or request.method != "GET":
         return None
     try:
@@ -130,7 +127,8 @@ def prefetch_key() -> tuple[str, str] | None:
 def _prefetched(namespace: str, key: str) -> Prefetched | None:
     if not has_request_context():
         return None
-    found: Prefetched | None = g.pop("cache_prefetch", None)
+    state = request_state()
+    found, state.prefetched = state.prefetched, None  # read once: a second lookup goes to Redis
     if found is None or found.namespace != namespace or found.key != key:
         return None
     return found
@@ -185,6 +183,11 @@ def etag_of(raw: str) -> str:
     return hashlib.blake2b(raw.encode(), digest_size=12).hexdigest()
 
 
+def text_of(reply: Any) -> str:
+    """A script's reply as text (bytes from a client without decode_responses, else str or int)."""
+    return reply.decode() if isinstance(reply, bytes) else str(reply)
+
+
 def query_key(**parts: Any) -> str:
     """A short, stable key for a query's parameters."""
     canonical = json.dumps(parts, sort_keys=True, separators=(",", ":"), default=str)
@@ -220,14 +223,15 @@ class Cache:
             _LOOKUP_COUNTERS["hit"].inc()
             return Cached(near.raw, hit=True, known_etag=near.etag, known_body=near.body)
         try:
-            full_key, raw, epoch = self._lookup(namespace, key)
+            generation, raw, epoch = self._lookup(namespace, key)
         except redis.RedisError as exc:
             return self._fail_open(exc, load)
         if raw is not None:
             _LOOKUP_COUNTERS["hit"].inc()
             return self._keep_near(namespace, key, Cached(raw, hit=True), epoch)
         token = uuid.uuid4().hex
-        lock_key = f"{full_key}:lock"
+        full_key = keys.entry_key(namespace, generation, key)
+        lock_key = keys.lock_key(namespace, generation, key)
         try:
             # The miss is counted in the same round trip as the lock is taken.
             locked = bool(self._script(_LOCK_AND_COUNT)(keys=[lock_key, MISSES_KEY], args=[token, self.lock_ttl_ms]))
@@ -289,7 +293,7 @@ class Cache:
             self.near.invalidate(namespace)
         try:
             with self.redis.pipeline(transaction=False) as pipe:
-                pipe.incr(f"{PREFIX}gen:{namespace}")
+                pipe.incr(keys.generation_key(namespace))
                 publish_change(pipe, namespace)
                 pipe.execute()
         except redis.RedisError as exc:
@@ -312,25 +316,24 @@ class Cache:
             self._warn(exc)
 
     def _lookup(self, namespace: str, key: str) -> tuple[str, str | None, tuple[int, int]]:
-        """(full key, stored text or None, the near cache's epoch before the read) in one round trip;
+        """(generation, stored text or None, the near cache's epoch before the read) in one round trip;
         a hit is counted there too.
 
         No round trip at all when the rate limiter's script already read this entry.
         """
         early = _prefetched(namespace, key)
         if early is not None:
-            return early.full_key, early.raw, early.epoch
+            return early.generation, early.raw, early.epoch
         epoch = self.near.epoch(namespace) if self.near is not None else (0, 0)
-        generation, raw = self._script(_LOOKUP)(keys=[f"{PREFIX}gen:{namespace}", HITS_KEY],
-                                                args=[f"{PREFIX}{namespace}", key])
-        generation = generation.decode() if isinstance(generation, bytes) else str(generation)
+        generation, raw = self._script(_LOOKUP)(keys=[keys.generation_key(namespace), HITS_KEY],
+                                                args=list(keys.entry_key_around(namespace, key)))
         if isinstance(raw, bytes):
             raw = raw.decode()
-        return f"{PREFIX}{namespace}:g{generation}:{key}", raw, epoch
+        return text_of(generation), raw, epoch
 
     def _key(self, namespace: str, key: str) -> str:
-        generation = int(self.redis.get(f"{PREFIX}gen:{namespace}") or 0)
-        return f"{PREFIX}{namespace}:g{generation}:{key}"
+        generation = int(self.redis.get(keys.generation_key(namespace)) or 0)
+        return keys.entry_key(namespace, str(generation), key)
 
     def _ttl(self, ttl_s: int) -> int:
         return max(1, round(ttl_s * random.uniform(1 - self.jitter, 1 + self.jitter)))

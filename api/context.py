@@ -10,13 +10,14 @@ from functools import wraps
 from typing import Any, TypeVar, cast
 
 import sentry_sdk
-from flask import Flask, current_app, g, request
+from flask import Flask, current_app, has_request_context, request
 from loguru import logger
 
-from api import replicas
+from api import keys, replicas
 from api.headers import REQUEST_ID_KEY
 from api.services import Services
-from common.auth import Identity, claims_of
+from api.state import begin, request_state
+from common.auth import Identity, bearer_token, claims_of
 from common.db import ANONYMOUS, set_claims
 from common.errors import Forbidden, Unauthorized
 from common.logging import enabled, keep_access_line, log_context
@@ -32,30 +33,30 @@ def services() -> Services:
 
 
 def request_id() -> str:
-    return cast(str, g.get("request_id", ""))
+    return request_state().request_id if has_request_context() else ""
 
 
 def identity() -> Identity:
-    found = g.get("identity")
+    found = request_state().identity
     if found is None:
         raise Unauthorized("missing bearer token")
-    return cast(Identity, found)
+    return found
 
 
 def _bearer_token() -> str:
     header = request.headers.get("Authorization", "")
-    scheme, _, token = header.partition(" ")
-    if scheme.lower() != "bearer" or not token.strip():
+    token = bearer_token(header)
+    if not token:
         raise Unauthorized("missing bearer token" if not header else "Authorization must be 'Bearer <token>'")
-    return token.strip()
+    return token
 
 
 def authenticate() -> Identity:
     """Verify the bearer token once per request and remember the identity."""
-    who: Identity | None = g.get("identity")
+    state = request_state()
+    who = state.identity
     if who is None:
-        who = g.get("verified") or services().tokens.verify(_bearer_token())
-        g.identity = who
+        who = state.identity = state.verified or services().tokens.verify(_bearer_token())
         set_claims(claims_of(who))  # every query of this request runs under row-level security
         _ensure_profile(who)
     return who
@@ -69,7 +70,7 @@ def _ensure_profile(who: Identity) -> None:
     seen = services().profiles_seen
     if seen.get(who.user_id):
         return
-    cache_key = f"dms:profile-seen:{who.user_id}"
+    cache_key = keys.profile_seen(who.user_id)
     try:
         if services().redis.get(cache_key):
             seen.put(who.user_id, True)
@@ -114,30 +115,31 @@ def init_app(app: Flask) -> None:
         incoming = environ.get("HTTP_X_REQUEST_ID", "")
         rid = incoming if _VALID_REQUEST_ID.match(incoming) else os.urandom(16).hex()
         environ[REQUEST_ID_KEY] = rid  # for the response headers (api/headers.py)
-        g.request_id = rid
-        g.started = time.perf_counter()
+        state = begin(rid, time.perf_counter())
         # Every line of this request, warnings and deeper modules included, carries its id.
-        g.log_context = entered = log_context(request_id=rid)
+        state.log_context = entered = log_context(request_id=rid)
         entered.__enter__()
         if sentry_sdk.get_client().is_active():
             sentry_sdk.set_tag("request_id", rid)  # this request's scope (the Flask integration's)
 
     @app.teardown_request
     def _end(_exc: BaseException | None) -> None:
-        entered = g.pop("log_context", None)
+        state = request_state()
+        entered, state.log_context = state.log_context, None
         if entered is not None:
             entered.__exit__(None, None, None)
 
     @app.after_request
     def _finish(response: Any) -> Any:
         # The request id and the security headers are added by api/headers.py.
-        duration_ms = (time.perf_counter() - g.get("started", time.perf_counter())) * 1000
+        state = request_state()
+        duration_ms = (time.perf_counter() - (state.started or time.perf_counter())) * 1000
         if not _INFO_ENABLED() or not keep_access_line(status=response.status_code, duration_ms=duration_ms,
                                                        sample=services().config.log_sample_info):
             return response
-        who = g.get("identity")
+        who = state.identity
         logger.bind(
-            request_id=request_id(),
+            request_id=state.request_id,
             method=request.method,
             route=request.url_rule.rule if request.url_rule else "<unmatched>",
             status=response.status_code,

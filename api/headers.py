@@ -27,7 +27,7 @@ def _https(environ: dict[str, Any]) -> bool:
 
 def add_ready(environ: dict[str, Any], pairs: list[tuple[str, str]]) -> None:
     """Headers for this request's response that need no checking (constants, hex digests); they
-    replace what an earlier call gave (a view run again after a replica failed)."""
+    replace what an earlier call gave."""
     environ[READY_KEY] = pairs
 
 

@@ -13,6 +13,7 @@ from typing import Any
 
 import psycopg
 from flask import request
+from psycopg import sql
 
 from common.errors import Conflict, ValidationFailed
 
@@ -41,14 +42,9 @@ def request_fingerprint(body: Any) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
-def claim(conn: psycopg.Connection[Any], *, user_id: str, key: str, fingerprint: str) -> Replay | None:
-    """Claim the key inside the caller's transaction; return the stored reply if it was used."""
-    return finish_claim(conn, send_claim(conn, user_id=user_id, key=key, fingerprint=fingerprint),
-                        user_id=user_id, key=key, fingerprint=fingerprint)
-
-
 # Takes the key when it is new or its record expired (then starts it afresh): one statement, so a
-# caller can put it in front of its own reads. A live key is left alone and nothing is returned.
+# caller can put it in front of its own reads (a CTE). A live key is left alone and nothing is
+# returned; `finish_claim` then reads what it holds.
 CLAIM_SQL = (
     "INSERT INTO idempotency_keys (user_id, key, request_hash) VALUES (%s, %s, %s)"
     " ON CONFLICT (user_id, key) DO UPDATE SET request_hash = EXCLUDED.request_hash, status_code = NULL,"
@@ -60,12 +56,6 @@ CLAIM_SQL = (
 
 def claim_params(*, user_id: str, key: str, fingerprint: str) -> tuple[str, str, str, int]:
     return user_id, key, fingerprint, KEY_TTL_HOURS
-
-
-def send_claim(conn: psycopg.Connection[Any], *, user_id: str, key: str, fingerprint: str) -> bool:
-    """Whether this request took the key (False: it was used, see `finish_claim`)."""
-    return conn.execute(CLAIM_SQL, claim_params(user_id=user_id, key=key, fingerprint=fingerprint)).fetchone() \
-        is not None
 
 
 def finish_claim(conn: psycopg.Connection[Any], claimed: bool, *, user_id: str, key: str,
@@ -85,8 +75,9 @@ def finish_claim(conn: psycopg.Connection[Any], claimed: bool, *, user_id: str, 
     return Replay(status=row["status_code"], body=row["response"])
 
 
-def record(conn: psycopg.Connection[Any], *, user_id: str, key: str, status: int, body: dict[str, Any]) -> None:
-    conn.execute(
-        "UPDATE idempotency_keys SET status_code = %s, response = %s WHERE user_id = %s AND key = %s",
-        (status, json.dumps(body), user_id, key),
-    )
+def record_statement(*, user_id: str, key: str, status: int, body: dict[str, Any]) -> sql.Composed:
+    """The reply stored under the key, with its values bound client-side, so it can travel in one
+    message with the write it guards (api/routes/orders.py)."""
+    return sql.SQL(
+        "UPDATE idempotency_keys SET status_code = {}, response = {}::jsonb WHERE user_id = {} AND key = {}"
+    ).format(*map(sql.Literal, (status, json.dumps(body), user_id, key)))

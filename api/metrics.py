@@ -13,12 +13,13 @@ import weakref
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from flask import Blueprint, Flask, Response, g, request
+from flask import Blueprint, Flask, Response, request
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from api import alerts, cache  # noqa: F401  (imported for the metrics they define)
+from api.state import request_state
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.3, 0.5, 1.0, 2.5, 5.0, 10.0)
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
@@ -78,19 +79,15 @@ def observe_query(pool_name: str) -> Any:
 
 
 def init_app(app: Flask) -> None:
-    """Time every request; install before the rate limiter so refused requests are timed too."""
-
-    @app.before_request
-    def _start_timer() -> None:
-        g.metrics_started = time.perf_counter()
+    """Time every request from its first hook (api/context.py), so refused requests are timed too."""
 
     # The histogram child of each (route, method, status) seen: `labels()` is a locked lookup.
     observers: dict[tuple[str, str, int], Callable[[float], None]] = {}
 
     @app.after_request
     def _observe(response: Any) -> Any:
-        started = g.get("metrics_started")
-        if started is not None:
+        started = request_state().started
+        if started:
             rule = request.url_rule
             route = rule.rule if rule else "<unmatched>"
             method = request.method

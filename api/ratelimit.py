@@ -28,24 +28,25 @@ from dataclasses import dataclass
 from typing import Any
 
 import redis
-from flask import Flask, g, request
+from flask import Flask, request
 from loguru import logger
 
-from api.cache import FAIL_OPEN, HITS_KEY, Prefetched, prefetch_key
-from api.cache import PREFIX as CACHE_PREFIX
+from api import keys
+from api.cache import FAIL_OPEN, PREFETCHERS, Prefetched, prefetch_key, text_of
 from api.context import services
 from api.headers import RATE_WINDOW_KEY
 from api.rate_leases import Lease, Leases, lease_size
-from common.auth import TokenVerifier
+from api.state import request_state
+from common.auth import Identity, TokenVerifier, bearer_token
 from common.config import Config, RateLimit
 from common.errors import RateLimited, Unauthorized
 from common.redis_client import registered_script
 
-KEY_PREFIX = "dms:rl:"
 UNLIMITED_PATHS = ("/health", "/ready", "/metrics")
 
 # KEYS: n counters, then (optionally) a cache generation key and the hits counter.
-# ARGV: n, n expiries (s), n limits, n lease sizes, then (optionally) the cache key prefix and the key.
+# ARGV: n, n expiries (s), n limits, n lease sizes, then (optionally) the cache entry's key before and
+# after its generation (api/keys.py).
 # Returns the n counts, then (when asked and no limit is exceeded) {generation, entry or false}.
 _HIT = """
 local n = tonumber(ARGV[1])
@@ -60,7 +61,7 @@ for i = 1, n do
 end
 if #KEYS > n and not over then
     local generation = redis.call('GET', KEYS[n + 1]) or '0'
-    local value = redis.call('GET', ARGV[2 + 3 * n] .. ':g' .. generation .. ':' .. ARGV[3 + 3 * n])
+    local value = redis.call('GET', ARGV[2 + 3 * n] .. generation .. ARGV[3 + 3 * n])
     if value then redis.call('INCR', KEYS[n + 2]) end
     out[n + 1] = generation
     out[n + 2] = value
@@ -120,18 +121,15 @@ def _is_trusted(address: str, trusted: tuple[str, ...]) -> bool:
     return False
 
 
-def _user_id(environ: dict[str, Any], tokens: TokenVerifier) -> str | None:
-    """The token's subject when the token is valid; the route itself answers 401 otherwise."""
-    header = environ.get("HTTP_AUTHORIZATION", "")
-    scheme, _, token = header.partition(" ")
-    if scheme.lower() != "bearer" or not token.strip():
+def _verified(environ: dict[str, Any], tokens: TokenVerifier) -> Identity | None:
+    """The token's identity when the token is valid; the route itself answers 401 otherwise."""
+    token = bearer_token(environ.get("HTTP_AUTHORIZATION", ""))
+    if not token:
         return None
     try:
-        verified = tokens.verify(token.strip())
+        return tokens.verify(token)
     except Unauthorized:
         return None
-    g.verified = verified  # the route's authenticate() reuses it
-    return verified.user_id
 
 
 def hit(client: redis.Redis, leases: Leases, counters: list[tuple[str, RateLimit]], *, now_s: float,
@@ -150,7 +148,7 @@ def hit(client: redis.Redis, leases: Leases, counters: list[tuple[str, RateLimit
     remote: list[tuple[int, str, RateLimit, int]] = []  # (position, counter key, limit, reset)
     for subject, limit in counters:
         window = int(now_s // limit.period_s)
-        key = f"{KEY_PREFIX}{subject}:{limit.count}/{limit.period_s}:{window}"
+        key = keys.rate_counter(subject, limit.count, limit.period_s, window)
         reset_s = max(1, math.ceil((window + 1) * limit.period_s - now_s))
         lease = leases.get(key)
         if lease is not None and lease.tokens > 0:
@@ -164,13 +162,13 @@ def hit(client: redis.Redis, leases: Leases, counters: list[tuple[str, RateLimit
     wanted = lookup()
     read_at = epoch(wanted[0]) if wanted is not None else (0, 0)
     wants = [lease_size(limit) for _, _, limit, _ in remote]
-    keys = [key for _, key, _, _ in remote]
+    script_keys = [key for _, key, _, _ in remote]
     args: list[Any] = [len(remote), *(limit.period_s + 1 for _, _, limit, _ in remote),
                        *(limit.count for _, _, limit, _ in remote), *wants]
     if wanted is not None:
-        keys += [f"{CACHE_PREFIX}gen:{wanted[0]}", HITS_KEY]
-        args += [f"{CACHE_PREFIX}{wanted[0]}", wanted[1]]
-    out = registered_script(client, _HIT)(keys=keys, args=args)
+        script_keys += [keys.generation_key(wanted[0]), keys.CACHE_HITS]
+        args += keys.entry_key_around(*wanted)
+    out = registered_script(client, _HIT)(keys=script_keys, args=args)
     for n, (position, key, limit, reset_s) in enumerate(remote):
         before = int(out[n]) - wants[n]
         granted = max(0, min(wants[n], limit.count - before))
@@ -180,13 +178,13 @@ def hit(client: redis.Redis, leases: Leases, counters: list[tuple[str, RateLimit
     prefetched = None
     if wanted is not None and len(out) > len(remote):
         generation, raw = out[len(remote)], out[len(remote) + 1]
-        prefetched = Prefetched(wanted[0], wanted[1], f"{CACHE_PREFIX}{wanted[0]}:g{generation}:{wanted[1]}",
-                                raw if raw else None, read_at)
+        prefetched = Prefetched(wanted[0], wanted[1], text_of(generation), raw if raw else None, read_at)
     return windows, prefetched
 
 
 def init_app(app: Flask, config: Config) -> None:
     """Count every `/api` request before its view runs; headers go on every limited response."""
+    prefetchers = app.extensions.setdefault(PREFETCHERS, {})  # filled by create_app (api/cache.py)
 
     @app.before_request
     def _limit() -> None:
@@ -197,17 +195,18 @@ def init_app(app: Flask, config: Config) -> None:
         ip = client_ip(environ.get("REMOTE_ADDR"), environ.get("HTTP_X_FORWARDED_FOR"), config.trusted_proxies)
         counters = [(f"ip:{ip}", config.rate_limit_ip)]
         svc = services()
-        user_id = _user_id(environ, svc.tokens)
-        if user_id is not None:
-            counters.append((f"user:{user_id}", config.rate_limit_user))
+        state = request_state()
+        state.verified = verified = _verified(environ, svc.tokens)  # the route's authenticate() reuses it
+        if verified is not None:
+            counters.append((f"user:{verified.user_id}", config.rate_limit_user))
 
         def lookup() -> tuple[str, str] | None:
             """The view's cache entry, read in the limiter's round trip unless this process holds it."""
-            wanted = prefetch_key()
+            wanted = prefetch_key(prefetchers)
             return None if wanted is None or svc.near_cache.peek(*wanted) else wanted
 
         try:
-            windows, g.cache_prefetch = hit(svc.redis, svc.rate_leases, counters, now_s=time.time(), lookup=lookup,
+            windows, state.prefetched = hit(svc.redis, svc.rate_leases, counters, now_s=time.time(), lookup=lookup,
                                             epoch=svc.near_cache.epoch)
         except redis.RedisError as exc:
             FAIL_OPEN.labels("ratelimit").inc()

@@ -9,9 +9,9 @@ Lag is measured in WAL, not in time since the last replayed commit (which grows 
 primary is idle): every check samples the primary's `pg_current_wal_lsn()`, and a replica is
 fresh when it has replayed at least what the primary had written `max_lag_s` ago.
 
-A replica that fails during a GET (stopped, restarted, query cancelled by recovery) raises
-`ReplicaFailed`; the handler installed by `init_app` marks it down and runs the
-view once more on the primary, so a replica outage never fails a request.
+A replica that fails during a read (stopped, restarted, query cancelled by recovery) raises
+`ReplicaFailed` out of `ReadPool.connection()`; `ReadPool.read()` marks it down and runs the same
+read once more on the primary, so a replica outage never fails a request.
 
 Read-your-writes fails closed: when Redis does not answer, reads go to the primary.
 """
@@ -22,26 +22,29 @@ import itertools
 import threading
 import time
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import psycopg
 import redis
-from flask import Flask, current_app, g, has_request_context, request
+from flask import Flask, current_app, has_request_context, request
 from loguru import logger
 from prometheus_client import Counter
-from psycopg_pool import ConnectionPool, PoolTimeout
+from psycopg_pool import PoolTimeout
 
-Pool = ConnectionPool[psycopg.Connection[dict[str, Any]]]
-RECENT_WRITE_KEY = "dms:ryw:"
+from api import keys
+from api.state import request_state
+from common.db import Pool
+
+T = TypeVar("T")
 WRITE_METHODS = ("POST", "PUT", "PATCH", "DELETE")
 READS = Counter("dms_api_db_reads_total", "Read-pool checkouts by the server that served them", ["target"])
 
 
 class ReplicaFailed(Exception):
-    """A replica broke while serving a read; the request is run again on the primary."""
+    """A replica broke while serving a read; `ReadPool.read()` runs the read again on the primary."""
 
 
 @dataclass
@@ -144,13 +147,13 @@ class ReplicaRouter:
     # -- routing -------------------------------------------------------------------------------
     def note_write(self, user_id: str) -> None:
         try:
-            self.redis.set(RECENT_WRITE_KEY + user_id, "1", px=int(self.recent_write_s * 1000))
+            self.redis.set(keys.recent_write(user_id), "1", px=int(self.recent_write_s * 1000))
         except redis.RedisError as exc:
             logger.warning("read-your-writes mark not stored: {}", type(exc).__name__)
 
     def _wrote_recently(self, user_id: str) -> bool:
         try:
-            return bool(self.redis.exists(RECENT_WRITE_KEY + user_id))
+            return bool(self.redis.exists(keys.recent_write(user_id)))
         except redis.RedisError:
             return True  # fail closed: the primary is always current
 
@@ -166,14 +169,26 @@ class ReplicaRouter:
 
 
 class ReadPool:
-    """What `Services.read_pool()` returns: `connection()` like a psycopg pool, routed per read."""
+    """Reads routed per read: `read(run)` for a whole read, `connection()` like a psycopg pool."""
 
     def __init__(self, router: ReplicaRouter) -> None:
         self.router = router
 
+    def read(self, run: Callable[[psycopg.Connection[dict[str, Any]]], T]) -> T:
+        """`run(conn)` on the connection `connection()` picks; run again on the primary when a
+        replica fails under it (nothing was sent to the client yet, and a read has no effects)."""
+        try:
+            with self.connection() as conn:
+                return run(conn)
+        except ReplicaFailed as exc:
+            logger.warning("read failed on a replica, retrying on the primary: {}", exc)
+            READS.labels("primary").inc()
+            with self.router.primary.connection() as conn:
+                return run(conn)
+
     @contextmanager
     def connection(self, timeout: float | None = None) -> Iterator[psycopg.Connection[dict[str, Any]]]:
-        replica = None if _forced_primary() else self.router.pick(_current_user_id())
+        replica = self.router.pick(_current_user_id())
         if replica is not None:
             stack = ExitStack()
             try:
@@ -199,37 +214,20 @@ class ReadPool:
 def _current_user_id() -> str | None:
     if not has_request_context():
         return None
-    who = g.get("identity")
+    who = request_state().identity
     return None if who is None else str(who.user_id)
 
 
-def _forced_primary() -> bool:
-    return has_request_context() and bool(g.get("dms_force_primary"))
-
-
 def init_app(app: Flask) -> None:
-    """Mark a user's successful writes for read-your-writes; rerun a read a replica failed on the primary."""
+    """Mark a user's successful writes for read-your-writes."""
 
     @app.after_request
     def _note_write(response: Any) -> Any:
         if request.method not in WRITE_METHODS:
             return response
         router: ReplicaRouter | None = getattr(current_app.extensions.get("dms"), "router", None)
-        who = g.get("identity")
+        who = request_state().identity
         if (router is not None and router.replicas and who is not None and request.method in WRITE_METHODS
                 and 200 <= response.status_code < 300):
             router.note_write(str(who.user_id))
         return response
-
-    @app.errorhandler(ReplicaFailed)
-    def _retry_on_primary(exc: ReplicaFailed) -> Any:
-        logger.warning("read failed on a replica, retrying on the primary: {}", exc)
-        if request.method not in ("GET", "HEAD") or g.get("dms_force_primary") or request.endpoint is None:
-            cause = exc.__cause__ if isinstance(exc.__cause__, Exception) else exc
-            return current_app.handle_user_exception(cause)  # e.g. 503 for OperationalError
-        g.dms_force_primary = True
-        view: Any = current_app.view_functions[request.endpoint]
-        try:
-            return current_app.make_response(view(**(request.view_args or {})))
-        except Exception as again:  # handed to the app's own error handlers, as on the first run
-            return current_app.handle_user_exception(again)

@@ -2,24 +2,24 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import psycopg
 import redis
-from psycopg_pool import ConnectionPool
 
 from api.near_cache import NearCache
 from api.rate_leases import Leases, new_leases
 from api.replicas import ReadPool, Replica, ReplicaRouter
 from common.auth import TokenVerifier
 from common.config import Config
-from common.db import make_pool
+from common.db import Pool, make_pool
 from common.redis_client import make_redis
 from common.ttl_cache import TtlCache
 
 PROFILE_SEEN_TTL_S = 300.0
-Pool = ConnectionPool[psycopg.Connection[dict[str, Any]]]
+T = TypeVar("T")
 
 
 @dataclass
@@ -70,8 +70,10 @@ class Services:
             replica.close()
         self.redis.close()
 
-    def read_pool(self) -> Pool | ReadPool:
-        """For reads that may lag up to a second: a healthy replica in turn, else the primary (api/replicas.py)."""
+    def read(self, run: Callable[[psycopg.Connection[dict[str, Any]]], T]) -> T:
+        """`run(conn)` for a read that may lag up to a second: on a healthy replica in turn, else (or
+        when the replica fails under it) on the primary (api/replicas.py)."""
         if not self.replicas:
-            return self.pool
-        return ReadPool(self.router)
+            with self.pool.connection() as conn:
+                return run(conn)
+        return ReadPool(self.router).read(run)

@@ -9,7 +9,8 @@ import gevent
 from flask import Flask
 from loguru import logger
 
-from api.cache import PREFIX, cache
+from api import keys
+from api.cache import cache
 from api.pagination import DEFAULT_LIMIT, Page
 from api.routes.products import NAMESPACE, TTL_S, list_key, load_list
 from api.services import Services
@@ -17,8 +18,8 @@ from common.db import SERVICE, claims
 from common.stores import STORE_ERRORS
 
 # Holds the generation last warmed; gone after a Redis restart or flush, stale after a write.
-WARM_MARK = f"{PREFIX}warm:{NAMESPACE}"
-GENERATION_KEY = f"{PREFIX}gen:{NAMESPACE}"
+WARM_MARK = keys.warm_mark(NAMESPACE)
+GENERATION_KEY = keys.generation_key(NAMESPACE)
 CHECK_EVERY_S = 5.0
 
 

@@ -43,10 +43,11 @@ def _uuid(value: object, claim: str) -> str:
         raise Unauthorized(f"token claim {claim!r} is not a UUID") from exc
 
 
-def bearer_token(header: str) -> str:
-    """The token of an `Authorization: Bearer <token>` value; "" when the value is not one."""
-    scheme, _, value = header.partition(" ")
-    return value.strip() if scheme.lower() == "bearer" else ""
+def bearer_token(authorization_header: str) -> str:
+    """The token of an `Authorization: Bearer <token>` header (scheme in any case); "" when the
+    header carries none, for the caller to answer as it must."""
+    scheme, _, token = authorization_header.partition(" ")
+    return token.strip() if scheme.lower() == "bearer" else ""
 
 
 def verify_token(token: str, secret: str, *, leeway_s: float = 0.0) -> Identity:

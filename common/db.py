@@ -66,19 +66,52 @@ _BEGIN_WITH_CLAIMS = (
 )
 
 
-def _apply_claims(app_role: str | None) -> Callable[[psycopg.Connection[Any]], None]:
-    def check(conn: psycopg.Connection[Any]) -> None:
-        # Runs at every checkout and opens the transaction the caller then uses (the pool's
-        # connections are in autocommit mode, so psycopg sends no BEGIN of its own and commits or
-        # rolls back at the end of `pool.connection()` by the server's transaction status). Two
-        # statements in one message need client-side binding. It also proves the connection is alive.
-        who = _claims.get()
-        role = database_role(who, app_role) if app_role else ""
-        with psycopg.ClientCursor(conn) as cur:
-            cur.execute(_BEGIN_WITH_CLAIMS, (role, role, who.role, who.user_id or "", who.restaurant_id or "",
-                                             str(STATEMENT_TIMEOUT_MS), str(IDLE_IN_TRANSACTION_TIMEOUT_MS)))
+def begin_with_claims(conn: psycopg.Connection[Any], app_role: str | None) -> None:
+    """Open a transaction on an idle autocommit connection, running as the current `claims`.
 
-    return check
+    Two statements in one message need client-side binding. With autocommit on, psycopg sends no
+    BEGIN of its own and its connection context commits or rolls back by the server's status.
+    """
+    who = _claims.get()
+    role = database_role(who, app_role) if app_role else ""
+    with psycopg.ClientCursor(conn) as cur:
+        cur.execute(_BEGIN_WITH_CLAIMS, (role, role, who.role, who.user_id or "", who.restaurant_id or "",
+                                         str(STATEMENT_TIMEOUT_MS), str(IDLE_IN_TRANSACTION_TIMEOUT_MS)))
+
+
+def _idle(conn: psycopg.Connection[Any]) -> None:
+    """The pool's check: only checks, with no round trip (the BEGIN that follows proves the server
+    is there, see `Pool.connection`)."""
+    if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+        raise psycopg.OperationalError(f"pooled connection is not idle: {conn.info.transaction_status.name}")
+
+
+class Pool(ConnectionPool[psycopg.Connection[dict[str, Any]]]):
+    """A psycopg pool whose `connection()` is one transaction under the current `claims`."""
+
+    def __init__(self, conninfo: str, *, app_role: str | None, **kwargs: Any) -> None:
+        super().__init__(conninfo, **kwargs)
+        self.app_role = app_role
+
+    @contextmanager
+    def connection(self, timeout: float | None = None) -> Iterator[psycopg.Connection[dict[str, Any]]]:
+        """A connection inside a transaction begun with the claims (one message); committed on a clean
+        exit, rolled back on an exception. So `conn.transaction()` inside would be a savepoint.
+
+        A connection found dead by the BEGIN (a restarted server or PgBouncer) is dropped and
+        another taken, as the pool's check loop does: nothing of the caller's has run on it yet.
+        """
+        deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
+        while True:
+            with super().connection(timeout=max(0.0, deadline - time.monotonic())) as conn:
+                try:
+                    begin_with_claims(conn, self.app_role)
+                except psycopg.OperationalError:
+                    if not conn.broken or time.monotonic() >= deadline:
+                        raise
+                    continue  # the pool discards a broken connection when it comes back
+                yield conn
+                return
 
 
 def _configure(conn: psycopg.Connection[Any]) -> None:
@@ -95,24 +128,25 @@ def make_pool(
     max_size: int = 10,
     timeout_s: float = 5.0,
     app_role: str | None = APP_ROLE,
-) -> ConnectionPool[psycopg.Connection[dict[str, Any]]]:
+) -> Pool:
     """A closed pool: the app factory opens it, so importing never connects.
 
-    Every checkout runs as `app_role` (None: the login role itself) with the current `claims`,
-    so row-level security applies. `prepare_threshold=None` keeps statements unprepared, which
-    PgBouncer in transaction mode needs.
+    Every `connection()` is a transaction as `app_role` (None: the login role itself) with the
+    current `claims`, so row-level security applies. `prepare_threshold=None` keeps statements
+    unprepared, which PgBouncer in transaction mode needs.
     """
-    return ConnectionPool(
+    return Pool(
         with_network_defaults(url),
+        app_role=app_role,
         name=name,
         min_size=min_size,
         max_size=max_size,
         timeout=timeout_s,
         open=False,
         configure=_configure,
-        check=_apply_claims(app_role),
+        check=_idle,
         kwargs={"row_factory": dict_row, "prepare_threshold": None, "application_name": f"dms-{name}",
-                "autocommit": True},  # the checkout's check begins the transaction (_apply_claims)
+                "autocommit": True},  # Pool.connection() begins the transaction (begin_with_claims)
         connection_class=psycopg.Connection[dict[str, Any]],
     )
 

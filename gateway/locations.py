@@ -100,5 +100,5 @@ class LocationWriter:
         done(True)
 
     def _write(self, points: list[Point]) -> None:
-        with claims(SERVICE), self.pool.connection() as conn, conn.transaction():
+        with claims(SERVICE), self.pool.connection() as conn:
             store_points(conn, [p.gps.row(p.driver_id) for p in points])

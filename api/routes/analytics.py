@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import psycopg
 from flask import Blueprint, jsonify, request
 
 from api.context import identity, require, services
@@ -75,9 +76,12 @@ def order_analytics() -> Any:
         raise ValidationFailed("invalid analytics query", details={"to": "must not be before from"})
     scoped = not who.is_admin
     params: dict[str, Any] = {"start": start, "end": end, "restaurant_id": who.restaurant_id}
-    with services().read_pool().connection() as conn:
+
+    def run(conn: psycopg.Connection[dict[str, Any]]) -> list[dict[str, Any]]:
         conn.execute(PLANNER_SETTINGS)
-        rows = conn.execute(analytics_sql(group_by, scoped=scoped), params).fetchall()
+        return conn.execute(analytics_sql(group_by, scoped=scoped), params).fetchall()
+
+    rows = services().read(run)
     return jsonify({
         "from": events.iso(start), "to": events.iso(end), "group_by": group_by,
         "rows": [{"key": str(row["key"]), "orders": row["orders"], "revenue": money(row["revenue"]),

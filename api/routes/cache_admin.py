@@ -15,7 +15,7 @@ from typing import Any
 import redis
 from flask import Blueprint, jsonify
 
-from api.cache import PREFIX
+from api import keys
 from api.context import require, services
 from api.routes.orders import CACHE_NAMESPACE as ORDERS
 from api.routes.products import NAMESPACE as PRODUCTS
@@ -26,7 +26,9 @@ bp = Blueprint("cache_admin", __name__, url_prefix="/api/cache")
 NAMESPACES = (PRODUCTS, ORDERS)
 PERSONAL_FIELDS = frozenset({"customer_name", "notes", "display_name", "phone", "address"})
 REDACTED = "[redacted]"
-_FULL_KEY = re.compile(rf"^{re.escape(PREFIX)}(?P<ns>{'|'.join(NAMESPACES)}):g\d+:(?P<rest>.+)$")
+# An entry key as api/keys.py builds it, its three parts replaced by patterns.
+_FULL_KEY = re.compile("^" + re.escape(keys.entry_key("\x01", "\x02", "\x03")).replace(
+    "\x01", f"(?P<ns>{'|'.join(NAMESPACES)})").replace("\x02", r"\d+").replace("\x03", "(?P<rest>.+)") + "$")
 _SHORT_KEY = re.compile(rf"^(?P<ns>{'|'.join(NAMESPACES)}):(?P<rest>.+)$")
 _MAX_KEY_CHARS = 512
 
@@ -40,8 +42,8 @@ def resolve(client: redis.Redis, key: str) -> str | None:
     short = _SHORT_KEY.match(key)
     if short is None:
         return None
-    generation = int(client.get(f"{PREFIX}gen:{short['ns']}") or 0)
-    return f"{PREFIX}{short['ns']}:g{generation}:{short['rest']}"
+    generation = int(client.get(keys.generation_key(short["ns"])) or 0)
+    return keys.entry_key(short["ns"], str(generation), short["rest"])
 
 
 def redact(value: Any) -> Any:
@@ -57,7 +59,7 @@ def count_keys(client: redis.Redis) -> dict[str, int]:
     """Stored entries per namespace, every generation (old ones use memory until they expire)."""
     counts = {}
     for namespace in NAMESPACES:
-        counts[namespace] = sum(1 for key in client.scan_iter(match=f"{PREFIX}{namespace}:g*", count=1000)
+        counts[namespace] = sum(1 for key in client.scan_iter(match=keys.entry_key(namespace, "*", "*"), count=1000)
                                 if not key.endswith(":lock"))
     return counts
 

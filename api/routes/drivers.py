@@ -33,7 +33,7 @@ _locations_body = Validator({"points": Field("list", min=1, max=MAX_POINTS)})
 def set_status() -> Any:
     who = identity()
     clean = _status_body(json_body())
-    with services().pool.connection() as conn, conn.transaction():
+    with services().pool.connection() as conn:
         before = conn.execute("SELECT status FROM drivers WHERE id = %s FOR UPDATE", (who.user_id,)).fetchone()
         if before is None:
             raise NotFound("no driver profile")
@@ -80,7 +80,7 @@ def post_locations() -> Any:
     clean = _locations_body(json_body())
     points = _points(clean["points"], datetime.now(UTC))
     rows = [point.row(who.user_id) for point in points]
-    with services().pool.connection() as conn, conn.transaction():
+    with services().pool.connection() as conn:
         store_points(conn, rows)
     _publish(who.user_id, points)
     return jsonify({"accepted": len(points)}), 202
@@ -146,8 +146,7 @@ def list_drivers() -> Any:
         where.append("status = %s")
         params.append(status)
     sql, params = keyset_query(_FLEET, where, params, page)
-    with services().read_pool().connection() as conn:
-        rows = conn.execute(sql, params).fetchall()
+    rows = services().read(lambda conn: conn.execute(sql, params).fetchall())
     now = datetime.now(UTC)
     return jsonify(page_body(rows, [_fleet_json(row, now) for row in rows[: page.limit]], page.limit))
 

@@ -13,7 +13,6 @@ from loguru import logger
 
 from api.context import identity, request_id, require, services
 from api.daterange import Range, query_range
-from api.replicas import ReplicaFailed
 from common.auth import Identity, claims_of
 from common.db import Claims, claims
 from common.events import iso
@@ -53,15 +52,8 @@ def _page_sql(*, scoped: bool, bounded_start: bool, bounded_end: bool, after: bo
 
 
 def _fetch(sql: str, params: dict[str, Any]) -> list[dict[str, Any]]:
-    """One page from a replica when one is fresh, else (or when it fails mid-export) from the primary:
-    the response is already streaming, so the app's retry-the-view handler cannot help here."""
-    try:
-        with services().read_pool().connection() as conn:
-            return conn.execute(sql, params).fetchall()
-    except ReplicaFailed as exc:
-        logger.warning("export page failed on a replica, reading it from the primary: {}", exc)
-        with services().pool.connection() as conn:
-            return conn.execute(sql, params).fetchall()
+    """One page from a replica when one is fresh, else (or when it fails mid-export) from the primary."""
+    return services().read(lambda conn: conn.execute(sql, params).fetchall())
 
 
 def _lines(who: Identity, caller: Claims, window: Range, rid: str, *, page_rows: int) -> Iterator[str]:

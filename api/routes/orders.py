@@ -109,8 +109,9 @@ def create_order() -> Any:
     fingerprint = idempotency.request_fingerprint(body) if key is not None else ""
     product_ids = list({item["product_id"] for item in items})
     with services().pool.connection() as conn:
-        # Round trip 1 (after the checkout that began the transaction with the caller's claims, so
-        # row-level security applies): claim the key and read everything the order needs.
+        # Round trip 1 (after the one that began the transaction with the caller's claims, so
+        # row-level security applies: common/db.py Pool.connection): claim the key and read
+        # everything the order needs.
         facts = conn.execute(_READ_WITH_CLAIM if key is not None else _READ, (
             *(idempotency.claim_params(user_id=who.user_id, key=key, fingerprint=fingerprint)
               if key is not None else ()), restaurant_id, product_ids)).fetchone()
@@ -133,14 +134,14 @@ def create_order() -> Any:
 
 # now() is the transaction's start, the value the orders columns' defaults would take. Prices
 # travel as text so they stay exact decimals.
-_READ = (
-    "SELECT now() AS now, EXISTS (SELECT 1 FROM restaurants WHERE id = %s) AS known,"
+_FACTS = (
+    " EXISTS (SELECT 1 FROM restaurants WHERE id = %s) AS known,"
     " (SELECT coalesce(json_agg(json_build_object('id', p.id, 'name', p.name, 'price', p.price::text)), '[]')"
     "  FROM products p WHERE p.id = ANY(%s::uuid[]) AND p.active) AS products"
 )
-_READ_WITH_CLAIM = (f"WITH claimed AS ({idempotency.CLAIM_SQL}) "
-                    + _READ.replace("SELECT now() AS now,", "SELECT now() AS now, EXISTS (SELECT 1 FROM claimed)"
-                                    " AS claimed,", 1))
+_READ = "SELECT now() AS now," + _FACTS
+_READ_WITH_CLAIM = (f"WITH claimed AS ({idempotency.CLAIM_SQL})"
+                    " SELECT now() AS now, EXISTS (SELECT 1 FROM claimed) AS claimed," + _FACTS)
 
 
 def _build_order(who: Identity, restaurant_id: str, clean: dict[str, Any], items: list[dict[str, Any]],
@@ -197,9 +198,7 @@ def _send_writes(conn: psycopg.Connection[Any], order: dict[str, Any], lines: li
     ]
     if idempotency_record is not None:
         user_id, key, reply = idempotency_record
-        statements.append(sql.SQL(
-            "UPDATE idempotency_keys SET status_code = 201, response = {}::jsonb WHERE user_id = {} AND key = {}"
-        ).format(sql.Literal(json.dumps(reply)), sql.Literal(user_id), sql.Literal(key)))
+        statements.append(idempotency.record_statement(user_id=user_id, key=key, status=201, body=reply))
     statements.append(sql.SQL("COMMIT"))
     with psycopg.ClientCursor(conn) as cur:
         cur.execute(sql.SQL("; ").join(statements))
@@ -237,9 +236,12 @@ def list_orders() -> Any:
         where.append("driver_id = %s")
         params.append(who.user_id)
     sql, params = keyset_query(f"SELECT {ORDER_COLUMNS} FROM orders", where, params, page)
-    with services().read_pool().connection() as conn:
+
+    def run(conn: psycopg.Connection[dict[str, Any]]) -> tuple[list[dict[str, Any]], dict[str, list[dict[str, Any]]]]:
         rows = conn.execute(sql, params).fetchall()
-        items = load_items(conn, [row["id"] for row in rows[: page.limit]])
+        return rows, load_items(conn, [row["id"] for row in rows[: page.limit]])
+
+    rows, items = services().read(run)
     return jsonify(page_body(rows, [order_json(row, items[str(row["id"])]) for row in rows[: page.limit]],
                              page.limit))
 
@@ -280,7 +282,7 @@ def _cache_order(reply: dict[str, Any]) -> None:
 def change_status(order_id: str) -> Any:
     who = identity()
     clean = _status_body(json_body())
-    with services().pool.connection() as conn, conn.transaction():
+    with services().pool.connection() as conn:
         order = _visible_order(conn, who, order_id, lock=True)
         if "version" in clean and clean["version"] != order["version"]:
             raise VersionConflict("the order changed since you read it",
@@ -309,7 +311,7 @@ def change_status(order_id: str) -> Any:
 def assign_driver(order_id: str) -> Any:
     who = identity()
     clean = _assign_body(json_body())
-    with services().pool.connection() as conn, conn.transaction():
+    with services().pool.connection() as conn:
         order = _visible_order(conn, who, order_id, lock=True)
         if order["status"] not in ASSIGNABLE_STATUSES:
             raise InvalidTransition(f"an order that is {order['status']} cannot be assigned",

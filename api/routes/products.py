@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import Blueprint, g, jsonify, request
+from flask import Blueprint, jsonify, request
 
-from api.cache import cache, prefetches, query_key
+from api.cache import Prefetcher, cache, query_key
 from api.context import require, services
 from api.pagination import Page, keyset_query, page_args, page_body
+from api.state import request_state
 from api.validation import Field, Validator, json_body, uuid_arg
 from common.errors import NotFound, ValidationFailed
 from common.events import iso
@@ -122,18 +123,16 @@ def _list_entry() -> tuple[str, str]:
     Remembered per query string in this process (parsing and hashing it cost as much as the rest
     of a cached read), and for the request: the rate limiter asks first, the view again.
     """
-    entry: tuple[str, str] | None = g.get("list_entry")
+    state = request_state()
+    entry = state.list_entry
     if entry is None:
         query = request.query_string
         entry = _ENTRIES.get(query)
         if entry is None:
             entry = _compute_list_entry()  # an invalid query raises every time; only valid ones are kept
             _ENTRIES.put(query, entry)
-        g.list_entry = entry
+        state.list_entry = entry
     return entry
-
-
-prefetches("products.list_products")(_list_entry)
 
 
 def _compute_list_entry() -> tuple[str, str]:
@@ -142,9 +141,12 @@ def _compute_list_entry() -> tuple[str, str]:
                                limit=page.limit, cursor=request.args.get("cursor"))
 
 
-@prefetches("products.get_product")
 def _one_entry() -> tuple[str, str]:
     return NAMESPACE, f"one:{uuid_arg(request.view_args['product_id'] if request.view_args else '', what='product')}"
+
+
+# The entries the rate limiter may read for these views before they run (registered by create_app).
+PREFETCHERS: dict[str, Prefetcher] = {f"{bp.name}.list_products": _list_entry, f"{bp.name}.get_product": _one_entry}
 
 
 def list_key(*, category: str | None, active: bool | None, q: str | None, limit: int, cursor: str | None) -> str:

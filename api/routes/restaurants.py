@@ -56,8 +56,7 @@ def list_restaurants() -> Any:
         where.append("id = %s")
         params.append(who.restaurant_id)
     sql, params = keyset_query(f"SELECT {RESTAURANT_COLUMNS} FROM restaurants", where, params, page)
-    with services().read_pool().connection() as conn:
-        rows = conn.execute(sql, params).fetchall()
+    rows = services().read(lambda conn: conn.execute(sql, params).fetchall())
     return jsonify(page_body(rows, [restaurant_json(row) for row in rows[: page.limit]], page.limit))
 
 
@@ -68,9 +67,8 @@ def get_restaurant(restaurant_id: str) -> Any:
     restaurant_id = uuid_arg(restaurant_id, what="restaurant")
     if not who.is_admin and who.restaurant_id != restaurant_id:
         raise NotFound("no such restaurant")
-    with services().read_pool().connection() as conn:
-        row = conn.execute(f"SELECT {RESTAURANT_COLUMNS} FROM restaurants WHERE id = %s",
-                           (restaurant_id,)).fetchone()
+    row = services().read(lambda conn: conn.execute(f"SELECT {RESTAURANT_COLUMNS} FROM restaurants WHERE id = %s",
+                                                    (restaurant_id,)).fetchone())
     if row is None:
         raise NotFound("no such restaurant")
     return jsonify(restaurant_json(row))

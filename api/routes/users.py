@@ -47,7 +47,7 @@ def create_user() -> Any:
         raise ValidationFailed(f"a {role} user belongs to no restaurant",
                                details={"restaurant_id": f"only for roles {', '.join(ROLES_WITH_RESTAURANT)}"})
     user_id = clean.get("id") or str(uuid.uuid4())
-    with services().pool.connection() as conn, conn.transaction():
+    with services().pool.connection() as conn:
         if restaurant_id is not None and conn.execute(
             "SELECT 1 FROM restaurants WHERE id = %s", (restaurant_id,)
         ).fetchone() is None:

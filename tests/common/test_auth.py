@@ -6,7 +6,7 @@ import uuid
 import jwt
 import pytest
 
-from common.auth import mint_token, verify_token
+from common.auth import bearer_token, mint_token, verify_token
 from common.errors import Unauthorized
 
 SECRET = "unit-secret-0123456789abcdef0123"
@@ -47,3 +47,12 @@ def test_minting_refuses_incomplete_claims() -> None:
         mint_token(SECRET, role="demo")
     with pytest.raises(ValueError, match="unknown role"):
         mint_token(SECRET, role="root")
+
+
+@pytest.mark.parametrize(
+    ("header", "token"),
+    [("Bearer abc.def", "abc.def"), ("bearer  abc.def ", "abc.def"), ("BEARER abc", "abc"), ("", ""),
+     ("Bearer", ""), ("Bearer   ", ""), ("Basic abc", ""), ("abc.def", "")],
+)
+def test_bearer_token_takes_only_the_bearer_scheme(header: str, token: str) -> None:
+    assert bearer_token(header) == token
