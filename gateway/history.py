@@ -46,13 +46,15 @@ class ChannelHistory:
     `floor` is None until the first subscriber anchors it: until then nothing is known complete.
     """
 
-    __slots__ = ("events", "floor", "max_events", "_ids")
+    __slots__ = ("events", "floor", "generation", "max_events", "_ids")
 
     def __init__(self, *, max_events: int = MAX_EVENTS_PER_CHANNEL) -> None:
         self.max_events = max_events
         self.events: deque[Any] = deque()
         self._ids: deque[int] = deque()
         self.floor: int | None = None
+        # Bumped by every reset: an anchor read before the reset must not land after it.
+        self.generation = 0
 
     def append(self, out: Stored) -> None:
         """A live stored event from the hub, in id order; ephemeral and repeated ones are skipped."""
@@ -63,9 +65,12 @@ class ChannelHistory:
         self._ids.append(event_id)
         self._trim()
 
-    def anchor(self, watermark: int) -> None:
-        """Every event above `watermark` arrives live from now on: the record is complete above it."""
-        if self.floor is not None:
+    def anchor(self, watermark: int, *, generation: int) -> None:
+        """Every event above `watermark` arrives live from now on: the record is complete above it.
+
+        `generation` is the one seen when the subscription was confirmed, before the watermark was read.
+        """
+        if self.floor is not None or generation != self.generation:
             return
         self.floor = watermark
         while self._ids and self._ids[0] <= watermark:
@@ -105,6 +110,7 @@ class ChannelHistory:
         self.events.clear()
         self._ids.clear()
         self.floor = None
+        self.generation += 1
 
 
 class SharedReads:

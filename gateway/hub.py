@@ -23,6 +23,7 @@ from loguru import logger
 from common.errors import Unavailable
 from common.events import REDIS_PREFIX, publish_ephemeral
 from gateway.connection import Outgoing
+from gateway.history import ChannelHistory
 from gateway.metrics import DELIVERY_SAMPLE_EVERY, RECONNECTS, observe_delivery
 
 # redis-py reconnects a dropped pub/sub connection inside whichever greenlet notices first. When the
@@ -42,6 +43,8 @@ class Hub:
         self.confirm_timeout_s = confirm_timeout_s
         self.reconnect_backoff_s = reconnect_backoff_s
         self.channels: dict[str, set[Subscriber]] = {}
+        # The stored events of each held channel, complete over a known range (gateway.history).
+        self.histories: dict[str, ChannelHistory] = {}
         self._confirmed: dict[str, GEvent] = {}
         self._pubsub: Any = None
         self._reader: gevent.Greenlet | None = None
@@ -77,6 +80,8 @@ class Hub:
         """Register locally; return once Redis has confirmed the upstream subscription."""
         local = self.channels.setdefault(channel, set())
         local.add(subscriber)
+        if channel not in self.histories:
+            self.histories[channel] = ChannelHistory()
         confirmed = self._confirmed.get(channel)
         if confirmed is None:
             confirmed = self._confirmed[channel] = GEvent()
@@ -95,6 +100,7 @@ class Hub:
         local.discard(subscriber)
         if not local:
             del self.channels[channel]
+            self.histories.pop(channel, None)
             self._confirmed.pop(channel, None)
             if self._pubsub is not None and self.healthy.is_set():
                 try:
@@ -115,6 +121,8 @@ class Hub:
         self._pubsub = pubsub
         for confirmed in self._confirmed.values():
             confirmed.clear()
+        for history in self.histories.values():
+            history.reset()  # what was published while the subscription was down is unknown
         if self.channels:
             pubsub.subscribe(*[REDIS_PREFIX + channel for channel in self.channels])
         else:
@@ -169,6 +177,8 @@ class Hub:
             return
         out = Outgoing.of(event_id, frame, _restaurant_of(frame) if event_id is not None and
                           channel.startswith("driver:") else None)
+        if event_id is not None:
+            self.histories[channel].append(out)
         for subscriber in list(subscribers):
             subscriber.deliver(channel, out)
         self.frames_out += len(subscribers)
