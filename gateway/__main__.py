@@ -16,7 +16,6 @@ from common.boot import boot  # noqa: E402
 from gateway.server import Gateway, create_gateway_app, raise_fd_limit  # noqa: E402
 from gateway.transport import UpgradeHandler  # noqa: E402
 
-
 LISTEN_BACKLOG = 8192
 
 

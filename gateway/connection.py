@@ -142,10 +142,12 @@ class Connection:
             if sub.last_id is not None and out.event_id <= sub.last_id:
                 return  # already delivered by replay or before a resync
             sub.last_id = out.event_id
-        if out.restaurant_id is not None and self.own_restaurant is not None \
-                and out.restaurant_id != self.own_restaurant:
-            return
-        self.send_frame(out)
+        if self.may_see(out):
+            self.send_frame(out)
+
+    def may_see(self, out: Outgoing) -> bool:
+        """Restaurants see only their own orders' events on a driver's channel."""
+        return out.restaurant_id is None or self.own_restaurant is None or out.restaurant_id == self.own_restaurant
 
     def go_live(self, channel: str) -> None:
         """End a replay: deliver buffered live events that replay did not cover, then go live."""

@@ -46,7 +46,7 @@ class ChannelHistory:
     `floor` is None until the first subscriber anchors it: until then nothing is known complete.
     """
 
-    __slots__ = ("events", "floor", "generation", "max_events", "_ids")
+    __slots__ = ("_ids", "events", "floor", "generation", "max_events")
 
     def __init__(self, *, max_events: int = MAX_EVENTS_PER_CHANNEL) -> None:
         self.max_events = max_events

@@ -93,6 +93,21 @@ class Hub:
         if not confirmed.wait(timeout=self.confirm_timeout_s):
             raise Unavailable("the event stream is unavailable, retry shortly")
 
+    def anchor_history(self, channel: str, read_watermark: Callable[[], int]) -> int:
+        """Read the relay's watermark for a held channel and anchor its history there.
+
+        Only a subscription confirmed before the read anchors: a reconnect in between resets the
+        history and bumps its generation, and the stale anchor is ignored (`ChannelHistory.anchor`).
+        """
+        history = self.histories.get(channel)
+        confirmed = self._confirmed.get(channel)
+        generation = history.generation if history is not None and confirmed is not None and \
+            confirmed.is_set() else None
+        watermark = read_watermark()
+        if history is not None and generation is not None:
+            history.anchor(watermark, generation=generation)
+        return watermark
+
     def remove(self, subscriber: Subscriber, channel: str) -> None:
         local = self.channels.get(channel)
         if local is None:

@@ -27,12 +27,12 @@ from gevent.event import Event as GEvent
 from loguru import logger
 
 from common import gateway_stats
-from common.access import check_subscribe
+from common.access import allowed_without_store, check_subscribe
 from common.auth import Identity, claims_of, verify_token
 from common.clock import iso
 from common.config import Config
 from common.db import SERVICE, claims, make_pool
-from common.errors import DmsError, Forbidden, RateLimited, Unavailable
+from common.errors import DmsError, Forbidden, RateLimited
 from common.events import (
     ADMIN_CONNECTIONS,
     ALL_DRIVERS,
@@ -48,6 +48,7 @@ from common.redis_client import make_redis
 from common.replication import REPLICATION
 from common.roles import Role
 from gateway import framing, metrics
+from gateway.admission import Admission, Refused
 from gateway.app import create_gateway_app
 from gateway.connection import GPS_POINTS_PER_S, Connection, Outgoing, Subscription
 from gateway.framing import CloseCode, CloseReceived, Message, Ping, Pong, ProtocolError
@@ -101,7 +102,9 @@ class Gateway:
         self.hub = Hub(make_redis(config.redis_url, socket_timeout_s=None))
         self.hub.on_reconnect = self.resync_all
         self.hub.on_driver_order_event = self._driver_order_event
-        self.recovery = Recovery(self.pool, self.redis)
+        self.recovery = Recovery(self.pool, self.redis, self.hub)
+        self.admission = Admission(max_connections=config.ws_max_connections,
+                                   accept_rate_per_s=config.ws_accept_rate_per_s)
         self.locations = LocationWriter(self.pool)
         self.relay: Relay | None = (
             Relay(listen_url=config.database_listen_url, redis_client=self.redis,
@@ -166,8 +169,11 @@ class Gateway:
     # -- handshake -----------------------------------------------------------------------------
     def admit(self) -> Identity:
         """Check a WebSocket handshake before upgrading; raise the HTTP error to answer instead."""
-        if self.draining:
-            raise Unavailable("this gateway is shutting down")
+        try:
+            self.admission.admit(open_connections=len(self.connections), draining=self.draining)
+        except Refused as refused:
+            metrics.HANDSHAKES.labels(f"refused_{refused.reason}").inc()
+            raise
         origin = request.headers.get("Origin")
         allowed = self.config.allowed_origins
         if origin and "*" not in allowed and origin not in allowed:
@@ -179,6 +185,7 @@ class Gateway:
         who = verify_token(token, self.config.jwt_secret.value)
         if self.per_user[who.user_id] >= self.config.ws_max_connections_per_user:
             raise RateLimited("too many connections for this user", retry_after_s=5)
+        metrics.HANDSHAKES.labels("admitted").inc()
         return who
 
     def open(self, sock: socket.socket, who: Identity, *, batch_ms: int = 0) -> Connection:
@@ -322,11 +329,12 @@ class Gateway:
             conn.session.subscribe_done(channel, ok=True)
             return
         try:
-            with claims(claims_of(conn.identity)), self.pool.connection() as db:
-                check_subscribe(db, conn.identity, channel)
+            if allowed_without_store(conn.identity, channel) is None:
+                with claims(claims_of(conn.identity)), self.pool.connection() as db:
+                    check_subscribe(db, conn.identity, channel)
             sub = conn.subscriptions[channel] = Subscription()
             self.hub.add(conn, channel)
-            watermark = self.recovery.watermark()
+            watermark = self.recovery.anchored_watermark(channel)
             recovered = action.since is not None and action.since >= self.recovery.purged_through()
             conn.send_json(subscribed(channel, ref, watermark, recovered))
             if recovered:

@@ -48,7 +48,7 @@ def _connect(url: str, token: str, deadline: float, refusals: Counter[str]) -> w
 
 def main() -> int:
     config: dict[str, Any] = json.loads(sys.argv[1])
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     restaurants: list[str] = config["restaurants"]
     deadline = time.monotonic() + float(config.get("connect_timeout_s", 120))
@@ -89,10 +89,10 @@ def main() -> int:
                     answers["subscribed"] += 1
                     return
                 if body.get("type") == "error":
-                    answers[f"error:{body.get('code')}"] += 1
+                    answers[f"error:{body.get('code')}:{body.get('message')}"] += 1
                     return
-        except (OSError, websocket.WebSocketException, ValueError):
-            answers["lost"] += 1
+        except (OSError, websocket.WebSocketException, ValueError) as exc:
+            answers[f"lost:{type(exc).__name__}"] += 1
 
     greenlets = [gevent.spawn(subscribe_one, ws, channel) for ws, channel in sockets]
     gevent.sleep(0)
