@@ -136,13 +136,17 @@ class SharedReads:
         A replay that finds a read of its channel under way waits for it and looks again, so the
         requests of one window cost one query; the store's errors reach the caller.
         """
-        for _ in range(2):
+        issued = False
+        for _ in range(4):
             if history.covers(since):
                 return True
             pending = self._reading.get(channel)
             if pending is not None:
                 pending.wait()
                 continue
+            if issued:
+                break  # this caller's own read did not reach back far enough: it pages the store alone
+            issued = True
             done = self._reading[channel] = GEvent()
             try:
                 gevent.sleep(self.window_s)  # let the rest of the burst join this read

@@ -23,7 +23,7 @@ from loguru import logger
 from common.errors import Unavailable
 from common.events import REDIS_PREFIX, publish_ephemeral
 from gateway.connection import Outgoing
-from gateway.history import ChannelHistory
+from gateway.history import MAX_EVENTS_PER_CHANNEL, ChannelHistory
 from gateway.metrics import DELIVERY_SAMPLE_EVERY, RECONNECTS, observe_delivery
 
 # redis-py reconnects a dropped pub/sub connection inside whichever greenlet notices first. When the
@@ -38,10 +38,11 @@ class Subscriber(Protocol):
 
 class Hub:
     def __init__(self, redis_client: redis.Redis, *, confirm_timeout_s: float = 5.0,
-                 reconnect_backoff_s: float = 0.5) -> None:
+                 reconnect_backoff_s: float = 0.5, history_events: int = MAX_EVENTS_PER_CHANNEL) -> None:
         self.redis = redis_client
         self.confirm_timeout_s = confirm_timeout_s
         self.reconnect_backoff_s = reconnect_backoff_s
+        self.history_events = history_events
         self.channels: dict[str, set[Subscriber]] = {}
         # The stored events of each held channel, complete over a known range (gateway.history).
         self.histories: dict[str, ChannelHistory] = {}
@@ -81,7 +82,7 @@ class Hub:
         local = self.channels.setdefault(channel, set())
         local.add(subscriber)
         if channel not in self.histories:
-            self.histories[channel] = ChannelHistory()
+            self.histories[channel] = ChannelHistory(max_events=self.history_events)
         confirmed = self._confirmed.get(channel)
         if confirmed is None:
             confirmed = self._confirmed[channel] = GEvent()

@@ -58,7 +58,9 @@ class Recovery:
         self.pool = pool
         self.redis = redis_client
         self.hub = hub
-        self.shared = SharedReads(pool, outgoing_of_row, on_read=STORE_READS.labels("shared").inc)
+        # A shared read fetches half the history's bound, leaving room for the live edge.
+        self.shared = SharedReads(pool, outgoing_of_row, rows=max(1, hub.history_events // 2),
+                                  on_read=STORE_READS.labels("shared").inc)
         self._watermark = FreshRead(self._read_watermark)
         self._purged: tuple[float, int] | None = None
         self._purged_lock = RLock()

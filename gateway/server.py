@@ -99,7 +99,7 @@ class Gateway:
         self.pool = make_pool(config.database_url, name="gateway", max_size=pool_size)
         REPLICATION.watch(config.database_url)  # replica-lag gauges, read from the primary per scrape
         self.redis = make_redis(config.redis_url)
-        self.hub = Hub(make_redis(config.redis_url, socket_timeout_s=None))
+        self.hub = Hub(make_redis(config.redis_url, socket_timeout_s=None), history_events=config.ws_history_events)
         self.hub.on_reconnect = self.resync_all
         self.hub.on_driver_order_event = self._driver_order_event
         self.recovery = Recovery(self.pool, self.redis, self.hub)
