@@ -80,6 +80,9 @@ class Config:
     ws_max_subscriptions: int = 50
     ws_max_message_bytes: int = 65536
     ws_max_connections_per_user: int = 10
+    ws_max_connections: int = 20_000  # admission: one gateway's ceiling (a descriptor each; see docs)
+    ws_accept_rate_per_s: float = 1000.0  # admission: new handshakes a second (token bucket, burst the same)
+    ws_history_events: int = 2000  # recent stored events a gateway keeps per held channel for replays
     event_retention_hours: float = 24.0
     rate_limit_ip: RateLimit = RateLimit(100, 60)
     rate_limit_user: RateLimit = RateLimit(1000, 3600)
@@ -141,6 +144,9 @@ class Config:
             ws_max_subscriptions=reader.integer("WS_MAX_SUBSCRIPTIONS", 50, low=1),
             ws_max_message_bytes=reader.integer("WS_MAX_MESSAGE_BYTES", 65536, low=256),
             ws_max_connections_per_user=reader.integer("WS_MAX_CONNECTIONS_PER_USER", 10, low=1),
+            ws_max_connections=reader.integer("WS_MAX_CONNECTIONS", 20_000, low=1),
+            ws_accept_rate_per_s=reader.number("WS_ACCEPT_RATE", 1000.0, low=1.0),
+            ws_history_events=reader.integer("WS_HISTORY_EVENTS", 2000, low=2),
             event_retention_hours=reader.number("EVENT_RETENTION_HOURS", 24.0, low=0.001),
             rate_limit_ip=reader.rate("RATE_LIMIT_IP", "100/minute"),
             rate_limit_user=reader.rate("RATE_LIMIT_USER", "1000/hour"),

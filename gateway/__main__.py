@@ -16,14 +16,19 @@ from common.boot import boot  # noqa: E402
 from gateway.server import Gateway, create_gateway_app, raise_fd_limit  # noqa: E402
 from gateway.transport import UpgradeHandler  # noqa: E402
 
+LISTEN_BACKLOG = 8192
+
 
 def main() -> int:
     config = boot("gateway")
     limit = raise_fd_limit()
     gateway = Gateway(config, run_relay=config.relay_in_gateway)
     gateway.start()
+    # A storm of reconnects arrives as thousands of SYNs at once. gevent listens with a backlog of
+    # 128: past that the kernel drops SYNs, the client (or nginx) retransmits after 1 s and 3 s, and
+    # nginx counts the connect timeout against the gateway. The kernel caps this at somaxconn.
     server = WSGIServer((config.gateway_host, config.gateway_port), create_gateway_app(gateway),
-                        log=None, error_log=None, handler_class=UpgradeHandler)
+                        log=None, error_log=None, handler_class=UpgradeHandler, backlog=LISTEN_BACKLOG)
     # Accepted sockets inherit TCP_NODELAY: small event frames go out at once, not after Nagle's wait.
     server.init_socket()
     server.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)

@@ -171,9 +171,12 @@ class Connection:
             if sub.last_id is not None and out.event_id <= sub.last_id:
                 return  # already delivered by replay or before a resync
             sub.last_id = out.event_id
-        if not visibility.may_see_event(self.own_restaurant, out.tag):
-            return
-        self.send_frame(out)
+        if self.may_see(out):
+            self.send_frame(out)
+
+    def may_see(self, out: Outgoing) -> bool:
+        """The visibility rule's per-connection filter (a restaurant on `driver:*`)."""
+        return visibility.may_see_event(self.own_restaurant, out.tag)
 
     def go_live(self, channel: str) -> None:
         """End a replay: deliver buffered live events that replay did not cover, then go live."""

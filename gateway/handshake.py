@@ -3,12 +3,14 @@
 Flask answers the handshake: a draining gateway, a bad origin, token, per-user cap, `batch_ms`
 or WebSocket header gets the contract's HTTP error and no upgrade. An accepted handshake takes
 the socket out of pywsgi, the `Transport` answers 101 on it, and the node opens the connection;
-Flask is done. Admission limits (connections, accept rate) belong in `admit`.
+Flask is done. Admission (gateway.admission: the connection ceiling, the accept rate, draining)
+comes first, before the token is verified, so a refusal in a storm costs microseconds.
 """
 
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Sized
 from typing import Any, Protocol
 
 from flask import Flask, Response, jsonify, request
@@ -16,7 +18,8 @@ from flask import Flask, Response, jsonify, request
 from common.auth import Identity, bearer_token, verify_token
 from common.config import Config
 from common.errors import BadRequest, DmsError, Forbidden, RateLimited, Unavailable
-from gateway import framing
+from gateway import framing, metrics
+from gateway.admission import Admission, Refused
 from gateway.transport import TAKEOVER_KEY, Transport, accept
 
 MAX_BATCH_MS = 100
@@ -28,6 +31,8 @@ class Admitting(Protocol):
     config: Config
     draining: bool
     per_user: Counter[str]
+    admission: Admission
+    connections: Sized
 
     def open(self, transport: Transport, who: Identity, *, batch_ms: int = 0) -> Any: ...
 
@@ -42,8 +47,11 @@ class Taken(Response):
 def admit(node: Admitting) -> Identity:
     """Check a WebSocket handshake before upgrading; raise the HTTP error to answer instead."""
     config = node.config
-    if node.draining:
-        raise Unavailable("this gateway is shutting down")
+    try:
+        node.admission.admit(open_connections=len(node.connections), draining=node.draining)
+    except Refused as refused:
+        metrics.HANDSHAKES.labels(f"refused_{refused.reason}").inc()
+        raise
     origin = request.headers.get("Origin")
     if origin and "*" not in config.allowed_origins and origin not in config.allowed_origins:
         raise Forbidden("origin not allowed")
@@ -51,6 +59,7 @@ def admit(node: Admitting) -> Identity:
     who = verify_token(token, config.jwt_secret.value)
     if node.per_user[who.user_id] >= config.ws_max_connections_per_user:
         raise RateLimited("too many connections for this user", retry_after_s=5)
+    metrics.HANDSHAKES.labels("admitted").inc()
     return who
 
 

@@ -24,6 +24,7 @@ from common import outbox, visibility
 from common.errors import Unavailable
 from common.events import REDIS_PREFIX, publish_ephemeral
 from gateway.connection import Outgoing
+from gateway.history import MAX_EVENTS_PER_CHANNEL, ChannelHistory
 from gateway.metrics import DELIVERY_SAMPLE_EVERY, RECONNECTS, observe_delivery
 
 # redis-py reconnects a dropped pub/sub connection inside whichever greenlet notices first. When the
@@ -38,11 +39,14 @@ class Subscriber(Protocol):
 
 class Hub:
     def __init__(self, redis_client: redis.Redis, *, confirm_timeout_s: float = 5.0,
-                 reconnect_backoff_s: float = 0.5) -> None:
+                 reconnect_backoff_s: float = 0.5, history_events: int = MAX_EVENTS_PER_CHANNEL) -> None:
         self.redis = redis_client
         self.confirm_timeout_s = confirm_timeout_s
         self.reconnect_backoff_s = reconnect_backoff_s
+        self.history_events = history_events
         self.channels: dict[str, set[Subscriber]] = {}
+        # The stored events of each held channel, complete over a known range (gateway.history).
+        self.histories: dict[str, ChannelHistory] = {}
         self._confirmed: dict[str, GEvent] = {}
         self._pubsub: Any = None
         self._reader: gevent.Greenlet | None = None
@@ -78,6 +82,8 @@ class Hub:
         """Register locally; return once Redis has confirmed the upstream subscription."""
         local = self.channels.setdefault(channel, set())
         local.add(subscriber)
+        if channel not in self.histories:
+            self.histories[channel] = ChannelHistory(max_events=self.history_events)
         confirmed = self._confirmed.get(channel)
         if confirmed is None:
             confirmed = self._confirmed[channel] = GEvent()
@@ -89,6 +95,21 @@ class Hub:
         if not confirmed.wait(timeout=self.confirm_timeout_s):
             raise Unavailable("the event stream is unavailable, retry shortly")
 
+    def anchor_history(self, channel: str, read_watermark: Callable[[], int]) -> int:
+        """Read the relay's watermark for a held channel and anchor its history there.
+
+        Only a subscription confirmed before the read anchors: a reconnect in between resets the
+        history and bumps its generation, and the stale anchor is ignored (`ChannelHistory.anchor`).
+        """
+        history = self.histories.get(channel)
+        confirmed = self._confirmed.get(channel)
+        generation = history.generation if history is not None and confirmed is not None and \
+            confirmed.is_set() else None
+        watermark = read_watermark()
+        if history is not None and generation is not None:
+            history.anchor(watermark, generation=generation)
+        return watermark
+
     def remove(self, subscriber: Subscriber, channel: str) -> None:
         local = self.channels.get(channel)
         if local is None:
@@ -96,6 +117,7 @@ class Hub:
         local.discard(subscriber)
         if not local:
             del self.channels[channel]
+            self.histories.pop(channel, None)
             self._confirmed.pop(channel, None)
             if self._pubsub is not None and self.healthy.is_set():
                 try:
@@ -116,6 +138,8 @@ class Hub:
         self._pubsub = pubsub
         for confirmed in self._confirmed.values():
             confirmed.clear()
+        for history in self.histories.values():
+            history.reset()  # what was published while the subscription was down is unknown
         if self.channels:
             pubsub.subscribe(*[REDIS_PREFIX + channel for channel in self.channels])
         else:
@@ -169,6 +193,8 @@ class Hub:
             return
         out = Outgoing.of(event_id, frame, visibility.tag_driver_event(channel, frame) if event_id is not None
                           else None)
+        if event_id is not None:
+            self.histories[channel].append(out)
         for subscriber in list(subscribers):
             subscriber.deliver(channel, out)
         self.frames_out += len(subscribers)

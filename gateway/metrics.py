@@ -38,6 +38,19 @@ DISCONNECTS = Counter("dms_gateway_disconnects_total", "Connections the gateway 
 DELIVERY_LAG = Histogram("dms_gateway_delivery_lag_seconds",
                          f"Event commit time to hub fan-out into local queues (1 in {DELIVERY_SAMPLE_EVERY} sampled)",
                          buckets=LAG_BUCKETS)
+REPLAYS = Counter("dms_gateway_replays_total",
+                  "Subscriptions replayed with since, by where the events came from "
+                  "(memory, shared_read: one store read for the channel, own_read: the client alone)", ["source"])
+STORE_READS = Counter("dms_gateway_replay_store_reads_total",
+                      "PostgreSQL reads made for replays (shared: one per channel and moment; own: one client's page)",
+                      ["kind"])
+HANDSHAKES = Counter("dms_gateway_handshakes_total", "WebSocket handshakes answered, by outcome", ["outcome"])
+for _source in ("memory", "shared_read", "own_read"):
+    REPLAYS.labels(_source)
+for _kind in ("shared", "own"):
+    STORE_READS.labels(_kind)
+for _outcome in ("admitted", "refused_draining", "refused_full", "refused_rate"):
+    HANDSHAKES.labels(_outcome)
 for _reason in DISCONNECT_REASONS:
     DISCONNECTS.labels(_reason)
 for _label in LABELS:

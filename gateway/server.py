@@ -33,6 +33,7 @@ from common.redis_client import make_redis
 from common.replication import REPLICATION
 from common.roles import Role
 from gateway import closes
+from gateway.admission import Admission
 from gateway.app import create_gateway_app
 from gateway.connection import Connection
 from gateway.gps import GpsIntake
@@ -68,8 +69,10 @@ class Gateway:
         self.pool = make_pool(config.database_url, name="gateway", max_size=pool_size)
         REPLICATION.watch(config.database_url)  # replica-lag gauges, read from the primary per scrape
         self.redis = make_redis(config.redis_url)
-        self.hub = Hub(make_redis(config.redis_url, socket_timeout_s=None))
-        self.recovery = Recovery(self.pool, self.redis)
+        self.hub = Hub(make_redis(config.redis_url, socket_timeout_s=None), history_events=config.ws_history_events)
+        self.recovery = Recovery(self.pool, self.redis, self.hub)
+        self.admission = Admission(max_connections=config.ws_max_connections,
+                                   accept_rate_per_s=config.ws_accept_rate_per_s)
         self.locations = LocationWriter(self.pool)
         self.relay: Relay | None = (
             Relay(listen_url=config.database_listen_url, redis_client=self.redis,

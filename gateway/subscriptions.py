@@ -16,7 +16,7 @@ from common.auth import claims_of
 from common.db import claims
 from common.errors import DmsError
 from common.logging import log_context
-from common.visibility import check_subscribe
+from common.visibility import allowed_without_store, check_subscribe
 from gateway.connection import Connection
 from gateway.hub import Hub
 from gateway.protocol import Subscribe, Unsubscribe, error, subscribed
@@ -48,11 +48,12 @@ class Subscriptions:
             conn.session.subscribe_done(channel, ok=True)
             return
         try:
-            with claims(claims_of(conn.identity)), self.pool.connection() as db:
-                check_subscribe(db, conn.identity, channel)
+            if allowed_without_store(conn.identity, channel) is None:
+                with claims(claims_of(conn.identity)), self.pool.connection() as db:
+                    check_subscribe(db, conn.identity, channel)
             sub = conn.session.hold(channel)
             self.hub.add(conn, channel)
-            watermark = self.recovery.watermark()
+            watermark = self.recovery.anchored_watermark(channel)
             recovered = action.since is not None and action.since >= self.recovery.purged_through()
             conn.send_json(subscribed(channel, ref, watermark, recovered))
             if recovered:
@@ -72,7 +73,7 @@ class Subscriptions:
             conn.send_json(error(code, message, ref).body)
 
     def resync_all(self, connections: Iterable[Connection]) -> None:
-        """After Redis came back: refill every live subscription from PostgreSQL, then go live."""
+        """After Redis came back: refill every live subscription (one store read per channel), then go live."""
         for conn in list(connections):
             gevent.spawn(self._resync, conn)
 

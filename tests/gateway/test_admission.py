@@ -1,0 +1,82 @@
+"""Admission without a server: the connection ceiling, the handshake bucket and the Retry-After spread."""
+
+from __future__ import annotations
+
+import pytest
+
+from gateway.admission import MAX_RETRY_AFTER_S, Admission, Refusal, Refused
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.t = 1000.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def test_a_full_gateway_refuses_with_503_and_a_retry_after() -> None:
+    admission = Admission(max_connections=3, accept_rate_per_s=100, clock=Clock(), draw=lambda: 0.99)
+    admission.admit(open_connections=2)
+    with pytest.raises(Refused) as refused:
+        admission.admit(open_connections=3)
+    assert refused.value.reason == Refusal.FULL
+    assert refused.value.status == 503 and refused.value.code == "unavailable"
+    assert refused.value.headers() == {"Retry-After": "5"}
+    assert admission.refused[Refusal.FULL] == 1 and admission.admitted == 1
+
+
+def test_a_draining_gateway_refuses_every_handshake() -> None:
+    admission = Admission(clock=Clock())
+    with pytest.raises(Refused) as refused:
+        admission.admit(open_connections=0, draining=True)
+    assert refused.value.reason == Refusal.DRAINING
+    assert refused.value.body()["error"]["code"] == "unavailable"
+    assert int(refused.value.headers()["Retry-After"]) >= 1
+
+
+def test_the_bucket_admits_its_burst_then_its_rate() -> None:
+    clock = Clock()
+    admission = Admission(accept_rate_per_s=10, clock=clock, draw=lambda: 0.0)
+    for _ in range(10):
+        admission.admit(open_connections=0)
+    with pytest.raises(Refused) as refused:
+        admission.admit(open_connections=0)
+    assert refused.value.reason == Refusal.RATE
+    clock.t += 0.25  # two and a half tokens come back
+    admission.admit(open_connections=0)
+    admission.admit(open_connections=0)
+    with pytest.raises(Refused):
+        admission.admit(open_connections=0)
+    assert admission.admitted == 12 and admission.refused[Refusal.RATE] == 2
+
+
+def test_retry_after_spreads_a_storm_over_the_time_the_bucket_needs() -> None:
+    """500 refusals in a second at 100/s: clients are told 1 to 5 s, spread, never more than the cap."""
+    clock = Clock()
+    draws = iter(i / 500 for i in range(10_000))
+    admission = Admission(accept_rate_per_s=100, burst=1, clock=clock, draw=lambda: next(draws))
+    admission.admit(open_connections=0)
+    answers = []
+    for _ in range(500):
+        with pytest.raises(Refused) as refused:
+            admission.admit(open_connections=0)
+        answers.append(refused.value.retry_after_s)
+    assert min(answers) == 1
+    assert max(answers) == 5
+    assert len(set(answers)) == 5
+    assert all(1 <= value <= MAX_RETRY_AFTER_S for value in answers)
+
+
+def test_a_quiet_second_after_a_storm_answers_one_second_again() -> None:
+    clock = Clock()
+    admission = Admission(accept_rate_per_s=10, burst=1, clock=clock, draw=lambda: 0.99)
+    admission.admit(open_connections=0)
+    for _ in range(100):
+        with pytest.raises(Refused):
+            admission.admit(open_connections=0)
+    clock.t += 5.0
+    admission.admit(open_connections=0)
+    with pytest.raises(Refused) as refused:
+        admission.admit(open_connections=0)
+    assert refused.value.retry_after_s == 1
