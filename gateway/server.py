@@ -43,6 +43,7 @@ from common.events import (
 )
 from common.logging import log_context
 from common.orders import ACTIVE_STATUSES
+from common.presence import GatewayPresence
 from common.profiles import ensure_profile
 from common.redis_client import make_redis
 from common.replication import REPLICATION
@@ -103,6 +104,7 @@ class Gateway:
         self.hub.on_driver_order_event = self._driver_order_event
         self.recovery = Recovery(self.pool, self.redis)
         self.locations = LocationWriter(self.pool)
+        self.presence = GatewayPresence(self.redis, self.pool, stale_s=config.driver_stale_seconds, instance_id=self.id)
         self.relay: Relay | None = (
             Relay(listen_url=config.database_listen_url, redis_client=self.redis,
                   retention_hours=config.event_retention_hours)
@@ -134,6 +136,7 @@ class Gateway:
         self._greenlets.append(gevent.spawn(self._stats_forever))
         self._greenlets.append(gevent.spawn(self._timers_forever))
         self._greenlets.append(gevent.spawn(self._rights_forever))
+        self._greenlets.append(gevent.spawn(self.presence.run, lambda: self._running, self.connected_drivers))
 
     def drain(self, *, spread_s: float = 3.0) -> None:
         """Close clients with 1001 spread over `spread_s`, flush GPS, give up the relay, stop."""
@@ -201,6 +204,7 @@ class Gateway:
             try:
                 if who.role == Role.DRIVER:
                     self._ensure_driver(conn)
+                    self.presence.connected(who.user_id)
                 conn.log.info("connected")
                 conn.session.start(time.monotonic())
                 conn.send_json(welcome(
@@ -226,6 +230,8 @@ class Gateway:
         self.per_user[user] -= 1
         if self.per_user[user] <= 0:
             del self.per_user[user]
+            if conn.identity.role == Role.DRIVER:
+                self.presence.disconnected(user)
         if conn.close_code == CloseCode.SLOW_CONSUMER:
             self.slow_consumer_disconnects += 1
             metrics.DISCONNECTS.labels("slow_consumer").inc()
@@ -413,6 +419,7 @@ class Gateway:
                                  action.ref).body)
             return
         driver_id = conn.identity.user_id
+        self.presence.located(driver_id)
         point = Point(driver_id, action.lat, action.lng, action.heading, action.speed, action.accuracy,
                       action.recorded_at)
         data = {"driver_id": driver_id, "lat": point.lat, "lng": point.lng, "heading": point.heading,
@@ -431,6 +438,9 @@ class Gateway:
 
         if not self.locations.accept(point, done):
             conn.send_json(error("unavailable", "location storage is saturated, retry", ref).body)
+
+    def connected_drivers(self) -> list[str]:
+        return [conn.identity.user_id for conn in self.connections if conn.identity.role == Role.DRIVER]
 
     # -- admin numbers -------------------------------------------------------------------------
     def snapshot(self) -> dict[str, Any]:
