@@ -455,6 +455,7 @@ class Gateway:
             "by_role": dict(by_role),
             "subscriptions": sum(len(conn.subscriptions) for conn in self.connections),
             "messages_out_per_s": round(rate, 1),
+            "delivery_p95_ms": metrics.delivery_p95_ms(),
             "slow_consumer_disconnects": self.slow_consumer_disconnects,
             "started_at": iso(self.started_at),
             "last_seen": iso(datetime.now(UTC)),
