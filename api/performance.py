@@ -14,7 +14,7 @@ import socket
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,6 +24,9 @@ import psycopg_pool
 import redis
 from flask import Flask, g
 from loguru import logger
+from prometheus_client import REGISTRY
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 from psycopg.types.json import Jsonb
 
 from api import alerts as alerting
@@ -115,6 +118,7 @@ def init_app(app: Flask, svc: Services) -> Performance:
                 perf.errors.observe(took)
         return response
 
+    OUTBOX.pool = svc.pool  # one collector per process (the registry is global): the latest app answers
     app.extensions["dms_performance"] = perf
     return perf
 
@@ -149,6 +153,40 @@ def relay_lag_s(pool: Pool) -> float:
             (RELAY_CURSOR,),
         ).fetchone()
     return max(0.0, float(row["lag_s"])) if row else 0.0
+
+
+BACKLOG_CAP = 100_000  # counting stops here: the gauge says "at least" beyond it, and stays cheap
+
+
+def outbox_backlog(pool: Pool) -> int:
+    """Events the relay has not published yet (at most BACKLOG_CAP counted)."""
+    with pool.connection() as conn:
+        row = conn.execute(
+            "SELECT count(*) AS n FROM (SELECT 1 FROM events WHERE id > coalesce((SELECT last_id FROM relay_cursor"
+            " WHERE name = %s), 0) LIMIT %s) AS waiting", (RELAY_CURSOR, BACKLOG_CAP),
+        ).fetchone()
+    return int(row["n"]) if row else 0
+
+
+class OutboxCollector(Collector):
+    """`dms_outbox_backlog_events` read from PostgreSQL at scrape time (a scrape is every 15 s or so)."""
+
+    def __init__(self) -> None:
+        self.pool: Pool | None = None  # the API's primary pool, set by init_app
+
+    def collect(self) -> Iterator[Metric]:
+        family = GaugeMetricFamily("dms_outbox_backlog_events",
+                                   f"Outbox events not yet published by the relay (counted up to {BACKLOG_CAP})")
+        if self.pool is not None:
+            try:
+                family.add_metric([], outbox_backlog(self.pool))
+            except (psycopg.Error, psycopg_pool.PoolTimeout) as exc:
+                logger.debug("outbox backlog unknown: {}", type(exc).__name__)
+        yield family
+
+
+OUTBOX = OutboxCollector()
+REGISTRY.register(OUTBOX)
 
 
 def slow_consumer_disconnects(client: redis.Redis, perf: Performance) -> int:

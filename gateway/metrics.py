@@ -24,6 +24,7 @@ from prometheus_client import REGISTRY, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from common import build_info  # noqa: F401  (dms_build_info, exported by every process)
 from common.auth import ROLES
 
 DELIVERY_SAMPLE_EVERY = 16
