@@ -31,6 +31,7 @@ from loguru import logger
 from common.clock import iso
 from common.db import SERVICE, claims
 from common.events import ALL_DRIVERS, DRIVER_STATUS_CHANGED, driver_channel, ephemeral_frame, publish_ephemeral
+from common.redis_client import registered_script
 
 # One hash tag: both keys live in one Redis Cluster slot, so the scripts below may touch both.
 SEEN_KEY = "dms:presence:{drivers}:seen"  # zset driver id -> unix time last seen
@@ -86,7 +87,7 @@ def seen(client: redis.Redis, driver_ids: Iterable[str], *, now: float | None = 
     if not ids:
         return
     at = time.time() if now is None else now
-    back = client.eval(_SEEN, 2, SEEN_KEY, STALE_KEY, repr(at), *ids)
+    back = registered_script(client, _SEEN)(keys=[SEEN_KEY, STALE_KEY], args=[repr(at), *ids])
     for raw in back or ():
         _announce(client, raw.decode() if isinstance(raw, bytes) else str(raw), ONLINE, STALE, at)
 
@@ -119,7 +120,8 @@ def sweep(client: redis.Redis, pool: psycopg_pool.ConnectionPool[Any], stale_s: 
     if not saying_online:
         return []
     marked = [m.decode() if isinstance(m, bytes) else str(m)
-              for m in client.eval(_MARK_STALE, 2, SEEN_KEY, STALE_KEY, repr(cutoff), *saying_online) or ()]
+              for m in registered_script(client, _MARK_STALE)(keys=[SEEN_KEY, STALE_KEY],
+                                                               args=[repr(cutoff), *saying_online]) or ()]
     scores = last_seen(client, marked)
     for driver_id in marked:
         _announce(client, driver_id, STALE, ONLINE, scores.get(driver_id, cutoff))
