@@ -369,7 +369,7 @@
     const overlaps = (a) => taken.some((b) => a.x1 < b.x2 && b.x1 < a.x2 && a.y1 < b.y2 && b.y1 < a.y2);
     const labels = [];
     for (const m of marks) {
-      if (m.key === "cluster") continue; // a cluster shows its count inside; its box stays reserved
+      if (m.key === "cluster" || m.key === "offmap") continue; // no label of their own; their boxes stay reserved
       const w = m.text.length * 5.6 + 2, h = 11;
       const spots = [[m.x + m.r + 3, m.y - h / 2], [m.x - m.r - 3 - w, m.y - h / 2], [m.x - w / 2, m.y - m.r - 3 - h],
                      [m.x - w / 2, m.y + m.r + 3]];
@@ -458,6 +458,15 @@
         svg("circle", { class: "dot cluster-dot", cx: c.x.toFixed(1), cy: c.y.toFixed(1), r: r.toFixed(1) }),
         svg("text", { class: "cluster-count", x: c.x.toFixed(1), y: (c.y + 3.5).toFixed(1), text: String(c.members.length) }),
         svg("title", { text: names.join("\n") }));
+    }));
+    // Outliers keep a small marker on the map's edge, in their direction (the list says where they are).
+    const edge = (v, max) => Math.max(5, Math.min(max - 5, v));
+    $("#fleet-dots").append(...outside.map(({ driver: d }) => {
+      const px = (mercX(d.last_location.lng) - view.west) * scale, py = (mercY(d.last_location.lat) - view.north) * scale;
+      marks.push({ x: edge(px, MAP_W), y: edge(py, MAP_H), r: 4, text: "", key: "offmap" });
+      return svg("circle", { class: "dot offmap status-" + d.status, cx: edge(px, MAP_W).toFixed(1),
+                             cy: edge(py, MAP_H).toFixed(1), r: 4, "data-driver-id": d.id },
+        svg("title", { text: driverName(d) + " · off the map · " + d.status.replace("_", " ") }));
     }));
     $("#fleet-labels").replaceChildren(...placeLabels(marks));
     outliersBox.hidden = !outside.length;

@@ -149,6 +149,9 @@ def test_the_map_fits_the_main_cluster_and_lists_the_outlier(open_page: Any, sta
     assert bounds["north"] - bounds["south"] < 0.5 and bounds["east"] - bounds["west"] < 0.5, bounds  # a city
     assert bounds["south"] < 52.37 and bounds["north"] > 52.382 and bounds["west"] < 4.89 and bounds["east"] > 4.896
     assert not bounds["south"] < 41.7151 < bounds["north"]
+    offmap = page.locator(f'#fleet-dots circle.offmap[data-driver-id="{far}"]')  # a marker on the edge, its way
+    assert offmap.count() == 1
+    assert float(offmap.get_attribute("cx") or 0) > 500 and float(offmap.get_attribute("cy") or 0) > 300
     for driver_id in city:  # each on the map, alone or in a cluster
         assert page.locator(f'#fleet-dots circle[data-driver-id="{driver_id}"], '
                             f'#fleet-dots g.cluster[data-driver-ids~="{driver_id}"]').count() == 1
@@ -187,9 +190,16 @@ def test_a_silent_driver_goes_stale_and_assigning_warns(open_page: Any, stack: S
                 token=world.restaurant, expect=201)
     _ok("POST", f"{stack.api}/api/orders/{order['id']}/status", {"status": "confirmed"}, token=world.admin)
     waiting = f'#awaiting tr[data-order-id="{order["id"]}"]'
-    while not page.locator(waiting).count() and page.locator('[data-pager="awaiting"] .page-next').is_enabled():
-        page.click('[data-pager="awaiting"] .page-next')  # the newest order is on the last page
-    page.wait_for_selector(waiting, timeout=seconds(5) * MS)
+    following = page.locator('[data-pager="awaiting"] .page-next')
+
+    def on_this_page() -> bool:  # live from `orders`; the newest waiting order is on the last page
+        if page.locator(waiting).count():
+            return True
+        if following.count() and following.is_enabled():
+            following.click()
+        return False
+
+    wait_for(on_this_page, timeout_s=10, interval_s=0.1, message="the order among those waiting")
     assert world.restaurant_id[:8] in (page.locator(f"{waiting} td").nth(1).text_content() or "")  # "R <id8>"
     page.select_option(f"{waiting} select", driver_id)
     page.locator(f"{waiting} button.assign").click()
