@@ -20,6 +20,7 @@ from prometheus_client.registry import Collector
 
 from api import alerts, cache  # noqa: F401  (imported for the metrics they define)
 from api.state import request_state
+from common import build_info  # noqa: F401  (dms_build_info)
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.3, 0.5, 1.0, 2.5, 5.0, 10.0)
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})

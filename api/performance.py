@@ -14,7 +14,7 @@ import socket
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,15 +22,19 @@ import gevent
 import psycopg
 import psycopg_pool
 import redis
-from flask import Flask
+from flask import Flask, g
 from loguru import logger
+from prometheus_client import REGISTRY
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+from psycopg.types.json import Jsonb
 
 from api import alerts as alerting
 from api.cache import HITS_KEY, MISSES_KEY
 from api.metrics import POOLS, observe_query
 from api.services import Pool, Services
 from common import gateway_stats
-from common.db import time_queries
+from common.db import SERVICE, claims, time_queries
 from common.errors import Unavailable
 from common.events import iso
 from common.outbox import RELAY_CURSOR
@@ -83,6 +87,9 @@ class Performance:
     """Per-process state behind the performance endpoints."""
 
     queries: LatencyWindow = field(default_factory=LatencyWindow)
+    # This process's requests over the last minute (one sample's worth), all and those answered 5xx.
+    requests: LatencyWindow = field(default_factory=lambda: LatencyWindow(window_s=SAMPLE_EVERY_S))
+    errors: LatencyWindow = field(default_factory=lambda: LatencyWindow(window_s=SAMPLE_EVERY_S))
     alerts: alerting.AlertState = field(default_factory=alerting.AlertState)
     slow_consumers: alerting.CounterDelta = field(default_factory=alerting.CounterDelta)
     source: str = field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}")
@@ -100,6 +107,18 @@ def init_app(app: Flask, svc: Services) -> Performance:
 
         time_queries(pool, observe)
         POOLS.track(pool)
+
+    @app.after_request
+    def _request_done(response: Any) -> Any:
+        started = g.get("metrics_started")  # set by api.metrics for every request
+        if started is not None:
+            took = time.perf_counter() - started
+            perf.requests.observe(took)
+            if response.status_code >= 500:
+                perf.errors.observe(took)
+        return response
+
+    OUTBOX.pool = svc.pool  # one collector per process (the registry is global): the latest app answers
     app.extensions["dms_performance"] = perf
     return perf
 
@@ -134,6 +153,40 @@ def relay_lag_s(pool: Pool) -> float:
             (RELAY_CURSOR,),
         ).fetchone()
     return max(0.0, float(row["lag_s"])) if row else 0.0
+
+
+BACKLOG_CAP = 100_000  # counting stops here: the gauge says "at least" beyond it, and stays cheap
+
+
+def outbox_backlog(pool: Pool) -> int:
+    """Events the relay has not published yet (at most BACKLOG_CAP counted)."""
+    with pool.connection() as conn:
+        row = conn.execute(
+            "SELECT count(*) AS n FROM (SELECT 1 FROM events WHERE id > coalesce((SELECT last_id FROM relay_cursor"
+            " WHERE name = %s), 0) LIMIT %s) AS waiting", (RELAY_CURSOR, BACKLOG_CAP),
+        ).fetchone()
+    return int(row["n"]) if row else 0
+
+
+class OutboxCollector(Collector):
+    """`dms_outbox_backlog_events` read from PostgreSQL at scrape time (a scrape is every 15 s or so)."""
+
+    def __init__(self) -> None:
+        self.pool: Pool | None = None  # the API's primary pool, set by init_app
+
+    def collect(self) -> Iterator[Metric]:
+        family = GaugeMetricFamily("dms_outbox_backlog_events",
+                                   f"Outbox events not yet published by the relay (counted up to {BACKLOG_CAP})")
+        if self.pool is not None:
+            try:
+                family.add_metric([], outbox_backlog(self.pool))
+            except (psycopg.Error, psycopg_pool.PoolTimeout) as exc:
+                logger.debug("outbox backlog unknown: {}", type(exc).__name__)
+        yield family
+
+
+OUTBOX = OutboxCollector()
+REGISTRY.register(OUTBOX)
 
 
 def slow_consumer_disconnects(client: redis.Redis, perf: Performance) -> int:
@@ -197,17 +250,60 @@ def snapshot(svc: Services, perf: Performance) -> Snapshot:
 
 
 # -- history ---------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Operators:
+    """The numbers /admin charts, read at sampling time."""
+
+    connections: int | None
+    gateways: dict[str, int] | None
+    deliveries_per_s: float | None
+    delivery_p95_ms: float | None
+    orders_per_min: int | None
+    api_p95_ms: float | None
+    api_requests: int
+    api_errors: int
+
+
+def operators(svc: Services, perf: Performance) -> Operators:
+    connections = gateways = deliveries = delivery_p95 = None
+    try:
+        live = gateway_stats.read_all(svc.redis)
+        connections = int(live["total"])
+        gateways = {i["id"]: int(i["connections"]) for i in live["instances"]}
+        deliveries = round(sum(float(i["messages_out_per_s"]) for i in live["instances"]), 1)
+        p95s = [float(i["delivery_p95_ms"]) for i in live["instances"] if i.get("delivery_p95_ms") is not None]
+        delivery_p95 = max(p95s) if p95s else None
+    except redis.RedisError as exc:
+        logger.warning("connection numbers not sampled: {}", type(exc).__name__)
+    orders: int | None = None
+    try:
+        with claims(SERVICE), svc.pool.connection() as conn:
+            row = conn.execute("SELECT count(*) AS n FROM orders WHERE created_at > now() - interval '1 minute'"
+                               ).fetchone()
+        orders = int(row["n"]) if row else None
+    except (psycopg.Error, psycopg_pool.PoolTimeout) as exc:
+        logger.warning("orders per minute not sampled: {}", type(exc).__name__)
+    requests = perf.requests.percentiles()
+    return Operators(connections, gateways, deliveries, delivery_p95, orders, requests["p95_ms"],
+                     int(requests["samples"]), int(perf.errors.percentiles()["samples"]))
+
+
 def record_sample(svc: Services, perf: Performance) -> Snapshot:
     """Store one sample row (and drop rows past retention); what the sampler runs every minute."""
     snap = snapshot(svc, perf)
+    ops = operators(svc, perf)
     with svc.pool.connection() as conn:
         conn.execute(
             "INSERT INTO performance_samples (source, pool_size, pool_in_use, pool_waiting, pool_max_size,"
-            " p50_ms, p95_ms, p99_ms, query_samples, cache_hits, cache_misses, relay_lag_s, alerts)"
-            " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
+            " p50_ms, p95_ms, p99_ms, query_samples, cache_hits, cache_misses, relay_lag_s, alerts,"
+            " connections, gateways, deliveries_per_s, delivery_p95_ms, orders_per_min, api_p95_ms,"
+            " api_requests, api_errors)"
+            " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
             (perf.source, snap.pool["size"], snap.pool["in_use"], snap.pool["waiting"], snap.pool["max_size"],
              snap.queries["p50_ms"], snap.queries["p95_ms"], snap.queries["p99_ms"], snap.queries["samples"],
-             snap.cache_hits, snap.cache_misses, snap.relay_lag_s, [a.name for a in snap.firing]),
+             snap.cache_hits, snap.cache_misses, snap.relay_lag_s, [a.name for a in snap.firing],
+             ops.connections, None if ops.gateways is None else Jsonb(ops.gateways), ops.deliveries_per_s,
+             ops.delivery_p95_ms, ops.orders_per_min, ops.api_p95_ms, ops.api_requests, ops.api_errors),
         )
         conn.execute("DELETE FROM performance_samples WHERE at < now() - %s::interval", (SAMPLE_RETENTION,))
     return snap
@@ -222,7 +318,14 @@ def history(pool: Pool, time_range: str) -> list[dict[str, Any]]:
             " avg(p50_ms) AS p50_ms, max(p95_ms) AS p95_ms, max(p99_ms) AS p99_ms,"
             " max(pool_in_use::float8 / nullif(pool_max_size, 0)) AS pool_utilisation,"
             " max(pool_waiting) AS pool_waiting, max(relay_lag_s) AS relay_lag_s,"
-            " max(cache_hits) - min(cache_hits) AS hits, max(cache_misses) - min(cache_misses) AS misses"
+            " max(cache_hits) - min(cache_hits) AS hits, max(cache_misses) - min(cache_misses) AS misses,"
+            # Connections, deliveries and orders are global (every API process samples the same
+            # figures): the bucket's latest. The API's own figures add up over its processes.
+            " (array_agg(connections ORDER BY at DESC) FILTER (WHERE connections IS NOT NULL))[1] AS connections,"
+            " (array_agg(gateways ORDER BY at DESC) FILTER (WHERE gateways IS NOT NULL))[1] AS gateways,"
+            " avg(deliveries_per_s) AS deliveries_per_s, max(delivery_p95_ms) AS delivery_p95_ms,"
+            " avg(orders_per_min) AS orders_per_min, max(api_p95_ms) AS api_p95_ms,"
+            " sum(api_requests) AS api_requests, sum(api_errors) AS api_errors"
             " FROM performance_samples WHERE at > now() - %s::interval GROUP BY bucket ORDER BY bucket",
             (step, span),
         ).fetchall()
@@ -237,7 +340,12 @@ def history(pool: Pool, time_range: str) -> list[dict[str, Any]]:
              "relay_lag_s": num(row["relay_lag_s"]),
              "cache_hit_ratio": num(row["hits"] / (row["hits"] + row["misses"]))
              if row["hits"] is not None and row["misses"] is not None and row["hits"] + row["misses"] > 0
-             else None}
+             else None,
+             "connections": row["connections"], "gateways": row["gateways"],
+             "deliveries_per_s": num(row["deliveries_per_s"], 1), "delivery_p95_ms": num(row["delivery_p95_ms"]),
+             "orders_per_min": num(row["orders_per_min"], 1), "api_p95_ms": num(row["api_p95_ms"]),
+             "api_error_rate": num(row["api_errors"] / row["api_requests"], 4)
+             if row["api_requests"] else None}
             for row in rows]
 
 

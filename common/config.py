@@ -93,6 +93,9 @@ class Config:
     idempotency_retention_hours: float = 24.0  # the relay leader's housekeeping deletes older keys
     location_retention_days: int = 30  # GPS history: whole day partitions older than this are dropped
     log_sample_info: float = 1.0  # share of routine access lines written (contract section 5 "Logs")
+    # A driver is `online` while connected or seen within this window, `stale` after (contract 6).
+    driver_stale_seconds: float = 120.0
+    map_tile_url: str = ""  # e.g. https://tiles.example/{z}/{x}/{y}.png; "" draws the map with no tiles
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Config:
@@ -157,6 +160,8 @@ class Config:
             idempotency_retention_hours=retention.idempotency_hours,
             location_retention_days=retention.location_days,
             log_sample_info=reader.number("LOG_SAMPLE_INFO", 1.0, low=0.0, high=1.0),
+            driver_stale_seconds=reader.number("DRIVER_STALE_SECONDS", 120.0, low=0.5),
+            map_tile_url=reader.text("MAP_TILE_URL", ""),
         )
         if reader.errors:
             raise ConfigError("invalid configuration: " + "; ".join(reader.errors))

@@ -34,8 +34,9 @@ def read_all(client: redis.Redis) -> dict[str, Any]:
         "by_role": by_role,
         "subscriptions": sum(int(i["subscriptions"]) for i in instances),
         "instances": [
-            {key: i[key] for key in ("id", "connections", "subscriptions", "messages_out_per_s",
-                                     "slow_consumer_disconnects", "started_at", "last_seen")}
+            {**{key: i[key] for key in ("id", "connections", "subscriptions", "messages_out_per_s",
+                                        "slow_consumer_disconnects", "started_at", "last_seen")},
+             "delivery_p95_ms": i.get("delivery_p95_ms")}
             for i in instances
         ],
     }

@@ -6,12 +6,26 @@ import weakref
 from typing import Any
 
 import redis
+from prometheus_client import Counter
+
+ROUND_TRIPS = Counter("dms_redis_round_trips_total",
+                      "Requests this process sent to Redis (a pipeline or a script is one)")
+
+
+class _CountingConnection(redis.Connection):
+    """Counts each request written to Redis: what a pipeline saves shows up here."""
+
+    def send_packed_command(self, command: Any, check_health: bool = True) -> None:
+        ROUND_TRIPS.inc()
+        super().send_packed_command(command, check_health)
 
 
 def make_redis(url: str, *, socket_timeout_s: float | None = 2.0, max_connections: int = 200) -> redis.Redis:
     """Replies decoded to str; `socket_timeout_s=None` for blocking pub/sub readers."""
+    counting: dict[str, Any] = {"connection_class": _CountingConnection} if url.startswith("redis://") else {}
     return redis.Redis.from_url(
         url,
+        **counting,
         decode_responses=True,
         socket_timeout=socket_timeout_s,
         socket_connect_timeout=2.0,

@@ -31,18 +31,22 @@ class ReplicationCollector(Collector):
     def watch(self, url: str) -> None:
         self.url = url
 
+    def describe(self) -> list[GaugeMetricFamily]:
+        """The families without values (the registry and the metrics reference read them)."""
+        return [
+            GaugeMetricFamily("dms_db_replica_lag_seconds", "Replay lag of each streaming replica",
+                              labels=["replica"]),
+            GaugeMetricFamily("dms_db_replica_lag_bytes", "WAL the replica has not replayed yet", labels=["replica"]),
+            GaugeMetricFamily("dms_db_replicas_streaming", "Replicas streaming from the primary"),
+            GaugeMetricFamily("dms_db_replication_slot_active", "1 while a replica uses the slot", labels=["slot"]),
+            GaugeMetricFamily("dms_db_replication_slot_retained_bytes", "WAL the primary keeps for the slot",
+                              labels=["slot"]),
+        ]
+
     def collect(self) -> Iterator[GaugeMetricFamily]:
         if self.url is None:
             return
-        lag_s = GaugeMetricFamily("dms_db_replica_lag_seconds", "Replay lag of each streaming replica",
-                                  labels=["replica"])
-        lag_bytes = GaugeMetricFamily("dms_db_replica_lag_bytes", "WAL the replica has not replayed yet",
-                                      labels=["replica"])
-        streaming = GaugeMetricFamily("dms_db_replicas_streaming", "Replicas streaming from the primary")
-        slot_active = GaugeMetricFamily("dms_db_replication_slot_active", "1 while a replica uses the slot",
-                                        labels=["slot"])
-        slot_retained = GaugeMetricFamily("dms_db_replication_slot_retained_bytes",
-                                          "WAL the primary keeps for the slot", labels=["slot"])
+        lag_s, lag_bytes, streaming, slot_active, slot_retained = self.describe()
         try:
             with connect(self.url + _timeout_suffix(self.url), autocommit=True) as conn:
                 if conn.execute("SELECT pg_is_in_recovery() AS standby").fetchone() == {"standby": True}:

@@ -1,4 +1,4 @@
-"""`dms`: up, restart, status, migrate, seed, token, backup, restore."""
+"""`dms`: up, restart, status, top, migrate, seed, token, backup, restore."""
 
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ from common.config import DEV_JWT_SECRET
 from common.db import connect
 from common.logging import setup_logging
 from common.migrations import discover, migrate
+from devstack import top
 from devstack.backup import BackupError, backup, default_path, restore
 from devstack.embedded import EmbeddedError, pid_alive
 from devstack.nginx import NginxError
@@ -203,6 +204,10 @@ def cmd_seed(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_top(args: argparse.Namespace) -> int:
+    return top.run(_dms_home(), once=args.once)
+
+
 def cmd_token(args: argparse.Namespace) -> int:
     secret = _setting("JWT_SECRET") or DEV_JWT_SECRET
     try:
@@ -226,6 +231,8 @@ def build_parser() -> argparse.ArgumentParser:
     restart = commands.add_parser("restart", help="rolling restart of a running `dms up`, one process at a time")
     restart.add_argument("--timeout", type=float, default=300, help="seconds to wait for it to finish")
     commands.add_parser("status", help="the processes of a running `dms up`: pids, state, restarts after crashes")
+    top_ = commands.add_parser("top", help="live view of a running `dms up` from its processes' /metrics")
+    top_.add_argument("--once", action="store_true", help="print one frame (two scrapes 1 s apart) and exit")
     migrate = commands.add_parser("migrate", help="apply pending migrations from sql/ (production: after a backup)")
     migrate.add_argument("--no-backup", action="store_true",
                          help="with DMS_ENV=production, migrate without taking a backup first")
@@ -248,6 +255,7 @@ HANDLERS: dict[str, Callable[[argparse.Namespace], int]] = {
     "up": cmd_up,
     "restart": cmd_restart,
     "status": cmd_status,
+    "top": cmd_top,
     "migrate": cmd_migrate,
     "seed": cmd_seed,
     "token": cmd_token,

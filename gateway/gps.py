@@ -9,6 +9,7 @@ import redis
 
 from common import gps
 from common.clock import iso
+from common.presence import GatewayPresence
 from gateway.connection import GPS_POINTS_PER_S, Connection
 from gateway.hub import Hub
 from gateway.locations import LocationWriter, Point
@@ -16,9 +17,10 @@ from gateway.protocol import Location, error
 
 
 class GpsIntake:
-    def __init__(self, hub: Hub, locations: LocationWriter) -> None:
+    def __init__(self, hub: Hub, locations: LocationWriter, presence: GatewayPresence) -> None:
         self.hub = hub
         self.locations = locations
+        self.presence = presence
 
     def location(self, conn: Connection, action: Location) -> None:
         """One checked point from a driver: publish it live, queue it for storage, ack after commit."""
@@ -27,6 +29,7 @@ class GpsIntake:
             conn.send_json(error("rate_limited", f"at most {GPS_POINTS_PER_S:g} locations per second", ref).body)
             return
         driver_id, p = conn.identity.user_id, action.point
+        self.presence.located(driver_id)
         try:
             for channel, frame in gps.location_frames(driver_id, p, iso(datetime.now(UTC))):
                 self.hub.publish_ephemeral(channel, frame)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import weakref
+from collections import deque
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
@@ -23,6 +24,7 @@ from prometheus_client import REGISTRY, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from common import build_info  # noqa: F401  (dms_build_info, exported by every process)
 from common.auth import ROLES
 from gateway.closes import LABELS
 from relay.metrics import LAG_BUCKETS, RECONNECTS
@@ -64,6 +66,20 @@ def count_close(label: str) -> None:
         DISCONNECTS.labels(label).inc()
 
 
+# The sampled delivery lags of the last stats period, for the admin numbers' p95 (a histogram's
+# buckets are too coarse to chart a p95 from).
+_RECENT_DELIVERIES: deque[float] = deque(maxlen=2000)
+
+
+def delivery_p95_ms() -> float | None:
+    """p95 of the delivery lags seen since the last call (None when there were none), then forget them."""
+    lags = sorted(_RECENT_DELIVERIES)
+    _RECENT_DELIVERIES.clear()
+    if not lags:
+        return None
+    return round(lags[min(len(lags) - 1, int(0.95 * len(lags)))] * 1000, 1)
+
+
 def observe_delivery(frame: str) -> None:
     """Record how old the event in `frame` is now; frames without a readable `ts` are skipped."""
     try:
@@ -73,7 +89,9 @@ def observe_delivery(frame: str) -> None:
         return
     if committed.tzinfo is None:
         return
-    DELIVERY_LAG.observe(max(0.0, (datetime.now(UTC) - committed).total_seconds()))
+    lag = max(0.0, (datetime.now(UTC) - committed).total_seconds())
+    DELIVERY_LAG.observe(lag)
+    _RECENT_DELIVERIES.append(lag)
 
 
 class GatewayCollector(Collector):

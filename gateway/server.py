@@ -28,6 +28,7 @@ from common.config import Config
 from common.db import claims, make_pool
 from common.errors import DmsError
 from common.logging import log_context
+from common.presence import GatewayPresence
 from common.profiles import ensure_profile
 from common.redis_client import make_redis
 from common.replication import REPLICATION
@@ -74,6 +75,7 @@ class Gateway:
         self.admission = Admission(max_connections=config.ws_max_connections,
                                    accept_rate_per_s=config.ws_accept_rate_per_s)
         self.locations = LocationWriter(self.pool)
+        self.presence = GatewayPresence(self.redis, self.pool, stale_s=config.driver_stale_seconds, instance_id=self.id)
         self.relay: Relay | None = (
             Relay(listen_url=config.database_listen_url, redis_client=self.redis,
                   retention_hours=config.event_retention_hours, housekeeping_retention=config.retention)
@@ -88,7 +90,7 @@ class Gateway:
         self.hub.on_driver_order_event = self.rights.driver_order_event
         self.stats = Stats(self.id, self.redis, self.hub, lambda: self.connections)
         self.reader = Reader(max_message_bytes=config.ws_max_message_bytes, subscriptions=self.subscriptions,
-                             gps=GpsIntake(self.hub, self.locations))
+                             gps=GpsIntake(self.hub, self.locations, self.presence))
         self._frames_out_closed = 0
         self._running = False
         self._greenlets: list[gevent.Greenlet] = []
@@ -100,7 +102,8 @@ class Gateway:
         self.hub.start()
         self.locations.start()
         loops: list[Any] = [(self.stats.run, self.running), (self.rights.run, self.running),
-                            (run_timers, self.config, lambda: self.connections, self.reader.act, self.running)]
+                            (run_timers, self.config, lambda: self.connections, self.reader.act, self.running),
+                            (self.presence.run, self.running, self.connected_drivers)]
         if self.relay is not None:
             loops.append((self.relay.run, self.running))
         self._greenlets.extend(gevent.spawn(*loop) for loop in loops)
@@ -136,6 +139,9 @@ class Gateway:
     def frames_out_total(self) -> int:
         return self._frames_out_closed + sum(conn.frames_sent for conn in list(self.connections))
 
+    def connected_drivers(self) -> list[str]:
+        return [conn.identity.user_id for conn in self.connections if conn.identity.role == Role.DRIVER]
+
     def snapshot(self) -> dict[str, Any]:
         return self.stats.snapshot()
 
@@ -159,6 +165,7 @@ class Gateway:
             try:
                 if who.role == Role.DRIVER:
                     self._ensure_driver(conn)
+                    self.presence.connected(who.user_id)
                 conn.log.info("connected")
                 conn.opened()
                 conn.send_json(welcome(
@@ -184,6 +191,8 @@ class Gateway:
         self.per_user[user] -= 1
         if self.per_user[user] <= 0:
             del self.per_user[user]
+            if conn.identity.role == Role.DRIVER:
+                self.presence.disconnected(user)
         if conn.disconnect is closes.SLOW_CONSUMER:
             self.stats.slow_consumer_disconnects += 1
         assert conn.disconnect is not None  # set by abort at the latest

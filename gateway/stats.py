@@ -19,6 +19,7 @@ from loguru import logger
 from common import gateway_stats
 from common.clock import iso
 from common.events import ADMIN_CONNECTIONS, CONNECTIONS_STATS, ephemeral_frame
+from gateway import metrics
 from gateway.connection import Connection
 from gateway.hub import Hub
 
@@ -51,6 +52,7 @@ class Stats:
             "subscriptions": sum(len(conn.subscriptions) for conn in connections),
             "messages_out_per_s": round(rate, 1),
             "slow_consumer_disconnects": self.slow_consumer_disconnects,
+            "delivery_p95_ms": metrics.delivery_p95_ms(),
             "started_at": iso(self.started_at),
             "last_seen": iso(datetime.now(UTC)),
         }

@@ -12,7 +12,7 @@ from loguru import logger
 from api.context import identity, request_id, require, services
 from api.pagination import keyset_query, page_args, page_body
 from api.validation import Field, Validator, json_body, uuid_arg
-from common import events, gps
+from common import events, gps, presence
 from common.errors import NotFound, ValidationFailed
 from common.gps import GpsPoint
 from common.locations import store_points
@@ -23,6 +23,7 @@ from common.visibility import driver_visible_to_restaurant
 bp = Blueprint("drivers", __name__, url_prefix="/api/drivers")
 
 DRIVER_STATUSES = ("online", "offline", "on_break")
+FLEET_STATUSES = (*DRIVER_STATUSES, presence.STALE)  # `stale` is derived (common/presence.py), never stored
 MAX_POINTS = 500
 _status_body = Validator({"status": Field("string", choices=DRIVER_STATUSES)})
 _locations_body = Validator({"points": Field("list", min=1, max=MAX_POINTS)})
@@ -51,6 +52,7 @@ def set_status() -> Any:
                 data={"driver_id": who.user_id, "status": row["status"], "previous_status": before["status"],
                       "updated_at": events.iso(row["updated_at"]), "request_id": request_id()},
             )
+    presence.seen_quietly(services().redis, [who.user_id])  # saying anything is a sign of life
     return jsonify({"id": str(row["id"]), "status": row["status"], "updated_at": events.iso(row["updated_at"])})
 
 
@@ -82,6 +84,7 @@ def post_locations() -> Any:
     rows = [point.row(who.user_id) for point in points]
     with services().pool.connection() as conn:
         store_points(conn, rows)
+    presence.seen_quietly(services().redis, [who.user_id])
     _publish(who.user_id, points)
     return jsonify({"accepted": len(points)}), 202
 
@@ -140,22 +143,46 @@ def list_drivers() -> Any:
     params: list[Any] = [list(ACTIVE_STATUSES)]
     status = request.args.get("status")
     if status is not None:
-        if status not in DRIVER_STATUSES:
+        if status not in FLEET_STATUSES:
             raise ValidationFailed("unknown driver status",
-                                   details={"status": f"one of: {', '.join(DRIVER_STATUSES)}"})
+                                   details={"status": f"one of: {', '.join(FLEET_STATUSES)}"})
+        # `online` and `stale` are both stored as `online`; the page is narrowed after presence is
+        # known, so such a page may hold fewer than `limit` drivers (its cursor still goes on).
         where.append("status = %s")
-        params.append(status)
+        params.append(presence.ONLINE if status == presence.STALE else status)
     sql, params = keyset_query(_FLEET, where, params, page)
     rows = services().read(lambda conn: conn.execute(sql, params).fetchall())
     now = datetime.now(UTC)
-    return jsonify(page_body(rows, [_fleet_json(row, now) for row in rows[: page.limit]], page.limit))
+    shown = rows[: page.limit]
+    seen = _last_seen([str(row["id"]) for row in shown])
+    items = [_fleet_json(row, now, seen.get(str(row["id"]))) for row in shown]
+    if status is not None:
+        items = [item for item in items if item["status"] == status]
+    return jsonify(page_body(rows, items, page.limit))
 
 
-def _fleet_json(row: dict[str, Any], now: datetime) -> dict[str, Any]:
+def _last_seen(driver_ids: list[str]) -> dict[str, float]:
+    """Presence from Redis; without Redis every driver counts as unseen there (positions still count)."""
+    try:
+        return presence.last_seen(services().redis, driver_ids)
+    except redis.RedisError as exc:
+        logger.warning("driver presence unavailable: {}", type(exc).__name__)
+        return {}
+
+
+def _fleet_json(row: dict[str, Any], now: datetime, seen_at: float | None) -> dict[str, Any]:
+    # A stored position is a sighting too (it may predate Redis's memory); never later than now.
+    if row["location_recorded_at"] is not None:
+        recorded = min(row["location_recorded_at"], now).timestamp()
+        seen_at = recorded if seen_at is None else max(seen_at, recorded)
+    status = presence.effective_status(row["status"], seen_at, now.timestamp(),
+                                       services().config.driver_stale_seconds)
     location = None
     if row["lat"] is not None and row["location_recorded_at"] is not None:
         recorded_at = row["location_recorded_at"]
         location = {"lat": row["lat"], "lng": row["lng"], "recorded_at": events.iso(recorded_at),
                     "age_s": round(max(0.0, (now - recorded_at).total_seconds()), 1)}
-    return {"id": str(row["id"]), "display_name": row["display_name"], "status": row["status"],
+    return {"id": str(row["id"]), "display_name": row["display_name"], "status": status,
+            "reported_status": row["status"],
+            "last_seen_at": events.iso(datetime.fromtimestamp(seen_at, UTC)) if seen_at is not None else None,
             "last_location": location, "active_order_ids": [str(order_id) for order_id in row["active_order_ids"]]}

@@ -44,14 +44,15 @@ def asset_url(filename: str) -> str:
     return url_for("static", filename=filename, v=asset_version(filename))
 
 
-def content_security_policy(nonce: str, gateway_origin: str) -> str:
-    """Scripts only with this response's nonce, no inline styles, sockets only to us and the gateway."""
+def content_security_policy(nonce: str, gateway_origin: str, tile_origin: str = "") -> str:
+    """Scripts only with this response's nonce, no inline styles, sockets only to us and the gateway;
+    images from a map tile server only when one is configured."""
     return "; ".join((
         "default-src 'none'",
         f"script-src 'nonce-{nonce}'",
         "style-src 'self'",
         f"connect-src 'self' {gateway_origin}",
-        "img-src 'self' data:",
+        f"img-src 'self' data:{' ' + tile_origin if tile_origin else ''}",
         "base-uri 'none'",
         "form-action 'none'",
         "frame-ancestors 'none'",
@@ -63,9 +64,11 @@ def content_security_policy(nonce: str, gateway_origin: str) -> str:
 def _page(template: str, **context: Any) -> Any:
     nonce = secrets.token_urlsafe(18)
     url = gateway_url()
-    body = render_template(template, nonce=nonce, gateway_url=url, asset_url=asset_url, **context)
+    tiles = services().config.map_tile_url
+    body = render_template(template, nonce=nonce, gateway_url=url, asset_url=asset_url, map_tile_url=tiles, **context)
     response = current_app.make_response(body)
-    response.headers["Content-Security-Policy"] = content_security_policy(nonce, _origin(url))
+    response.headers["Content-Security-Policy"] = content_security_policy(nonce, _origin(url),
+                                                                          _origin(tiles) if tiles else "")
     response.headers["Cache-Control"] = "no-store"  # a fresh nonce every time
     return response
 
@@ -78,7 +81,7 @@ def board() -> Any:
 
 @bp.get("/admin")
 def admin() -> Any:
-    """Live connection counts and database/cache health for admins."""
+    """Live numbers and their history, dispatch and the fleet map, database/cache health for admins."""
     return _page("admin.html")
 
 

@@ -201,6 +201,13 @@
       return;
     }
     channel = "restaurant:" + restaurantId;
+    // The header names the restaurant (its id stays in the tooltip); without an answer it keeps the id.
+    api(token, "/api/restaurants/" + encodeURIComponent(restaurantId)).then((restaurant) => {
+      const subject = $("#subject");
+      subject.textContent = claims.role + " · " + restaurant.name;
+      subject.title = restaurantId;
+      subject.dataset.restaurantName = restaurant.name;
+    }).catch(() => {});
     live = new LiveSocket(window.dms.gatewayUrl, token, {
       subscribed(frame, hadSince) {
         // A first subscribe or a `since` past retention: only a fresh snapshot is complete.

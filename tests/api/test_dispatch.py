@@ -78,7 +78,9 @@ def test_the_fleet_lists_status_last_position_and_active_orders(client: Any, wor
     assert (location["lat"], location["lng"]) == (52.52, 13.405) and location["recorded_at"].endswith("Z")
     assert 25 <= location["age_s"] < 600
     assert rows[other_id] == {"id": other_id, "display_name": rows[other_id]["display_name"], "status": "on_break",
+                              "reported_status": "on_break", "last_seen_at": rows[other_id]["last_seen_at"],
                               "last_location": None, "active_order_ids": []}
+    assert rows[other_id]["last_seen_at"].endswith("Z")  # saying on_break was a sighting
 
     on_break = client.get("/api/drivers?status=on_break&limit=200", headers=auth(world.admin)).get_json()
     assert other_id in {i["id"] for i in on_break["items"]} and driver_id not in {i["id"] for i in on_break["items"]}

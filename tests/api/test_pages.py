@@ -7,7 +7,10 @@ from typing import Any
 
 import pytest
 
+from api.app import create_app
 from api.routes.pages import asset_version, content_security_policy
+from common.config import Config
+from tests.fix_infra import Infra
 
 
 def _csp(response: Any) -> dict[str, str]:
@@ -54,6 +57,19 @@ def test_the_gateway_url_comes_from_the_server(client: Any, api_app: Any) -> Non
 def test_policy_names_only_the_gateway_origin() -> None:
     policy = content_security_policy("abc", "wss://rt.example.com")
     assert "connect-src 'self' wss://rt.example.com;" in policy
+
+
+def test_map_tiles_only_when_a_tile_url_is_configured(client: Any, infra: Infra) -> None:
+    """No tile server by default: the map fetches nothing outside and img-src stays 'self' data:."""
+    plain = client.get("/admin")
+    assert 'data-map-tile-url=""' in plain.get_data(as_text=True) and _csp(plain)["img-src"] == "'self' data:"
+    app = create_app(Config.from_env(infra.env(MAP_TILE_URL="https://tiles.example.org/{z}/{x}/{y}.png")))
+    try:
+        tiled = app.test_client().get("/admin")
+        assert 'data-map-tile-url="https://tiles.example.org/{z}/{x}/{y}.png"' in tiled.get_data(as_text=True)
+        assert _csp(tiled)["img-src"] == "'self' data: https://tiles.example.org"
+    finally:
+        app.extensions["dms"].close()
 
 
 def test_json_responses_keep_the_default_policy(client: Any) -> None:

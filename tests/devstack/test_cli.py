@@ -78,6 +78,8 @@ def test_up_serves_then_stops_cleanly_and_reuses_its_data(tmp_path: Path) -> Non
                 assert f"    {role}" in banner
             children = _children_of(proc.pid)
             assert len(children) >= 4  # PostgreSQL, Redis, API, gateway (and their own children)
+            if attempt == "first":
+                _top_shows_the_stack(home)
         finally:
             if attempt == "first":
                 proc.send_signal(signal.SIGINT)
@@ -93,6 +95,29 @@ def test_up_serves_then_stops_cleanly_and_reuses_its_data(tmp_path: Path) -> Non
         else:
             assert "initialising PostgreSQL data directory" not in text  # the data was reused
         print(f"dms up ({attempt} run) ready in {up_s:.1f}s")
+
+
+def _top_shows_the_stack(home: Path) -> None:
+    """`dms top --once` prints one frame of every process; `dms top` refreshes until Ctrl-C, then exits 0."""
+    once = _dms("top", "--once", env={"DMS_HOME": str(home)}, timeout_s=30)
+    assert once.returncode == 0, once.stderr
+    rows = {line.split()[0]: line.split() for line in once.stdout.splitlines()[3:] if line.strip()}
+    assert {"api", "gateway", "postgres", "redis"} <= set(rows), once.stdout  # one gateway: no suffix
+    assert rows["gateway"][3] == "0" and rows["gateway"][-1] == "up"  # connections from its /metrics
+    assert rows["api"][5] != "-"  # requests per second: two scrapes a second apart
+    assert "relay leader gateway:" in once.stdout and "outbox backlog" in once.stdout, once.stdout
+    with subprocess.Popen([sys.executable, "-m", "devstack.cli", "top"], env={**os.environ, "DMS_HOME": str(home)},
+                          cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as live:
+        try:
+            assert live.stdout is not None and live.stderr is not None
+            first = live.stdout.readline()
+            assert first.startswith("dms top"), first
+            live.send_signal(signal.SIGINT)
+            assert live.wait(timeout=seconds(10)) == 0
+            assert "Traceback" not in live.stderr.read()
+        finally:
+            if live.poll() is None:
+                live.kill()
 
 
 def test_status_and_a_bad_crash_limit_answer_in_one_line(tmp_path: Path) -> None:
