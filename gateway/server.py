@@ -250,13 +250,11 @@ class Gateway:
                 return
             if failed:
                 continue
+            broken: ProtocolError | None = None
             try:
                 frames = parser.feed(data)
             except ProtocolError as exc:
-                conn.log.info("protocol error {}: {}", int(exc.code), exc.reason)
-                conn.close(exc.code, exc.reason, discard_queued=True)
-                failed = True
-                continue
+                frames, broken = exc.frames, exc  # the whole frames before the broken one still count
             for frame in frames:
                 match frame:
                     case Message(data=body):
@@ -274,6 +272,10 @@ class Gateway:
                         echo = code if code not in (CloseCode.NO_STATUS,) else CloseCode.NORMAL
                         transport.close(echo, "")
                         return
+            if broken is not None:
+                conn.log.info("protocol error {}: {}", int(broken.code), broken.reason)
+                conn.close(broken.code, broken.reason, discard_queued=True)
+                failed = True
 
     def _act(self, conn: Connection, action: Action) -> None:
         match action:
