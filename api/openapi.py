@@ -137,6 +137,7 @@ SCHEMAS: dict[str, Schema] = {
                                 ["key", "orders", "revenue", "delivered", "avg_delivery_minutes"])}},
                            ["from", "to", "group_by", "rows"]),
     "Status": _obj({"status": STRING}, ["status"], extra=True),
+    "ConnectTicket": _obj({"ticket": {"type": "string"}, "expires_in": {"type": "number"}}, ["ticket", "expires_in"]),
     "Connections": _obj({"total": {"type": "integer"}, "by_role": _obj({
         role: {"type": "integer"} for role in ROLES}),
         "subscriptions": {"type": "integer"}, "instances": {"type": "array", "items": _obj({
@@ -356,6 +357,11 @@ def _paths() -> dict[str, Schema]:
             "get": _op("latest position (admin, the driver, a restaurant with an active order assigned to it)",
                        ("200", ok("found", _ref("DriverLocation"))), errors=("404",),
                        params=[_path_id("driver_id")]),
+        },
+        "/api/realtime/ticket": {
+            "post": _op("a connect ticket for /ws?ticket=T: single use, good for 30 s and never past the token's "
+                        "expiry (any authenticated user)", ("200", ok("issued", _ref("ConnectTicket"))),
+                        errors=("503",)),
         },
         "/api/realtime/connections": {
             "get": _op("WebSocket connections across all gateways (admin)",

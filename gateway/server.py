@@ -28,7 +28,7 @@ from loguru import logger
 
 from common import gateway_stats
 from common.access import check_subscribe
-from common.auth import Identity, claims_of, verify_token
+from common.auth import Identity, claims_of, verifier_from_config
 from common.clock import iso
 from common.config import Config
 from common.db import SERVICE, claims, make_pool
@@ -47,7 +47,7 @@ from common.profiles import ensure_profile
 from common.redis_client import make_redis
 from common.replication import REPLICATION
 from common.roles import Role
-from gateway import framing, metrics
+from gateway import credentials, framing, metrics, refresh
 from gateway.app import create_gateway_app
 from gateway.connection import GPS_POINTS_PER_S, Connection, Outgoing, Subscription
 from gateway.framing import CloseCode, CloseReceived, Message, Ping, Pong, ProtocolError
@@ -56,6 +56,7 @@ from gateway.locations import LocationWriter, Point
 from gateway.protocol import (
     Abort,
     Action,
+    Auth,
     Close,
     Location,
     Reply,
@@ -108,6 +109,7 @@ class Gateway:
                   retention_hours=config.event_retention_hours)
             if run_relay else None
         )
+        self.tokens = verifier_from_config(config)  # handshakes, tickets and in-band refresh
         self.connections: set[Connection] = set()
         self.per_user: Counter[str] = Counter()
         self.draining = False
@@ -172,11 +174,7 @@ class Gateway:
         allowed = self.config.allowed_origins
         if origin and "*" not in allowed and origin not in allowed:
             raise Forbidden("origin not allowed")
-        token = request.args.get("token") or ""
-        if not token:
-            scheme, _, value = request.headers.get("Authorization", "").partition(" ")
-            token = value.strip() if scheme.lower() == "bearer" else ""
-        who = verify_token(token, self.config.jwt_secret.value)
+        who = credentials.identify(request, self.tokens, self.redis)
         if self.per_user[who.user_id] >= self.config.ws_max_connections_per_user:
             raise RateLimited("too many connections for this user", retry_after_s=5)
         return who
@@ -289,6 +287,8 @@ class Gateway:
                 conn.send_json({"type": "unsubscribed", "channel": channel, "ref": ref})
             case Location():
                 self._location(conn, action)
+            case Auth():
+                gevent.spawn(refresh.refresh, self, conn, action)
             case Close(code=code, reason=reason):
                 conn.close(code, reason)
             case SendPing():
