@@ -11,13 +11,15 @@ import json
 import math
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from common.auth import Identity
 from common.channels import InvalidChannel, parse_channel
 from common.clock import iso
 from common.roles import Role
 from gateway.framing import CloseCode
+
+if TYPE_CHECKING:  # the dataclass only: the protocol imports no database code
+    from common.auth import Identity
 
 # Names kept for callers that predate the enum; each is the CloseCode member.
 CLOSE_NORMAL = CloseCode.NORMAL
