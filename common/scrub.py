@@ -7,8 +7,8 @@ from typing import Any
 
 FILTERED = "[Filtered]"
 
-# Headers whose whole value is a credential.
-_SECRET_HEADERS = frozenset({"authorization", "cookie", "set-cookie", "proxy-authorization", "x-api-key"})
+# Headers (and the request's `cookies`) whose whole value is a credential.
+_SECRET_HEADERS = frozenset({"authorization", "cookie", "cookies", "set-cookie", "proxy-authorization", "x-api-key"})
 # Query or form keys whose value is a credential (`?token=` on a handshake, `?ticket=` a connect ticket).
 _SECRET_KEYS = ("token", "ticket", "access_token", "refresh_token", "id_token", "jwt", "password", "secret")
 _KEY_VALUE = re.compile(r"(?i)((?:^|[?&;\s\"'])(?:" + "|".join(_SECRET_KEYS) + r")=)[^&\s\"';#]*")
