@@ -181,6 +181,11 @@ def _paths() -> dict[str, Schema]:
                        ("200", ok("found", ref("DriverLocation"))), errors=("404",),
                        params=[_path_id("driver_id")]),
         },
+        "/api/realtime/ticket": {
+            "post": _op("a connect ticket for /ws?ticket=T: single use, good for 30 s and never past the token's "
+                        "expiry (any authenticated user)", ("200", ok("issued", ref("ConnectTicket"))),
+                        errors=("503",)),
+        },
         "/api/realtime/connections": {
             "get": _op("WebSocket connections across all gateways (admin)",
                        ("200", ok("counts", ref("Connections"))), errors=("403",)),

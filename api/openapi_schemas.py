@@ -139,6 +139,7 @@ SCHEMAS: dict[str, Schema] = {
                                 ["key", "orders", "revenue", "delivered", "avg_delivery_minutes"])}},
                            ["from", "to", "group_by", "rows"]),
     "Status": _obj({"status": STRING}, ["status"], extra=True),
+    "ConnectTicket": _obj({"ticket": {"type": "string"}, "expires_in": {"type": "number"}}, ["ticket", "expires_in"]),
     "Connections": _obj({"total": {"type": "integer"}, "by_role": _obj({
         role: {"type": "integer"} for role in ROLES}),
         "subscriptions": {"type": "integer"}, "instances": {"type": "array", "items": _obj({

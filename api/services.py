@@ -12,7 +12,7 @@ import redis
 from api.near_cache import NearCache
 from api.rate_leases import Leases, new_leases
 from api.replicas import ReadPool, Replica, ReplicaRouter
-from common.auth import TokenVerifier
+from common.auth import TokenVerifier, verifier_from_config
 from common.config import Config
 from common.db import Pool, make_pool
 from common.redis_client import make_redis
@@ -37,7 +37,7 @@ class Services:
     rate_leases: Leases = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
-        self.tokens = TokenVerifier(self.config.jwt_secret.value)
+        self.tokens = verifier_from_config(self.config)
         self.profiles_seen = TtlCache(max_entries=10_000, ttl_s=PROFILE_SEEN_TTL_S)
         self.near_cache = NearCache()
         self.rate_leases = new_leases()

@@ -1,4 +1,4 @@
-"""JWT verification and minting (HS256, Supabase/GoTrue-style claims) with PyJWT."""
+"""JWT verification and minting with PyJWT: HS256 with JWT_SECRET, RS256/ES256 from a JWKS when configured."""
 
 from __future__ import annotations
 
@@ -7,11 +7,14 @@ import uuid
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import jwt
 
+from common.config import Config
 from common.db import Claims
 from common.errors import Unauthorized
+from common.jwks import ALGORITHMS, KeySet
 from common.roles import ROLES, ROLES_WITH_RESTAURANT, Role
 from common.ttl_cache import TtlCache
 
@@ -50,20 +53,43 @@ def bearer_token(authorization_header: str) -> str:
     return token.strip() if scheme.lower() == "bearer" else ""
 
 
-def verify_token(token: str, secret: str, *, leeway_s: float = 0.0) -> Identity:
-    """Return the token's identity or raise `Unauthorized` saying why, never echoing the token."""
+def verify_token(token: str, secret: str, *, leeway_s: float = 0.0, keys: KeySet | None = None,
+                 issuer: str | None = None, audience: str | None = None) -> Identity:
+    """Return the token's identity or raise `Unauthorized` saying why, never echoing the token.
+
+    The algorithm picks the key, and each key serves one algorithm: HS256 only with `secret`,
+    RS256/ES256 only with the `keys` entry its `kid` names (whose own type must match). So an
+    HS256 token "signed" with a published public key, or `alg: none`, never verifies.
+    """
     if not token:
         raise Unauthorized("missing bearer token")
+    try:
+        alg = jwt.get_unverified_header(token).get("alg")
+    except jwt.PyJWTError as exc:
+        raise Unauthorized("token is malformed") from exc
+    key: Any
+    if alg == ALGORITHM:
+        key = secret
+    elif keys is not None and alg in ALGORITHMS:
+        jwk = keys.key(jwt.get_unverified_header(token).get("kid"))
+        if jwk.algorithm_name != alg:
+            raise Unauthorized(f"token algorithm {alg} does not match its key")
+        key = jwk.key
+    else:
+        raise Unauthorized(f"token algorithm {str(alg)[:10]!r} is not accepted")
+    required = ["sub", "role", "exp"] + (["iss"] if issuer else []) + (["aud"] if audience else [])
     try:
         with warnings.catch_warnings():
             # The contract's dev default secret is short; production refuses it at start-up.
             warnings.simplefilter("ignore", jwt.warnings.InsecureKeyLengthWarning)
             claims = jwt.decode(
                 token,
-                secret,
-                algorithms=[ALGORITHM],
-                options={"require": ["sub", "role", "exp"]},
+                key,
+                algorithms=[alg],
+                options={"require": required, "verify_aud": bool(audience)},
                 leeway=leeway_s,
+                issuer=issuer or None,
+                audience=audience or None,
             )
     except jwt.ExpiredSignatureError as exc:
         raise Unauthorized("token expired") from exc
@@ -71,8 +97,10 @@ def verify_token(token: str, secret: str, *, leeway_s: float = 0.0) -> Identity:
         raise Unauthorized("token signature is invalid") from exc
     except jwt.MissingRequiredClaimError as exc:
         raise Unauthorized(f"token lacks the {exc.claim!r} claim") from exc
-    except jwt.InvalidAlgorithmError as exc:
-        raise Unauthorized("token algorithm is not HS256") from exc
+    except jwt.InvalidIssuerError as exc:
+        raise Unauthorized("token issuer is not accepted") from exc
+    except jwt.InvalidAudienceError as exc:
+        raise Unauthorized("token audience is not accepted") from exc
     except jwt.PyJWTError as exc:
         raise Unauthorized("token is malformed") from exc
     role = claims.get("role")
@@ -99,8 +127,12 @@ class TokenVerifier:
     """
 
     def __init__(self, secret: str, *, max_entries: int = 10_000, ttl_s: float = 60.0,
-                 clock: Callable[[], float] = time.monotonic, wall: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.monotonic, wall: Callable[[], float] = time.time,
+                 keys: KeySet | None = None, issuer: str | None = None, audience: str | None = None) -> None:
         self.secret = secret
+        self.keys = keys
+        self.issuer = issuer
+        self.audience = audience
         self.wall = wall
         self.cache: TtlCache[str, Identity] = TtlCache(max_entries=max_entries, ttl_s=ttl_s, clock=clock)
 
@@ -110,9 +142,16 @@ class TokenVerifier:
             if found.expires_at > self.wall():
                 return found
             self.cache.discard(token)
-        who = verify_token(token, self.secret)
+        who = verify_token(token, self.secret, keys=self.keys, issuer=self.issuer, audience=self.audience)
         self.cache.put(token, who, ttl_s=who.expires_at - self.wall())
         return who
+
+
+def verifier_from_config(config: Config) -> TokenVerifier:
+    """The process's verifier: JWT_SECRET, and the JWKS, issuer and audience when configured."""
+    keys = KeySet(config.jwt_jwks_url) if config.jwt_jwks_url else None
+    return TokenVerifier(config.jwt_secret.value, keys=keys, issuer=config.jwt_issuer or None,
+                         audience=config.jwt_audience or None)
 
 
 def mint_token(

@@ -62,6 +62,10 @@ class Config:
     database_replica_urls: tuple[str, ...]
     redis_url: str
     jwt_secret: Secret
+    jwt_jwks_url: str = ""  # an identity provider's JWKS (RS256/ES256 by kid); "" means HS256 only
+    jwt_issuer: str = ""  # checked when set
+    jwt_audience: str = ""  # checked when set
+    ws_ticket_ttl_s: float = 30.0  # a connect ticket's life (contract section 6)
     env: Environment = Environment.DEV
     api_host: str = "127.0.0.1"
     api_port: int = 8000
@@ -125,6 +129,10 @@ class Config:
             ),
             redis_url=reader.url("REDIS_URL", schemes=("redis", "rediss", "unix"), required=True),
             jwt_secret=Secret(secret),
+            jwt_jwks_url=reader.url("JWT_JWKS_URL", schemes=("http", "https")),
+            jwt_issuer=reader.text("JWT_ISSUER", ""),
+            jwt_audience=reader.text("JWT_AUDIENCE", ""),
+            ws_ticket_ttl_s=reader.number("WS_TICKET_TTL", 30.0, low=0.05, high=300.0),
             env=dms_env,
             api_host=reader.text("API_HOST", "127.0.0.1"),
             api_port=reader.port("API_PORT", 8000),

@@ -1,24 +1,9 @@
-"""Sentry, initialised only when a DSN is set; request bodies and tokens are never sent."""
+"""Sentry, initialised only when a DSN is set; request bodies and tokens are never sent (see common.scrub)."""
 
 from __future__ import annotations
 
-from typing import Any
-
 from common.config import Config
-from common.logging import scrub
-
-
-def _scrub_event(event: Any, _hint: Any) -> Any:
-    request = event.get("request") or {}
-    headers = request.get("headers") or {}
-    for name in list(headers):
-        if name.lower() in ("authorization", "cookie"):
-            headers[name] = "[Filtered]"
-    if isinstance(request.get("query_string"), str):
-        request["query_string"] = scrub(request["query_string"])
-    if isinstance(request.get("url"), str):
-        request["url"] = scrub(request["url"])
-    return event
+from common.scrub import before_breadcrumb, before_send
 
 
 def init_sentry(config: Config, *, service: str) -> bool:
@@ -39,7 +24,11 @@ def init_sentry(config: Config, *, service: str) -> bool:
         send_default_pii=False,
         # Frame locals hold requests, tokens and personal data; stack traces alone are enough.
         include_local_variables=False,
-        before_send=_scrub_event,
+        # One scrubber for errors, transactions (their spans carry URLs and query strings) and
+        # breadcrumbs: a handshake's `?token=` otherwise reaches Sentry inside a transaction.
+        before_send=before_send,
+        before_send_transaction=before_send,
+        before_breadcrumb=before_breadcrumb,
         integrations=[FlaskIntegration(), LoguruIntegration()],
     )
     return True

@@ -58,7 +58,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     started = time.monotonic()
     try:
         stack = Stack(home=_dms_home(), api_count=args.api, gateway_count=args.gateways,
-                      nginx_port=None if args.no_nginx else args.nginx_port)
+                      nginx_port=None if args.no_nginx else args.nginx_port, tls=args.tls)
     except StackError as exc:
         print(f"dms up: {exc}", file=sys.stderr)
         return 2
@@ -228,6 +228,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="WebSocket gateways, on ports from GATEWAY_PORT after the APIs' (default 1)")
     up.add_argument("--nginx-port", type=int, default=8080, help="nginx in front, when installed (default 8080)")
     up.add_argument("--no-nginx", action="store_true", help="do not start nginx even when it is installed")
+    up.add_argument("--tls", action="store_true",
+                    help="nginx listens with TLS: a self-signed CA and certificate under .dms/tls "
+                         "(TLS_CERT_FILE and TLS_KEY_FILE name your own pair instead)")
     restart = commands.add_parser("restart", help="rolling restart of a running `dms up`, one process at a time")
     restart.add_argument("--timeout", type=float, default=300, help="seconds to wait for it to finish")
     commands.add_parser("status", help="the processes of a running `dms up`: pids, state, restarts after crashes")

@@ -41,6 +41,9 @@ class Site:
     # Also how long a failed upstream is left out: a rolling restart waits this long after each
     # process is ready, or nginx could still shun it while the next one goes down.
     fail_timeout_s: int = 3
+    # Both set: the listener speaks TLS (1.2 and 1.3 only) and every response carries HSTS.
+    tls_cert_file: str = ""
+    tls_key_file: str = ""
 
 
 def _servers(host: str, ports: tuple[int, ...], site: Site) -> str:
@@ -61,8 +64,29 @@ def _user_directive() -> str:
     return f"user {WORKER_USER} {grp.getgrgid(entry.pw_gid).gr_name};"
 
 
+def _tls_directives(site: Site) -> str:
+    if not site.tls_cert_file:
+        return "# TLS: off (set TLS_CERT_FILE and TLS_KEY_FILE, or run `dms up --tls`)"
+    lines = [
+        f"ssl_certificate {Path(site.tls_cert_file).resolve()};",
+        f"ssl_certificate_key {Path(site.tls_key_file).resolve()};",
+        "ssl_protocols TLSv1.2 TLSv1.3;",  # older versions have known weaknesses; browsers dropped them
+        "ssl_session_cache shared:dms_tls:10m;",
+        "ssl_session_timeout 1d;",
+        "ssl_session_tickets off;",
+        # One copy, the API's value, on every response (nginx's own answers too).
+        "proxy_hide_header Strict-Transport-Security;",
+        'add_header Strict-Transport-Security "max-age=31536000; includeSubDomains" always;',
+    ]
+    return "\n        ".join(lines)
+
+
 def render_text(site: Site, prefix: Path, *, template: Path = TEMPLATE) -> str:
+    if bool(site.tls_cert_file) != bool(site.tls_key_file):
+        raise NginxError("TLS needs both a certificate and a key file")
     values = {
+        "listen_tls": " ssl" if site.tls_cert_file else "",
+        "tls_directives": _tls_directives(site),
         "prefix": str(prefix.resolve()),
         "user_directive": _user_directive(),
         "worker_processes": str(site.worker_processes),

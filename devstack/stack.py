@@ -20,7 +20,7 @@ from loguru import logger
 from common.auth import mint_token
 from common.config import DEV_JWT_SECRET
 from common.migrations import migrate
-from devstack import embedded, nginx
+from devstack import embedded, nginx, tls
 from devstack.seed import DEMO, demo_id, seed_demo
 
 DEFAULT_PG_PORT = 54329
@@ -127,6 +127,7 @@ class Stack:
     settle_s: float = 0.0  # pause after each restarted process, so nginx takes it back first
     health: dict[str, Health] = field(default_factory=dict)
     crash_rule: tuple[int, float] = field(default_factory=crash_limit)
+    tls: bool = False  # `dms up --tls`: a self-signed pair under .dms/tls when TLS_CERT_FILE is not set
     _site: nginx.Site | None = None
 
     @property
@@ -223,8 +224,9 @@ class Stack:
         self.env["GATEWAY_URL"] = f"ws://{base['GATEWAY_HOST']}:{gateway_ports[0]}/ws"
         # Handy for the README walk-through; not read by any process.
         if self._use_nginx():
-            self.env["NGINX_URL"] = f"http://127.0.0.1:{self.nginx_port}"
-            self.env["GATEWAY_URL"] = f"ws://127.0.0.1:{self.nginx_port}/ws"
+            secure = self._tls_files()
+            self.env["NGINX_URL"] = f"{'https' if secure else 'http'}://127.0.0.1:{self.nginx_port}"
+            self.env["GATEWAY_URL"] = f"{'wss' if secure else 'ws'}://127.0.0.1:{self.nginx_port}/ws"
             # Behind nginx the API believes X-Forwarded-For from nginx only (loopback here).
             self.env["TRUSTED_PROXIES"] = os.environ.get("TRUSTED_PROXIES", "127.0.0.1")
         # What /board and /admin open: a gateway (nginx's when it runs), never GATEWAY_PORT blindly.
@@ -234,6 +236,19 @@ class Stack:
         path = self.home / "env"
         path.write_text("".join(f"{key}={value}\n" for key, value in self.env.items()))
         return path
+
+    def _tls_files(self) -> tuple[str, str] | None:
+        """nginx's certificate and key: TLS_CERT_FILE/TLS_KEY_FILE, else with --tls a self-signed pair."""
+        cert, key = os.environ.get("TLS_CERT_FILE", ""), os.environ.get("TLS_KEY_FILE", "")
+        if cert or key:
+            if not (cert and key):
+                raise StackError("TLS_CERT_FILE and TLS_KEY_FILE go together")
+            return cert, key
+        if not self.tls:
+            return None
+        files = tls.self_signed(self.home / "tls")
+        self.env["TLS_CA_FILE"] = str(files.ca_file)  # what clients of this stack trust
+        return str(files.cert_file), str(files.key_file)
 
     def _use_nginx(self) -> bool:
         if self.nginx_port is None:
@@ -264,8 +279,10 @@ class Stack:
             self._wait_http(spec.ready_url, spec.name, timeout_s)
         if self._use_nginx():
             assert self.nginx_port is not None
+            cert, key = self._tls_files() or ("", "")
             self._site = nginx.Site(api_ports=tuple(api_ports), gateway_ports=tuple(gateway_ports),
-                                    listen_port=self.nginx_port, upstream_host=host)
+                                    listen_port=self.nginx_port, upstream_host=host,
+                                    tls_cert_file=cert, tls_key_file=key)
             server = nginx.start(self._site, self.home / "nginx")
             assert server.process is not None
             self.children.append(("nginx", server.process))

@@ -4,16 +4,19 @@ The server never masks, so one event's frame bytes serve every subscriber. The p
 whatever bytes arrived (`feed`) and returns whole messages and control frames; it enforces what a
 server must: client frames are masked, reserved bits and unknown opcodes are refused (1002),
 control frames are short and unfragmented and may come between fragments, a message over the
-size limit is refused from its header alone (1009), and text must be valid UTF-8 (1007).
+size limit is refused from its header alone (1009), and text must be valid UTF-8 (1007), checked
+fragment by fragment. tests/gateway/test_framing_reference.py holds it against wsproto.
 """
 
 from __future__ import annotations
 
 import base64
+import codecs
 import hashlib
 import struct
 from dataclasses import dataclass
 from enum import IntEnum
+from typing import Any
 
 OP_CONTINUATION = 0x0
 OP_TEXT = 0x1
@@ -50,6 +53,8 @@ class ProtocolError(Exception):
         super().__init__(reason)
         self.code = code
         self.reason = reason
+        # Whole frames that arrived before the broken one, in the same `feed`: still the peer's.
+        self.frames: list[Frame] = []
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,24 +146,29 @@ class Parser:
     def __init__(self, *, max_message_bytes: int) -> None:
         self.max_message_bytes = max_message_bytes
         self._buffer = bytearray()
-        self._fragments: list[bytes] = []
+        self._fragments: list[Any] = []  # bytes of a binary message, decoded text of a text one
         self._fragment_bytes = 0
         self._fragment_opcode: int | None = None
+        self._decoder: codecs.IncrementalDecoder | None = None
 
     def feed(self, data: bytes) -> list[Frame]:
-        """Parse what arrived; raise ProtocolError on the first broken rule."""
+        """Parse what arrived; raise ProtocolError on the first broken rule (its `frames` are those before)."""
         self._buffer += data
         out: list[Frame] = []
-        while True:
-            frame = self._next_frame()
-            if frame is None:
-                return out
-            result = self._handle(*frame)
-            if result is not None:
-                out.append(result)
-                if isinstance(result, CloseReceived):
-                    self._buffer.clear()  # nothing after a close frame counts
+        try:
+            while True:
+                frame = self._next_frame()
+                if frame is None:
                     return out
+                result = self._handle(*frame)
+                if result is not None:
+                    out.append(result)
+                    if isinstance(result, CloseReceived):
+                        self._buffer.clear()  # nothing after a close frame counts
+                        return out
+        except ProtocolError as exc:
+            exc.frames = out
+            raise
 
     def _next_frame(self) -> tuple[bool, int, bytes] | None:
         buf = self._buffer
@@ -185,6 +195,11 @@ class Parser:
             length, offset = struct.unpack_from("!Q", buf, 2)[0], 10
             if length >> 63:
                 raise ProtocolError(CloseCode.PROTOCOL_ERROR, "frame length has its top bit set")
+        # Out-of-order data frames are refused before their size: a protocol error whatever the length.
+        if opcode == OP_CONTINUATION and self._fragment_opcode is None:
+            raise ProtocolError(CloseCode.PROTOCOL_ERROR, "continuation without a message to continue")
+        if opcode in _DATA_OPS and self._fragment_opcode is not None:
+            raise ProtocolError(CloseCode.PROTOCOL_ERROR, "a new message started inside a fragmented one")
         if opcode not in _CONTROL_OPS:
             # Decided from the header, before buffering: a 2 GB claim costs us nothing.
             total = length + (self._fragment_bytes if opcode == OP_CONTINUATION else 0)
@@ -206,23 +221,33 @@ class Parser:
         if opcode == OP_CLOSE:
             return _close_received(payload)
         if opcode == OP_CONTINUATION:
-            if self._fragment_opcode is None:
-                raise ProtocolError(CloseCode.PROTOCOL_ERROR, "continuation without a message to continue")
-            self._fragments.append(payload)
-            self._fragment_bytes += len(payload)
+            self._add_fragment(payload, final=fin)
             if not fin:
                 return None
-            opcode, payload = self._fragment_opcode, b"".join(self._fragments)
+            parts, binary = self._fragments, self._fragment_opcode == OP_BINARY
             self._fragments, self._fragment_bytes, self._fragment_opcode = [], 0, None
-        elif self._fragment_opcode is not None:
-            raise ProtocolError(CloseCode.PROTOCOL_ERROR, "a new message started inside a fragmented one")
-        elif not fin:
-            self._fragment_opcode, self._fragments, self._fragment_bytes = opcode, [payload], len(payload)
+            return Message(b"".join(parts) if binary else "".join(parts))
+        if not fin:
+            self._fragment_opcode, self._fragments, self._fragment_bytes = opcode, [], 0
+            self._decoder = codecs.getincrementaldecoder("utf-8")() if opcode == OP_TEXT else None
+            self._add_fragment(payload, final=False)
             return None
         if opcode == OP_BINARY:
             return Message(payload)
         try:
             return Message(payload.decode("utf-8"))
+        except UnicodeDecodeError as exc:
+            raise ProtocolError(CloseCode.INVALID_DATA, "text frame is not valid UTF-8") from exc
+
+    def _add_fragment(self, payload: bytes, *, final: bool) -> None:
+        """Keep one fragment; text is decoded as it comes, so invalid UTF-8 fails at once (RFC 6455
+        section 8.1), not only when the message ends: a peer cannot park a broken message."""
+        self._fragment_bytes += len(payload)
+        if self._decoder is None:
+            self._fragments.append(payload)
+            return
+        try:
+            self._fragments.append(self._decoder.decode(payload, final=final))
         except UnicodeDecodeError as exc:
             raise ProtocolError(CloseCode.INVALID_DATA, "text frame is not valid UTF-8") from exc
 

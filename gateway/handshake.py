@@ -13,12 +13,13 @@ from collections import Counter
 from collections.abc import Sized
 from typing import Any, Protocol
 
+import redis
 from flask import Flask, Response, jsonify, request
 
-from common.auth import Identity, bearer_token, verify_token
+from common.auth import Identity, TokenVerifier
 from common.config import Config
 from common.errors import BadRequest, DmsError, Forbidden, RateLimited, Unavailable
-from gateway import framing, metrics
+from gateway import credentials, framing, metrics
 from gateway.admission import Admission, Refused
 from gateway.transport import TAKEOVER_KEY, Transport, accept
 
@@ -32,6 +33,8 @@ class Admitting(Protocol):
     draining: bool
     per_user: Counter[str]
     admission: Admission
+    tokens: TokenVerifier
+    redis: redis.Redis
     connections: Sized
 
     def open(self, transport: Transport, who: Identity, *, batch_ms: int = 0) -> Any: ...
@@ -55,8 +58,7 @@ def admit(node: Admitting) -> Identity:
     origin = request.headers.get("Origin")
     if origin and "*" not in config.allowed_origins and origin not in config.allowed_origins:
         raise Forbidden("origin not allowed")
-    token = request.args.get("token") or bearer_token(request.headers.get("Authorization", ""))
-    who = verify_token(token, config.jwt_secret.value)
+    who = credentials.identify(request, node.tokens, node.redis)
     if node.per_user[who.user_id] >= config.ws_max_connections_per_user:
         raise RateLimited("too many connections for this user", retry_after_s=5)
     metrics.HANDSHAKES.labels("admitted").inc()

@@ -1,7 +1,7 @@
 """The client protocol with no I/O: parse frames, hold subscriptions, decide replies and closes.
 
 Data comes in through `Session.receive(text, now)`; what to do comes out as a list of actions
-(`Reply`, `Subscribe`, `Unsubscribe`, `Location`, `Close`). Nothing here touches a socket,
+(`Reply`, `Subscribe`, `Unsubscribe`, `Location`, `Auth`, `Close`). Nothing here touches a socket,
 Redis or PostgreSQL, so every rule is unit-tested without a server.
 """
 
@@ -10,8 +10,8 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass, field
-from datetime import datetime
-from typing import Any
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
 
 from common import gps
 from common.channels import InvalidChannel, parse_channel
@@ -21,9 +21,13 @@ from gateway import closes
 from gateway.closes import Disconnect
 from gateway.framing import CloseCode
 
+if TYPE_CHECKING:  # the dataclass only: the protocol imports no database code
+    from common.auth import Identity
+
 CLOSE_POLICY = CloseCode.POLICY  # the one name kept for callers that predate the enum
 
 MAX_REF_CHARS = 64
+MAX_TOKEN_CHARS = 8192
 RATE_PER_S = 20.0
 RATE_BURST = 40.0
 # Frames refused for rate while already limited; past this the client is closed with 1008.
@@ -55,6 +59,14 @@ class Location:
 
 
 @dataclass(frozen=True)
+class Auth:
+    """Replace the connection's token (contract section 6, "Token refresh"); the server verifies it."""
+
+    token: str
+    ref: str | None
+
+
+@dataclass(frozen=True)
 class Close:
     """Send this close frame (then wait for the answer or the close timeout)."""
 
@@ -81,7 +93,7 @@ class Abort:
     reason: str
 
 
-Action = Reply | Subscribe | Unsubscribe | Location | Close | SendPing | Abort
+Action = Reply | Subscribe | Unsubscribe | Location | Auth | Close | SendPing | Abort
 
 
 def error(code: str, message: str, ref: str | None = None) -> Reply:
@@ -99,6 +111,21 @@ def welcome(*, connection_id: str, user_id: str, role: str, ping_interval_s: flo
         "max_subscriptions": max_subscriptions,
         "server_time": iso(now),
     }
+
+
+def authed(ref: str | None, expires_at: float) -> dict[str, Any]:
+    return {"type": "authed", "ref": ref, "expires_at": iso(datetime.fromtimestamp(expires_at, UTC))}
+
+
+def invalid_token(message: str, ref: str | None) -> Reply:
+    return error("invalid_token", message, ref)
+
+
+def refresh_refusal(old: Identity, new: Identity) -> str | None:
+    """Why a verified new token may not replace the old one, or None: same `sub` and `role` only."""
+    if new.user_id != old.user_id or new.role != old.role:
+        return "the new token names another user or role"
+    return None
 
 
 def subscribed(channel: str, ref: str | None, last_event_id: int | None, recovered: bool) -> dict[str, Any]:
@@ -162,6 +189,10 @@ class Session:
             self.ping_sent_at = None
             self.next_ping_at = now_s + self.ping_interval_s
 
+    def reauthenticated(self, expires_at: float) -> None:
+        """A refreshed token: the 4001 deadline moves to its expiry."""
+        self.expires_at = expires_at
+
     def close_sent(self, now_s: float) -> None:
         """We sent a close frame: the peer has `close_timeout_s` to answer before we drop it."""
         if self.close_sent_at is None:
@@ -212,6 +243,11 @@ class Session:
             return self._unsubscribe(frame, ref)
         if kind == "location":
             return self._location(frame, ref, now)
+        if kind == "auth":
+            token = frame.get("token")
+            if not isinstance(token, str) or not token or len(token) > MAX_TOKEN_CHARS:
+                return [invalid_token(f"'token' must be a JWT string of at most {MAX_TOKEN_CHARS} characters", ref)]
+            return [Auth(token, ref)]
         if not isinstance(kind, str):
             return [error("bad_request", "a frame needs a string 'type'", ref)]
         return [error("unknown_type", f"unknown frame type {kind[:40]!r}", ref)]

@@ -14,15 +14,18 @@ from gateway import closes, framing
 from gateway.connection import Connection
 from gateway.framing import CloseReceived, Message, Ping, Pong, ProtocolError
 from gateway.gps import GpsIntake
-from gateway.protocol import Abort, Action, Close, Location, Reply, SendPing, Subscribe, Unsubscribe
+from gateway.protocol import Abort, Action, Auth, Close, Location, Reply, SendPing, Subscribe, Unsubscribe
+from gateway.refresh import TokenRefresh
 from gateway.subscriptions import Subscriptions
 
 
 class Reader:
-    def __init__(self, *, max_message_bytes: int, subscriptions: Subscriptions, gps: GpsIntake) -> None:
+    def __init__(self, *, max_message_bytes: int, subscriptions: Subscriptions, gps: GpsIntake,
+                 refresh: TokenRefresh) -> None:
         self.max_message_bytes = max_message_bytes
         self.subscriptions = subscriptions
         self.gps = gps
+        self.refresh = refresh
         self.frames_in = 0  # a plain integer, read by the metrics collector at scrape time
 
     def read_loop(self, conn: Connection) -> None:
@@ -35,13 +38,11 @@ class Reader:
                 return
             if parser is None:
                 continue  # after a protocol error: discard until the peer or the close timeout ends it
+            broken: ProtocolError | None = None
             try:
                 frames = parser.feed(data)
             except ProtocolError as exc:
-                conn.log.info("protocol error {}: {}", int(exc.code), exc.reason)
-                conn.close(closes.protocol_error(exc), discard_queued=True)
-                parser = None
-                continue
+                frames, broken = exc.frames, exc  # the whole frames before the broken one still count
             for frame in frames:
                 match frame:
                     case Message(data=body):
@@ -57,6 +58,10 @@ class Reader:
                     case CloseReceived(code=code):
                         conn.peer_closed(code)
                         return
+            if broken is not None:
+                conn.log.info("protocol error {}: {}", int(broken.code), broken.reason)
+                conn.close(closes.protocol_error(broken), discard_queued=True)
+                parser = None
 
     def act(self, conn: Connection, action: Action) -> None:
         match action:
@@ -68,6 +73,8 @@ class Reader:
                 self.subscriptions.unsubscribe(conn, action)
             case Location():
                 self.gps.location(conn, action)
+            case Auth():
+                self.refresh.refresh(conn, action)
             case Close(disconnect=disconnect):
                 conn.close(disconnect)
             case SendPing():

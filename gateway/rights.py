@@ -64,8 +64,13 @@ class RightsCheck:
                 continue
             channel = visibility.DRIVER_PREFIX + driver
             for conn in conns:
-                if conn.subscriptions.pop(channel, None) is None:
-                    continue
-                self.hub.remove(conn, channel)
-                conn.log.info("subscription to {} ended: no active order with the driver", channel)
-                conn.send_json({"type": "unsubscribed", "channel": channel, "ref": None, "reason": "forbidden"})
+                end_subscription(self.hub, conn, channel, "no active order with the driver")
+
+
+def end_subscription(hub: Hub, conn: Connection, channel: str, why: str) -> None:
+    """A right ended: drop the subscription and tell the client `unsubscribed` / `forbidden`."""
+    if conn.subscriptions.pop(channel, None) is None:
+        return
+    hub.remove(conn, channel)
+    conn.log.info("subscription to {} ended: {}", channel, why)
+    conn.send_json({"type": "unsubscribed", "channel": channel, "ref": None, "reason": "forbidden"})

@@ -23,7 +23,7 @@ import psycopg
 import psycopg_pool
 from loguru import logger
 
-from common.auth import Identity, claims_of
+from common.auth import Identity, claims_of, verifier_from_config
 from common.config import Config
 from common.db import claims, make_pool
 from common.errors import DmsError
@@ -43,6 +43,7 @@ from gateway.locations import LocationWriter
 from gateway.protocol import Session, welcome
 from gateway.reader import Reader
 from gateway.recovery import Recovery
+from gateway.refresh import TokenRefresh
 from gateway.rights import RightsCheck
 from gateway.stats import Stats
 from gateway.subscriptions import Subscriptions
@@ -89,8 +90,10 @@ class Gateway:
         self.rights = RightsCheck(self.pool, self.hub, lambda: self.connections)
         self.hub.on_driver_order_event = self.rights.driver_order_event
         self.stats = Stats(self.id, self.redis, self.hub, lambda: self.connections)
+        self.tokens = verifier_from_config(config)  # handshakes, tickets and in-band refresh
         self.reader = Reader(max_message_bytes=config.ws_max_message_bytes, subscriptions=self.subscriptions,
-                             gps=GpsIntake(self.hub, self.locations, self.presence))
+                             gps=GpsIntake(self.hub, self.locations, self.presence),
+                             refresh=TokenRefresh(self.tokens, self.pool, self.hub))
         self._frames_out_closed = 0
         self._running = False
         self._greenlets: list[gevent.Greenlet] = []

@@ -7,8 +7,8 @@ accepted socket out of pywsgi (pywsgi then writes no response and does not close
 
 - `send(frame)` writes ready frame bytes at once with a non-blocking send when nothing is queued;
   only what the kernel does not take is queued, and a writer greenlet, started on demand, flushes
-  the queue with several frames per send. Past `max_queued_frames` or `max_queued_bytes` the
-  connection is closed with 4008 and the backlog dropped.
+  the queue with several frames per send. Past `max_queued_frames` or `max_queued_bytes` (data
+  and control frames alike) the connection is closed with 4008 and the backlog dropped.
 - `read()` blocks in recv with no timeout; the connection's one greenlet lives there.
 - `close(code)` sends a close frame after what is queued (or instead of it); `abort()` drops the
   TCP connection. The caller aborts when the peer answers the close or its timeout passes.
@@ -116,6 +116,20 @@ class Transport:
 
     def send(self, frame: bytes) -> bool:
         """Hand one data frame to the socket; False when closing or (then closed 4008) too far behind."""
+        if not self._enqueue(frame):
+            return False
+        self.frames_sent += 1
+        return True
+
+    def send_control(self, frame: bytes) -> bool:
+        """Ping or pong: in order with data and under the same limits, never after a close.
+
+        A pong is as much a frame the peer must read as an event: a client that pings and never
+        reads would otherwise grow its queue without end, 20 pongs a second.
+        """
+        return self._enqueue(frame)
+
+    def _enqueue(self, frame: bytes) -> bool:
         if self.close_code is not None or self.aborted:
             return False
         if self._queue or self._writer is not None:
@@ -130,18 +144,7 @@ class Transport:
             self._queued_bytes += len(frame)
         else:
             self._write_through(frame)
-        self.frames_sent += 1
         return True
-
-    def send_control(self, frame: bytes) -> None:
-        """Ping or pong: in order with data, outside the slow-consumer limits, never after a close."""
-        if self.close_code is not None or self.aborted:
-            return
-        if self._queue or self._writer is not None:
-            self._queue.append(frame)
-            self._queued_bytes += len(frame)
-        else:
-            self._write_through(frame)
 
     def close(self, code: int, reason: str, *, discard_queued: bool = False) -> bool:
         """Send a close frame after what is queued (or instead of it); False if one was sent already."""

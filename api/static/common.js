@@ -119,13 +119,16 @@
       this.connect();
     }
 
-    connect() {
+    async connect() {
       clearTimeout(this.timer);
       if (this.stopped) return;
       const separator = this.url.includes("?") ? "&" : "?";
       let ws;
       try {
-        ws = new WebSocket(this.url + separator + "token=" + encodeURIComponent(this.token));
+        // A single-use connect ticket, not the bearer token, goes in the URL (proxies log URLs).
+        const { ticket } = await api(this.token, "/api/realtime/ticket", { method: "POST" });
+        if (this.stopped) return;
+        ws = new WebSocket(this.url + separator + "ticket=" + encodeURIComponent(ticket));
       } catch (_) {
         this.scheduleReconnect();
         return;

@@ -9,13 +9,14 @@ import zlib
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from common.auth import mint_token
 from devstack import embedded
 from tests.fix_infra import JWT_SECRET, Infra
-from tests.helpers import Process, http_json, wait_for
+from tests.helpers import Process, WsClient, http_json, wait_for
 
 
 class _Receiver(BaseHTTPRequestHandler):
@@ -114,3 +115,47 @@ def test_the_failing_route_exists_only_in_tests(infra: Infra) -> None:
         assert all(not rule.rule.startswith("/api/_test") for rule in app.url_map.iter_rules())
     finally:
         app.extensions["dms"].close()
+
+
+def test_traces_carry_no_token(infra: Infra, receiver: tuple[int, list[bytes]], tmp_path: Path,
+                               start_gateway: Any) -> None:
+    """Every trace is sampled, tokens go in headers and URLs, one request fails: no envelope holds one."""
+    port, bodies = receiver
+    dsn = f"http://publickey@127.0.0.1:{port}/1"
+    api_port = embedded.free_port()
+    api = Process("api", infra.env(API_PORT=str(api_port), SENTRY_DSN=dsn, SENTRY_TRACES_SAMPLE_RATE="1.0"),
+                  tmp_path / "api.log")
+    try:
+        api.wait_http_ok(f"http://127.0.0.1:{api_port}/health")
+        _, gw = start_gateway(name="gw-sentry", SENTRY_DSN=dsn, SENTRY_TRACES_SAMPLE_RATE="1.0")
+        tokens = [mint_token(JWT_SECRET, role="admin") for _ in range(5)]
+        base = f"http://127.0.0.1:{api_port}"
+        status, _, _ = http_json("GET", f"{base}/api/_test/boom?token={tokens[0]}", token=tokens[0])
+        assert status == 500
+        status, _, _ = http_json("GET", f"{base}/api/restaurants?token={tokens[1]}", token=tokens[1])
+        assert status == 200
+        by_url = WsClient.connect(gw["url"], token=tokens[2])
+        assert by_url.recv()["type"] == "welcome"
+        by_header = WsClient.connect(gw["url"], headers=[f"Authorization: Bearer {tokens[3]}"])
+        assert by_header.recv()["type"] == "welcome"
+        by_url.close()
+        by_header.close()
+        # A refused handshake (expired token in the URL) is traced too.
+        expired = mint_token(JWT_SECRET, role="admin", ttl_s=-60)
+        status, _, _ = http_json("GET", f"{gw['http']}/ws?token={expired}")
+        assert status == 401
+        tokens.append(expired)
+
+        def arrived() -> bool:
+            text = b"\n".join(bodies)
+            return (b"RuntimeError" in text and text.count(b'"type":"transaction"') >= 4
+                    and b'"server_name":"gateway"' in text)
+
+        wait_for(arrived, timeout_s=20, message="the error and the API's and gateway's transactions")
+        for token in tokens:
+            signature = token.rsplit(".", 1)[1].encode()
+            leaks = [b[max(0, b.find(signature) - 200):b.find(signature) + 20] for b in bodies if signature in b]
+            assert leaks == [], f"a token reached Sentry: {leaks[:2]!r}"
+        assert b"/ws" in b"\n".join(bodies)  # the handshake transactions are there, scrubbed
+    finally:
+        api.stop()

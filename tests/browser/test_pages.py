@@ -193,3 +193,16 @@ def _artifact(name: str) -> Any:
 
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     return ARTIFACTS / name
+
+
+def test_the_pages_connect_with_a_ticket_not_the_token(open_page: Any, stack: Stack, world: World) -> None:
+    """Contract section 6: a bearer token never appears in a WebSocket URL (proxies log URLs)."""
+    watched = _open_board(open_page, stack, world.restaurant)
+    page = watched.page
+    urls: list[str] = []
+    page.on("websocket", lambda ws: urls.append(ws.url))
+    page.reload()  # the token is in sessionStorage now; the board connects again
+    page.wait_for_selector('#conn[data-state="connected"]', timeout=seconds(10) * 1000)
+    wait_for(lambda: urls, message="the board's WebSocket")
+    assert all("ticket=" in url and "token=" not in url and world.restaurant not in url for url in urls), urls
+    watched.assert_clean()
