@@ -368,7 +368,12 @@ def storm(args: argparse.Namespace, stack: Stack, work: Path) -> dict[str, Any]:
     cpu_after = {"survivor": proc_cpu_s(survivor_pid), "victim": proc_cpu_s(restarted_pid),
                  "nginx": _cpu(_nginx_pids(ngx.pid))}
     orders.stop()
-    time.sleep(3.0)  # the last orders' events reach everyone
+    # The last orders' events, and replays still being sent, reach everyone: wait for quiet.
+    quiet_since, frames, deadline = time.monotonic(), pool.total("frames"), time.monotonic() + 60
+    while time.monotonic() - quiet_since < 3.0 and time.monotonic() < deadline:
+        time.sleep(0.5)
+        if pool.total("frames") != frames:
+            quiet_since, frames = time.monotonic(), pool.total("frames")
     sampling.set()
     sampler.join(timeout=5)
     expected = expected_ids(stack.database_url, channels)
