@@ -209,6 +209,16 @@ class Client:
             tries += 1
             self._backoff(tries, 0.0)
 
+    def _subscribe_guarded(self, conn: Conn) -> None:
+        """The first subscribe, inside the connect gate; on failure the connection is closed."""
+        try:
+            self._subscribe(conn)
+        except BaseException:
+            self.shared.connected -= 1
+            conn.close()
+            self.conn = None
+            raise
+
     def _subscribe_once(self, conn: Conn) -> bool:
         frame: dict[str, Any] = {"type": "subscribe", "channel": self.channel, "ref": "s"}
         if self.last_id is not None:
@@ -254,14 +264,19 @@ class Client:
         while shared.running:
             retry_after = 0.0
             try:
+                # The first join holds its place in the gate until subscribed (a ramp, not the
+                # measured part); a reconnect after a drop holds it for the handshake only.
                 with gate:
                     conn = self._open()
-                self.conn = conn
-                shared.connected += 1
-                if self.mode == "handshake":
-                    return  # held open until the process ends
+                    self.conn = conn
+                    shared.connected += 1
+                    if self.mode == "handshake":
+                        return  # held open until the process ends
+                    if not self.joined:
+                        self._subscribe_guarded(conn)
                 try:
-                    self._subscribe(conn)
+                    if self.joined:
+                        self._subscribe(conn)
                     attempt = 0
                     if not self.joined:
                         self.joined = True
