@@ -211,6 +211,10 @@ def nginx_refusals(prefix: Path) -> dict[str, int]:
         "ws_requests_logged": len(ws),
         "ws_answered_by_nginx_itself": sum(1 for line in ws if "upstream=dms_gateway " in line),
         "ws_passed_on_to_another_gateway": sum(1 for line in ws if re.search(r"upstream=\S+, ", line)),
+        # Every gateway tried failed (timeouts, refused connects): nginx's own 503 with Retry-After.
+        "ws_503_after_every_gateway_failed": sum(
+            1 for line in ws if '" 503 ' in line and "upstream=dms_gateway " not in line
+            and not re.search(r"upstream_status=[^r]*\b(503|101)\b", line)),
         "no_live_upstreams": errors.count("no live upstreams"),
         "connect_timeouts": len(re.findall(r"timed out\) while connecting to upstream", errors)),
         "connections_not_enough": errors.count("worker_connections are not enough"),

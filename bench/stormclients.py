@@ -315,6 +315,13 @@ class Client:
             if opcode == 1:
                 if payload.startswith(EVENT_PREFIX):
                     self._event(payload)
+                elif b'"ref":"s"' in payload and payload.startswith(b'{"type":"error"'):
+                    # The replay after `subscribed` failed and the gateway dropped the subscription:
+                    # subscribe again with `since` = the last id handled.
+                    self.shared.refused("replay_" + str(json.loads(payload).get("code")))
+                    self._backoff(1, 0.0)
+                    self._subscribe(conn)
+                    conn.sock.settimeout(None)
             elif opcode == 9:
                 conn.sock.sendall(_control(0xA, payload))
             elif opcode == 8:
