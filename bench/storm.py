@@ -479,8 +479,13 @@ def handshakes(args: argparse.Namespace, stack: Stack, work: Path) -> dict[str, 
         stop(proc, timeout_s=10)
     stop(gateway, timeout_s=10)
     rates = [(b[1] - a[1]) / max(b[0] - a[0], 1e-6) for a, b in itertools.pairwise(per_second)]
-    return {"mode": "handshakes", "clients_asked": args.clients, "upgraded": count, "seconds": round(elapsed, 1),
-            "handshakes_per_s": round(count / elapsed, 1), "peak_1s_per_s": round(max(rates, default=0.0), 1),
+    # From the last sample before the first upgrade (client processes start and mint tokens first)
+    # to the sample that saw the last one.
+    first = max((i for i, (_, n) in enumerate(per_second) if n == 0), default=0)
+    last = next((i for i, (_, n) in enumerate(per_second) if n == count), len(per_second) - 1)
+    span = max(per_second[last][0] - per_second[first][0], 1e-6) if per_second else elapsed
+    return {"mode": "handshakes", "clients_asked": args.clients, "upgraded": count, "seconds": round(span, 1),
+            "handshakes_per_s": round(count / span, 1), "peak_1s_per_s": round(max(rates, default=0.0), 1),
             "gateway_cpu_s": round(cpu_s, 2), "gateway_cpu_percent": round(100 * cpu_s / elapsed, 1),
             "gateway_cpu_ms_per_handshake": round(1000 * cpu_s / max(count, 1), 3), "refusals": refusals,
             "timeline": per_second}

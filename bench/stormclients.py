@@ -170,6 +170,7 @@ class Client:
         self.first_id: int | None = None  # last_event_id at the first subscribe: later ids are promised
         self.dropped_at: float | None = None
         self.joined = False
+        self.resubscribing = False
         self.conn: Conn | None = None
 
     def _backoff(self, attempt: int, retry_after: float) -> None:
@@ -319,8 +320,10 @@ class Client:
                     # The replay after `subscribed` failed and the gateway dropped the subscription:
                     # subscribe again with `since` = the last id handled.
                     self.shared.refused("replay_" + str(json.loads(payload).get("code")))
+                    self.resubscribing = True  # not subscribed until the next `subscribed`
                     self._backoff(1, 0.0)
                     self._subscribe(conn)
+                    self.resubscribing = False
                     conn.sock.settimeout(None)
             elif opcode == 9:
                 conn.sock.sendall(_control(0xA, payload))
@@ -372,7 +375,7 @@ def main() -> int:
                     totals["never_joined_missing"] += len(expected.get(client.channel, []))
                     continue
                 result = client.account(expected.get(client.channel, []))
-                if client.dropped_at is not None:
+                if client.dropped_at is not None or client.resubscribing:
                     # Not subscribed at the end: what it missed is counted apart from losses.
                     totals["never_back"] += 1
                     totals["never_back_missing"] += result.pop("missing")
