@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bench import common
 from bench.common import (
     BENCH_SECRET,
     Stack,
@@ -301,6 +302,7 @@ def storm(args: argparse.Namespace, stack: Stack, work: Path) -> dict[str, Any]:
                             listen_port=embedded.free_port(), ws_error_log_level="error")
     ngx = nginx.start(site, work / "nginx")
     assert ngx.process is not None
+    common.register_child(ngx.process)  # killed with the rest if the benchmark is stopped
     nginx_prefix = work / "nginx"
     log(f"nginx: {site.worker_processes} worker(s) x {site.worker_connections} connections, "
         f"{site.worker_rlimit_nofile} descriptors each; gateways on {gateway_ports}, API on {api_port}")
@@ -385,11 +387,13 @@ def storm(args: argparse.Namespace, stack: Stack, work: Path) -> dict[str, Any]:
     finals = pool.finish(expected)
     accounting: dict[str, int] = {}
     recoveries: list[float] = []
+    holes: list[dict[str, Any]] = []
     refusals: dict[str, int] = {}
     for body in finals:
         for key, value in body["accounting"].items():
             accounting[key] = accounting.get(key, 0) + value
         recoveries += body["recoveries"]
+        holes += body.get("holes", [])
         for kind, count in body["refusals"].items():
             refusals[kind] = refusals.get(kind, 0) + count
     own = nginx_refusals(nginx_prefix)
@@ -415,7 +419,7 @@ def storm(args: argparse.Namespace, stack: Stack, work: Path) -> dict[str, Any]:
         "refusals": refusals, "nginx": own,
         "events": {"orders_sent": orders.sent, "order_statuses": orders.statuses,
                    "events_per_channel": {ch.split(":")[1][:8]: len(ids) for ch, ids in expected.items()},
-                   **accounting},
+                   **accounting, "holes_sample": holes[:10]},
         "postgres_during_storm": {**pg, "replay_selects_per_channel": round(pg.get("replay_selects", 0) / CHANNELS, 1)},
         "redis_during_storm": {"commands": sum(redis_delta.values()), "top": top_redis},
         "cpu_during_storm": {

@@ -171,6 +171,7 @@ class Client:
         self.dropped_at: float | None = None
         self.joined = False
         self.resubscribing = False
+        self.holes: dict[str, Any] | None = None
         self.conn: Conn | None = None
 
     def _backoff(self, attempt: int, retry_after: float) -> None:
@@ -334,7 +335,14 @@ class Client:
         got = list(self.ids)
         seen = set(got)
         promised = [i for i in expected if i > (self.first_id or 0)]
-        return {"missing": sum(1 for i in promised if i not in seen), "duplicated": len(got) - len(seen),
+        missing = [i for i in promised if i not in seen]
+        if missing:
+            # Where the holes are (in the middle of what it got, or only after its last id) says
+            # whether events were lost or were still on their way when the window closed.
+            self.holes = {"first_missing": missing[0], "last_missing": missing[-1], "count": len(missing),
+                          "last_received": self.last_id, "promised_last": promised[-1],
+                          "missing_before_last_received": sum(1 for i in missing if self.last_id and i < self.last_id)}
+        return {"missing": len(missing), "duplicated": len(got) - len(seen),
                 "out_of_order": sum(1 for a, b in itertools.pairwise(got) if b <= a),
                 "received": len(got)}
 
@@ -384,7 +392,10 @@ def main() -> int:
                     totals[key] += value
                 totals["subscribers_missing"] += result["missing"] > 0
                 totals["subscribers_duplicated"] += result["duplicated"] > 0
+            holes = [client.holes for client in clients if client.holes and not client.dropped_at
+                     and not client.resubscribing][:5]
             out.write(json.dumps({"accounting": totals, "recoveries": [round(r, 3) for r in shared.recoveries],
+                                  "holes": holes,
                                   "refusals": shared.refusals}) + "\n")
             out.flush()
             break
