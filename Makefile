@@ -55,7 +55,7 @@ clean:
 # make swarm [SWARM=both|api|ws] [SCENARIO=custom|baseline|spike|stress|soak] [RATE=100] [USERS=50]
 #            [DURATION=60s] [TARGET=.dms/env]; CSV and HTML reports go to results/.
 # TARGET is an env file with API_URL, GATEWAY_URL, JWT_SECRET and DATABASE_URL (what `dms up` writes).
-.PHONY: swarm bench-fanout bench-peer bench-peer-quick bench-api
+.PHONY: swarm bench-fanout bench-peer bench-peer-quick bench-api bench-storm
 USERS ?= 50
 RATE ?= 100
 DURATION ?= 60s
@@ -91,3 +91,8 @@ bench-peer-quick: $(STAMP)
 
 bench-api: $(STAMP)
 	$(BIN)/python -m bench.api $(BENCH_ARGS)
+
+# Reconnect storm (docs/PERFORMANCE.md "Reconnect storm"): 20,000 subscribers through nginx over two
+# gateways, kill -9 of the busiest; BENCH_ARGS="--clients 4000", "--mode drain" or "--mode handshakes".
+bench-storm: $(STAMP)
+	$(BIN)/python -m bench.storm $(BENCH_ARGS)

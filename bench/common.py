@@ -59,6 +59,11 @@ def install_cleanup() -> None:
     signal.signal(signal.SIGTERM, on_signal)
 
 
+def register_child(proc: subprocess.Popen[bytes]) -> None:
+    """A child started elsewhere (nginx by devstack) that must not outlive the benchmark either."""
+    _children.append(proc)
+
+
 def spawn(args: Sequence[str], *, env: dict[str, str] | None = None, log: Path | None = None,
           stdin: int | None = subprocess.DEVNULL, stdout: int | None = None) -> subprocess.Popen[bytes]:
     """Start a child in its own session, registered for cleanup; stderr (and stdout) go to `log`."""

@@ -22,7 +22,7 @@ from common.migrations import discover, migrate
 from devstack import top
 from devstack.backup import BackupError, backup, default_path, restore
 from devstack.embedded import EmbeddedError, pid_alive
-from devstack.nginx import NginxError
+from devstack.nginx import DEFAULT_EXPECTED_CLIENTS, NginxError
 from devstack.seed import seed_demo, seed_orders
 from devstack.stack import Stack, StackError
 
@@ -52,13 +52,14 @@ def _require(name: str) -> str:
 
 
 def cmd_up(args: argparse.Namespace) -> int:
-    if args.api < 1 or args.gateways < 1:
-        print("dms up: --api and --gateways must be at least 1", file=sys.stderr)
+    if args.api < 1 or args.gateways < 1 or args.expected_clients < 1:
+        print("dms up: --api, --gateways and --expected-clients must be at least 1", file=sys.stderr)
         return 2
     started = time.monotonic()
     try:
         stack = Stack(home=_dms_home(), api_count=args.api, gateway_count=args.gateways,
-                      nginx_port=None if args.no_nginx else args.nginx_port, tls=args.tls)
+                      nginx_port=None if args.no_nginx else args.nginx_port, tls=args.tls,
+                      expected_clients=args.expected_clients)
     except StackError as exc:
         print(f"dms up: {exc}", file=sys.stderr)
         return 2
@@ -231,6 +232,9 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--tls", action="store_true",
                     help="nginx listens with TLS: a self-signed CA and certificate under .dms/tls "
                          "(TLS_CERT_FILE and TLS_KEY_FILE name your own pair instead)")
+    up.add_argument("--expected-clients", type=int, default=DEFAULT_EXPECTED_CLIENTS,
+                    help="WebSocket clients nginx is sized for: workers, connections and descriptors per worker "
+                         f"(default {DEFAULT_EXPECTED_CLIENTS:,})")
     restart = commands.add_parser("restart", help="rolling restart of a running `dms up`, one process at a time")
     restart.add_argument("--timeout", type=float, default=300, help="seconds to wait for it to finish")
     commands.add_parser("status", help="the processes of a running `dms up`: pids, state, restarts after crashes")

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import grp
+import math
 import os
 import pwd
+import resource
 import signal
 import subprocess
 from dataclasses import dataclass
@@ -16,6 +18,16 @@ ROOT = Path(__file__).resolve().parent.parent
 TEMPLATE = ROOT / "nginx" / "nginx.conf.template"
 DEFAULT_PORT = 8080
 WORKER_USER = "nobody"
+# Sizing for the fleet (docs: README "nginx for a fleet"). Each proxied WebSocket holds two of a
+# worker's connections and two descriptors (client side and gateway side). A worker keeps
+# FD_RESERVE descriptors for its listening sockets, logs and REST requests in flight, and is planned
+# to PLANNED_SHARE of its WebSocket capacity: SO_REUSEPORT spreads connections by a hash, not
+# evenly, and a reconnect storm briefly holds old and new sockets side by side.
+DEFAULT_EXPECTED_CLIENTS = 10_000
+FD_RESERVE = 200
+PLANNED_SHARE = 0.8
+# Past this a worker's preallocated connection table (about 450 bytes each) is not worth it: add workers.
+WORKER_FD_CAP = 65_536
 
 
 class NginxError(RuntimeError):
@@ -36,6 +48,8 @@ class Site:
     listen_host: str = "127.0.0.1"
     upstream_host: str = "127.0.0.1"
     worker_processes: int = 1
+    worker_connections: int = 4096
+    worker_rlimit_nofile: int = 8192
     ws_read_timeout_s: int = 75
     max_fails: int = 2
     # Also how long a failed upstream is left out: a rolling restart waits this long after each
@@ -44,13 +58,56 @@ class Site:
     # Both set: the listener speaks TLS (1.2 and 1.3 only) and every response carries HSTS.
     tls_cert_file: str = ""
     tls_key_file: str = ""
+    # Gateways are never marked down (max_fails=0): a gateway refusing a handshake burst with 503,
+    # or slow to accept one, would otherwise count as failed, and once every gateway had failed
+    # nginx answered 503 itself ("no live upstreams") while all of them were up. A dead gateway
+    # refuses the connection at once, so trying it first costs one failed connect per handshake.
+    gateway_max_fails: int = 0
+    # Listen queue of nginx's sockets: a handshake burst waits here instead of being dropped
+    # (the kernel caps it at net.core.somaxconn).
+    listen_backlog: int = 4096
+    # `crit` keeps ?token= out of the error log; a benchmark may lower it to count nginx's own refusals.
+    ws_error_log_level: str = "crit"
 
 
-def _servers(host: str, ports: tuple[int, ...], site: Site) -> str:
+def descriptor_limit() -> int:
+    """The hard open-files limit nginx inherits from this process (root cannot pass it either
+    in a container without CAP_SYS_RESOURCE), capped where more per worker stops paying."""
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    return WORKER_FD_CAP if hard == resource.RLIM_INFINITY else min(int(hard), WORKER_FD_CAP)
+
+
+def clients_per_worker(fd_limit: int) -> int:
+    """Proxied WebSockets one worker can hold at most: two descriptors each, after the reserve."""
+    return max((fd_limit - FD_RESERVE) // 2, 1)
+
+
+def fleet_sizing(expected_clients: int, *, fd_limit: int | None = None) -> dict[str, int]:
+    """`worker_processes`, `worker_connections` and `worker_rlimit_nofile` for that many WebSocket
+    clients: every worker as large as the descriptor limit allows, and enough of them that each is
+    at most PLANNED_SHARE full. With 20,000 descriptors: 19,800 connections, 9,900 WebSockets and
+    7,920 planned per worker; 10,000 clients take 2 workers, 20,000 take 3."""
+    if expected_clients < 1:
+        raise NginxError("the expected number of clients must be at least 1")
+    fd_limit = descriptor_limit() if fd_limit is None else fd_limit
+    if fd_limit <= FD_RESERVE + 2:
+        raise NginxError(f"an open-files limit of {fd_limit} leaves nginx no room for connections")
+    planned = max(int(clients_per_worker(fd_limit) * PLANNED_SHARE), 1)
+    return {"worker_processes": math.ceil(expected_clients / planned),
+            "worker_connections": fd_limit - FD_RESERVE, "worker_rlimit_nofile": fd_limit}
+
+
+def fleet_site(*, expected_clients: int = DEFAULT_EXPECTED_CLIENTS, fd_limit: int | None = None,
+               **fields: object) -> Site:
+    """A Site sized by `fleet_sizing` (other fields as given)."""
+    return Site(**{**fleet_sizing(expected_clients, fd_limit=fd_limit), **fields})  # type: ignore[arg-type]
+
+
+def _servers(host: str, ports: tuple[int, ...], site: Site, *, max_fails: int) -> str:
     if not ports:
         raise NginxError("an upstream needs at least one port")
     return "\n".join(
-        f"        server {host}:{port} max_fails={site.max_fails} fail_timeout={site.fail_timeout_s}s;"
+        f"        server {host}:{port} max_fails={max_fails} fail_timeout={site.fail_timeout_s}s;"
         for port in ports
     )
 
@@ -90,11 +147,15 @@ def render_text(site: Site, prefix: Path, *, template: Path = TEMPLATE) -> str:
         "prefix": str(prefix.resolve()),
         "user_directive": _user_directive(),
         "worker_processes": str(site.worker_processes),
+        "worker_connections": str(site.worker_connections),
+        "worker_rlimit_nofile": str(site.worker_rlimit_nofile),
         "listen_host": site.listen_host,
         "listen_port": str(site.listen_port),
-        "api_servers": _servers(site.upstream_host, site.api_ports, site),
-        "gateway_servers": _servers(site.upstream_host, site.gateway_ports, site),
+        "listen_backlog": str(site.listen_backlog),
+        "api_servers": _servers(site.upstream_host, site.api_ports, site, max_fails=site.max_fails),
+        "gateway_servers": _servers(site.upstream_host, site.gateway_ports, site, max_fails=site.gateway_max_fails),
         "ws_read_timeout_s": str(site.ws_read_timeout_s),
+        "ws_error_log_level": site.ws_error_log_level,
     }
     text = template.read_text()
     for key, value in values.items():

@@ -121,6 +121,7 @@ class Stack:
     api_count: int = 1
     gateway_count: int = 1
     nginx_port: int | None = nginx.DEFAULT_PORT  # None: no nginx even when it is installed
+    expected_clients: int = nginx.DEFAULT_EXPECTED_CLIENTS  # WebSocket clients nginx's workers are sized for
     specs: dict[str, Child] = field(default_factory=dict)
     nginx_skipped: str = ""
     restarts: int = 0  # rolling restarts done (`dms restart` waits for this to change)
@@ -280,9 +281,12 @@ class Stack:
         if self._use_nginx():
             assert self.nginx_port is not None
             cert, key = self._tls_files() or ("", "")
-            self._site = nginx.Site(api_ports=tuple(api_ports), gateway_ports=tuple(gateway_ports),
-                                    listen_port=self.nginx_port, upstream_host=host,
-                                    tls_cert_file=cert, tls_key_file=key)
+            self._site = nginx.fleet_site(expected_clients=self.expected_clients, api_ports=tuple(api_ports),
+                                          gateway_ports=tuple(gateway_ports), listen_port=self.nginx_port,
+                                          upstream_host=host, tls_cert_file=cert, tls_key_file=key)
+            logger.info("nginx sized for {} WebSocket clients: {} worker(s) x {} connections, {} descriptors each",
+                        self.expected_clients, self._site.worker_processes, self._site.worker_connections,
+                        self._site.worker_rlimit_nofile)
             server = nginx.start(self._site, self.home / "nginx")
             assert server.process is not None
             self.children.append(("nginx", server.process))

@@ -127,3 +127,10 @@ def test_status_and_a_bad_crash_limit_answer_in_one_line(tmp_path: Path) -> None
     up = _dms("up", "--no-nginx", env={"DMS_HOME": str(tmp_path), "DMS_CRASH_LIMIT": "often"})
     assert up.returncode == 2 and "Traceback" not in up.stderr
     assert "dms up: DMS_CRASH_LIMIT must look like 5/60" in up.stderr
+
+
+def test_up_refuses_a_fleet_of_no_clients(tmp_path: Path) -> None:
+    up = _dms("up", "--expected-clients", "0", env={"DMS_HOME": str(tmp_path)})
+    assert up.returncode == 2 and "Traceback" not in up.stderr
+    assert "--expected-clients must be at least 1" in up.stderr
+    assert "--expected-clients" in _dms("up", "--help", env={"DMS_HOME": str(tmp_path)}).stdout

@@ -10,10 +10,11 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
 
 from common.auth import mint_token
-from devstack import nginx
+from devstack import embedded, nginx
 from tests.fix_infra import JWT_SECRET, Infra
 from tests.fix_world import World, write_events
 from tests.helpers import WsClient, http_json, wait_for
@@ -27,10 +28,50 @@ def test_rendered_config_passes_nginx_t(tmp_path: Path) -> None:
     text = nginx.render(site, tmp_path / "prefix").read_text()
     conf = "\n".join(line.split("#")[0] for line in text.splitlines())  # directives, not comments
     assert "syntax is ok" in nginx.check(tmp_path / "prefix")
-    assert conf.count("least_conn;") == 2 and "server 127.0.0.1:9103 max_fails=2 fail_timeout=3s;" in conf
+    assert conf.count("least_conn;") == 2 and "server 127.0.0.1:9101 max_fails=2 fail_timeout=3s;" in conf
+    # Gateways are never marked down: a refused handshake burst must not leave nginx with no upstream.
+    assert "server 127.0.0.1:9103 max_fails=0 fail_timeout=3s;" in conf
     assert "proxy_next_upstream error timeout http_502 http_503;" in conf and "non_idempotent" not in conf
     assert "$request_uri" not in conf and "$args" not in conf and "$uri" in conf
     assert "daemon off;" in conf and str((tmp_path / "prefix").resolve()) + "/nginx.pid" in conf
+
+
+def test_workers_are_sized_for_the_expected_clients(tmp_path: Path) -> None:
+    # Two descriptors per proxied WebSocket: 9,900 per worker under a 20,000 limit, planned at 80%.
+    assert nginx.clients_per_worker(20_000) == 9_900
+    sizes = {clients: nginx.fleet_sizing(clients, fd_limit=20_000) for clients in (1, 4_000, 10_000, 20_000)}
+    assert [size["worker_processes"] for size in sizes.values()] == [1, 1, 2, 3]
+    assert all(size["worker_connections"] == 19_800 and size["worker_rlimit_nofile"] == 20_000
+               for size in sizes.values())
+    with pytest.raises(nginx.NginxError):
+        nginx.fleet_sizing(0)
+    site = nginx.fleet_site(expected_clients=20_000, fd_limit=20_000, api_ports=(9100,), gateway_ports=(9102,),
+                            listen_port=9180)
+    text = nginx.render(site, tmp_path / "prefix").read_text()
+    conf = "\n".join(line.split("#")[0] for line in text.splitlines())
+    assert "worker_processes 3;" in conf and "worker_rlimit_nofile 20000;" in conf
+    assert "worker_connections 19800;" in conf and "reuseport backlog=4096;" in conf
+    assert "syntax is ok" in nginx.check(tmp_path / "prefix")
+
+
+def test_started_workers_get_their_descriptors(tmp_path: Path) -> None:
+    # Workers drop to `nobody` when the master is root; worker_rlimit_nofile must still reach them.
+    limit = min(nginx.descriptor_limit(), 8_192)
+    site = nginx.fleet_site(expected_clients=nginx.clients_per_worker(limit), fd_limit=limit,
+                            api_ports=(9100,), gateway_ports=(9102,), listen_port=embedded.free_port())
+    server = nginx.start(site, tmp_path / "prefix")
+    try:
+        master = psutil.Process(server.pid)
+        workers = wait_for(lambda: len(master.children()) == site.worker_processes and master.children(),
+                           message="nginx workers started")
+        assert len(workers) == site.worker_processes == 2
+        for worker in workers:
+            # /proc, not prlimit: reading another user's limits that way needs CAP_SYS_RESOURCE.
+            line = next(row for row in Path(f"/proc/{worker.pid}/limits").read_text().splitlines()
+                        if row.startswith("Max open files"))
+            assert int(line.split()[3]) == limit, line
+    finally:
+        server.stop(sig=signal.SIGTERM, timeout_s=10)
 
 
 def test_rest_and_websocket_end_to_end_through_nginx(infra: Infra, world: World, start_api: Any,
@@ -135,3 +176,50 @@ def test_killed_gateway_clients_reconnect_through_nginx_and_lose_nothing(
     finally:
         for follower in followers:
             follower.stop()
+
+
+def _ws_log_lines(server: Any, after: int) -> list[str]:
+    lines = (server.log_path.parent / "access.log").read_text().splitlines()[after:]
+    return [line for line in lines if '"GET /ws ' in line]
+
+
+@pytest.mark.parametrize("fault", ["draining", "killed"])
+def test_a_refused_or_dead_gateways_handshake_goes_to_the_next_gateway(
+        tmp_path: Path, start_api: Any, start_gateway: Any, start_nginx: Any, fault: str) -> None:
+    _, api = start_api()
+    # The first gateway drains for long: a client that never answers its close frame keeps it open.
+    (first, first_gw), (_, second_gw) = (start_gateway(name=f"{fault}0", WS_CLOSE_TIMEOUT="60"),
+                                         start_gateway(name=f"{fault}1"))
+    server, address = start_nginx([port_of(api)], [port_of(first_gw["http"]), port_of(second_gw["http"])])
+    log_before = len((server.log_path.parent / "access.log").read_text().splitlines())
+    held = None
+    if fault == "draining":
+        held = WsClient.connect(first_gw["url"], token=mint_token(JWT_SECRET, role="admin"))
+        assert held.recv()["type"] == "welcome"
+        first.proc.send_signal(signal.SIGTERM)
+        wait_for(lambda: http_json("GET", f"{first_gw['http']}/health")[0] == 503, message="first gateway draining")
+    else:
+        first.stop(sig=signal.SIGKILL)
+    clients = []
+    try:
+        # More handshakes than the old max_fails=2: every one still tries the first gateway (the
+        # emptiest, for least_conn), is refused there, and is upgraded by the second.
+        for _ in range(6):
+            client = WsClient.connect(f"ws://{address}/ws", token=mint_token(JWT_SECRET, role="admin"))
+            assert client.recv()["type"] == "welcome"
+            clients.append(client)
+        assert http_json("GET", f"{second_gw['http']}/health")[2]["connections"] == 6
+        for client in clients:  # nginx logs a WebSocket's request when it ends
+            client.close()
+        first_addr, second_addr = (f"127.0.0.1:{port_of(g['http'])}" for g in (first_gw, second_gw))
+        refused = "503" if fault == "draining" else "502"
+        lines = wait_for(lambda: (found := _ws_log_lines(server, log_before)) and len(found) >= 6 and found,
+                         message="six handshakes in nginx's access log")
+        for line in lines:
+            assert " 101 " in line and f"upstream={first_addr}, {second_addr} " in line, line
+            assert f"upstream_status={refused}, 101 " in line, line
+    finally:
+        for client in clients:
+            client.close()
+        if held is not None:
+            held.ws.shutdown()
