@@ -199,5 +199,6 @@ def test_every_exposed_api_and_gateway_metric_follows_the_naming_rules(gateway: 
             assert family.name.endswith("_seconds"), family.name
         for sample in family.samples:
             # The build's commit names the code, not a user or a connection: one series per process.
-            labels = {k: v for k, v in sample.labels.items() if not (family.name.startswith("dms_build") and k == "commit")}
+            labels = {k: v for k, v in sample.labels.items()
+                      if not (family.name.startswith("dms_build") and k == "commit")}
             assert not any(id_like.search(v) for v in labels.values() if v), (family.name, sample.labels)
