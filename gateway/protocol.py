@@ -16,6 +16,7 @@ from typing import Any
 from common.channels import InvalidChannel, parse_channel
 from common.clock import iso
 from common.roles import Role
+from common.wire import LOCATION_RANGES, MAX_REF_CHARS
 from gateway.framing import CloseCode
 
 # Names kept for callers that predate the enum; each is the CloseCode member.
@@ -27,7 +28,6 @@ CLOSE_INTERNAL = CloseCode.INTERNAL
 CLOSE_TOKEN_EXPIRED = CloseCode.TOKEN_EXPIRED
 CLOSE_SLOW_CONSUMER = CloseCode.SLOW_CONSUMER
 
-MAX_REF_CHARS = 64
 RATE_PER_S = 20.0
 RATE_BURST = 40.0
 # Frames refused for rate while already limited; past this the client is closed with 1008.
@@ -253,11 +253,11 @@ class Session:
         if self.role != Role.DRIVER:
             return [error("forbidden", "only drivers send locations", ref)]
         problems: list[str] = []
-        lat = _number(frame, "lat", -90.0, 90.0, problems, required=True)
-        lng = _number(frame, "lng", -180.0, 180.0, problems, required=True)
-        heading = _number(frame, "heading", 0.0, 359.999999, problems)
-        speed = _number(frame, "speed", 0.0, 1000.0, problems)
-        accuracy = _number(frame, "accuracy", 0.0, 100000.0, problems)
+        lat = _number(frame, "lat", *LOCATION_RANGES["lat"], problems, required=True)
+        lng = _number(frame, "lng", *LOCATION_RANGES["lng"], problems, required=True)
+        heading = _number(frame, "heading", *LOCATION_RANGES["heading"], problems)
+        speed = _number(frame, "speed", *LOCATION_RANGES["speed"], problems)
+        accuracy = _number(frame, "accuracy", *LOCATION_RANGES["accuracy"], problems)
         recorded_at = now
         raw_time = frame.get("recorded_at")
         if raw_time is not None:

@@ -39,6 +39,10 @@ def wait_for(condition: Callable[[], T], *, timeout_s: float = 10.0, interval_s:
     raise AssertionError(f"timed out after {seconds(timeout_s):.1f}s waiting for {message} (last: {last!r})")
 
 
+# Every frame any WsClient has read, for the check against /api/asyncapi.json (tests/gateway/conftest.py).
+RECEIVED_FRAMES: list[dict[str, Any]] = []
+
+
 @dataclass
 class WsClient:
     """A real WebSocket client that keeps frames it has read but not yet asked for."""
@@ -64,6 +68,7 @@ class WsClient:
             opcode, raw = self.ws.recv_data()
         frame = json.loads(raw)
         self.seen.append(frame)
+        RECEIVED_FRAMES.append(frame)
         return frame  # type: ignore[no-any-return]
 
     def recv_until(self, predicate: Callable[[dict[str, Any]], bool], *, timeout_s: float = 10.0
