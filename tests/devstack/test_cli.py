@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import psutil
+import pytest
 
 from common.auth import verify_token
 from common.config import DEV_JWT_SECRET
@@ -52,6 +53,7 @@ def _children_of(pid: int) -> list[psutil.Process]:
         return []
 
 
+@pytest.mark.servers
 def test_up_serves_then_stops_cleanly_and_reuses_its_data(tmp_path: Path) -> None:
     home = tmp_path / ".dms"
     api_port, gateway_port = embedded.free_port(), embedded.free_port()
