@@ -6,7 +6,7 @@
 "use strict";
 
 (function () {
-  const { el, $, api, LiveSocket, boot, showMessage, age } = window.dms;
+  const { el, $, api, liveClient, boot, showMessage, age } = window.dms;
   const ROLES = ["admin", "restaurant", "driver", "demo"];
   // Milliseconds between polls of what no channel carries.
   const SCHEDULE = { database: 60000, cache: 120000, slow: 300000, chart: 300000 };
@@ -463,23 +463,15 @@
       showMessage("Connection counts unavailable: " + error.message);
     });
     let fleetLoads = 0;
-    const live = new LiveSocket(window.dms.gatewayUrl, token, {
-      event(frame) {
-        if (frame.event === "connections.stats") renderConnections(frame.data);
-        else if (frame.channel === "drivers") applyDriverEvent(token, frame);
-        else if (frame.channel === "orders" && frame.data && frame.data.order_id) applyOrder(token, frame.data);
-      },
-      // After a reconnect the fleet and the waiting list are read again: positions are not replayed.
-      subscribed(frame) {
-        if (frame.channel === "drivers" && fleetLoads++ > 0) loadFleet(token);
-        if (frame.channel === "orders" && !frame.recovered && fleetLoads > 1) loadAwaiting(token);
-      },
-      fatal: showMessage,
+    const live = liveClient(token, showMessage);
+    // After a reconnect the fleet and the waiting list are read again: positions are not replayed.
+    live.on("subscribed", (frame) => {
+      if (frame.channel === "drivers" && fleetLoads++ > 0) loadFleet(token);
+      if (frame.channel === "orders" && !frame.recovered && fleetLoads > 1) loadAwaiting(token);
     });
-    live.subscribe("admin:connections", { recover: false });
-    live.subscribe("drivers", { recover: false });
-    live.subscribe("orders", { recover: true });
-    live.start();
+    live.subscribe("admin:connections", (frame) => renderConnections(frame.data), { recover: false });
+    live.subscribe("drivers", (frame) => applyDriverEvent(token, frame), { recover: false });
+    live.subscribe("orders", (frame) => { if (frame.data && frame.data.order_id) applyOrder(token, frame.data); });
     loadFleet(token).then(() => loadAwaiting(token));
     setInterval(() => { if (!document.hidden && fleet.size) renderFleet(); }, 10000); // ages; no request
     pollJson(token, "database", "/api/performance/database", renderDatabase);
