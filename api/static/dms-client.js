@@ -67,6 +67,7 @@ export class DmsClient {
     this.pendingRefs = new Map(); // ref -> channel of a subscribe, so an error names its channel
     this.state = "idle";
     this.buffer = this.loadBuffer();
+    this.unacked = new Map(); // ref -> location point sent over the socket, not yet acknowledged
     this.flushing = false;
     if (typeof window !== "undefined" && window.addEventListener) {
       window.addEventListener("online", () => this.reconnectNow());
@@ -126,8 +127,10 @@ export class DmsClient {
   sendLocation(point) {
     const full = { ...point, recorded_at: point.recorded_at || new Date().toISOString() };
     if (this.connected && this.buffer.length === 0 && !this.flushing) {
-      this.send({ type: "location", ...full, ref: "l" + ++this.refs });
-      return "sent";
+      const ref = "l" + ++this.refs;
+      this.unacked.set(ref, full); // until the server's ack: a lost connection sends it again over REST
+      if (this.send({ type: "location", ...full, ref })) return "sent";
+      this.unacked.delete(ref);
     }
     this.buffer.push(full);
     if (this.buffer.length > this.bufferLimit) this.buffer.splice(0, this.buffer.length - this.bufferLimit);
@@ -252,6 +255,9 @@ export class DmsClient {
       case "authed":
         this.scheduleRefresh();
         break;
+      case "ack":
+        this.unacked.delete(frame.ref);
+        break;
       case "error":
         frame.channel = this.pendingRefs.get(frame.ref) || null;
         this.pendingRefs.delete(frame.ref);
@@ -274,6 +280,12 @@ export class DmsClient {
     if (ws !== this.ws) return;
     this.ws = null;
     clearTimeout(this.refreshTimer);
+    if (this.unacked.size) {
+      // Sent but not acknowledged: they go first, in the order they were taken.
+      this.buffer = [...this.unacked.values(), ...this.buffer];
+      this.unacked.clear();
+      this.saveBuffer();
+    }
     if (this.closed) return;
     if (event.code === 4001 && !this.getToken) {
       this.fail("the token expired");
