@@ -137,13 +137,14 @@ def http_json(method: str, url: str, body: Any = None, *, token: str | None = No
 class Process:
     """A `python -m MODULE` child with its own environment and log file, stopped by SIGTERM."""
 
-    def __init__(self, module: str, env: dict[str, str], log_path: Path) -> None:
+    def __init__(self, module: str, env: dict[str, str], log_path: Path, *, python: str = sys.executable,
+                 cwd: Path = ROOT) -> None:
         self.module = module
         self.log_path = log_path
         self._log = open(log_path, "wb")
-        self.proc = subprocess.Popen([sys.executable, "-m", module], env={**os.environ, **env},
+        self.proc = subprocess.Popen([python, "-m", module], env={**os.environ, **env},
                                      stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                     cwd=ROOT)
+                                     cwd=cwd)
 
     def wait_http_ok(self, url: str, *, timeout_s: float = 30.0) -> None:
         def ok() -> bool:
