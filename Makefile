@@ -83,7 +83,7 @@ SWARM ?= both
 SCENARIO ?= custom
 BENCH_ARGS ?=
 
-swarm: $(BENCH_STAMP)
+swarm: $(STAMP)
 	@test -f "$(TARGET)" || { echo "no $(TARGET): run the stack first (see docs/PERFORMANCE.md) or set TARGET=<env file>"; exit 2; }
 	@mkdir -p results
 	set -a; . "$(abspath $(TARGET))"; set +a; status=0; \

@@ -71,8 +71,9 @@ class DmsClient:
         self.timeout_s = timeout_s
         self.tickets = tickets
         self.channels: dict[str, _Channel] = {}
+        # "frame": every frame as it arrives, before the client's own handling (load tests count duplicates).
         self.listeners: dict[str, list[Handler]] = {k: [] for k in ("state", "error", "subscribed", "unsubscribed",
-                                                                     "welcome")}
+                                                                     "welcome", "frame")}
         self.buffer: deque[dict[str, Any]] = deque(maxlen=buffer_limit)
         self.state = "idle"
         self.attempt = 0
@@ -216,7 +217,12 @@ class DmsClient:
                 continue
             self._on_frame(frame)
 
+    def send(self, frame: Frame) -> bool:
+        """Send one protocol frame as it is (False when not connected)."""
+        return self._send(frame)
+
     def _on_frame(self, frame: Frame) -> None:
+        self._emit("frame", frame)
         kind = frame.get("type")
         if kind == "welcome":
             self.attempt = 0
