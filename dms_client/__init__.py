@@ -150,7 +150,9 @@ class DmsClient:
             retry_after = 0.0
             try:
                 self._set_state("reconnecting" if self.attempt else "connecting")
-                self._conn = Connection.open(self._handshake_url(), timeout_s=self.timeout_s, origin=self.origin)
+                # Only a client that refreshes its token needs a timer; the others block in recv.
+                self._conn = Connection.open(self._handshake_url(), timeout_s=self.timeout_s, origin=self.origin,
+                                             wake_s=1.0 if self.get_token is not None else None)
                 self._read(self._conn)
             except HandshakeRefused as exc:
                 retry_after = exc.retry_after_s or 0.0

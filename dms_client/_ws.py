@@ -59,7 +59,8 @@ class Connection:
     message: bytearray = field(default_factory=bytearray)
 
     @classmethod
-    def open(cls, url: str, *, timeout_s: float, origin: str | None = None) -> Connection:
+    def open(cls, url: str, *, timeout_s: float, origin: str | None = None,
+             wake_s: float | None = None) -> Connection:
         parts = urlsplit(url)
         secure = parts.scheme == "wss"
         host = parts.hostname or "localhost"
@@ -82,8 +83,9 @@ class Connection:
             body = conn._read_exact(min(length, 65536)) if length else b""
             sock.close()
             raise HandshakeRefused(status, headers, body)
-        # Reads wake up every second, so the owner can refresh a token or notice close() between frames.
-        sock.settimeout(1.0)
+        # With `wake_s`, reads wake up that often (TimeoutError) so the owner can do timed work between
+        # frames; without, a read blocks until a frame or close() (the lean case: no timer per socket).
+        sock.settimeout(wake_s)
         return conn
 
     def _read_head(self) -> tuple[int, dict[str, str]]:
