@@ -91,7 +91,7 @@ def write_event(
 ) -> Draft:
     """Insert an outbox row inside the caller's transaction; it gets its event id at commit.
 
-    Ids are drawn by a deferred trigger as the last step of the commit (sql/0008), so they follow
+    Ids are drawn by a deferred trigger as the last step of the commit (common/sql/0008), so they follow
     commit order and an open transaction holds back no one else's events. The id is therefore
     not known here: read it after the commit with `committed_ids`.
     """

@@ -76,7 +76,7 @@ def _size(path: Path) -> int:
         return 0
 
 
-# The cluster-wide roles the dump's grants and policies name (sql/0007): a fresh cluster lacks them.
+# The cluster-wide roles the dump's grants and policies name (common/sql/0007): a fresh cluster lacks them.
 _ROLES = """
 DO $$
 BEGIN

@@ -70,7 +70,7 @@ def world(infra: Infra) -> World:
 def write_events(database_url: str, channel: str, count: int, *, event: str = "test.event") -> list[int]:
     """Commit `count` outbox events on `channel`, one transaction each; return their ids.
 
-    Ids are assigned at commit (sql/0008), so they are read back once every transaction is done.
+    Ids are assigned at commit (common/sql/0008), so they are read back once every transaction is done.
     """
     drafts = []
     with connect(database_url) as conn:

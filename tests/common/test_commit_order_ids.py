@@ -1,4 +1,4 @@
-"""sql/0008 on a database that already has events: old ids stay, new ids continue above every old one."""
+"""common/sql/0008 on a database that already has events: old ids stay, new ids continue above every old one."""
 
 from __future__ import annotations
 

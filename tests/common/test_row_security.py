@@ -88,7 +88,7 @@ def test_a_restaurant_cannot_change_or_create_another_restaurants_orders(infra: 
 
 
 def test_order_items_go_only_into_the_writers_own_orders(infra: Infra, scene: Any) -> None:
-    """The insert check (sql/0014, a function planned once per connection) says what the policy said."""
+    """The insert check (common/sql/0014, a function planned once per connection) says what the policy said."""
     item = "INSERT INTO order_items (order_id, line_no, product_id, name, quantity, unit_price, line_total)" \
            " VALUES (%s, 9, %s, 'p', 1, 1, 1)"
     with as_claims(infra.database_url, _restaurant(scene, "a")) as conn:
