@@ -204,7 +204,7 @@ COMMIT_VARIANTS = ("insert_time_ids", "commit_ids_shared_lock", "commit_ids_excl
 
 
 def variant_databases(stack: Stack) -> dict[str, str]:
-    """Three databases on the same server: the outbox before sql/0008, with it, and with it but an
+    """Three databases on the same server: the outbox before common/sql/0008, with it, and with it but an
     exclusive numbering lock (every event commit waits for the previous one to be visible)."""
     import shutil
 
@@ -292,7 +292,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--hold-rate", type=float, default=50.0, help="orders/s during the hold")
     parser.add_argument("--label", default="", help="a name for this run in the report (e.g. before, after)")
     parser.add_argument("--no-commit-cost", action="store_true",
-                        help="skip the interleaved outbox commit comparison (needs sql/0008)")
+                        help="skip the interleaved outbox commit comparison (needs common/sql/0008)")
     parser.add_argument("--no-durable", action="store_true",
                         help="fsync and synchronous_commit off (default on, as in production)")
     args = parser.parse_args(argv)

@@ -212,7 +212,7 @@ def test_relay_lag_is_the_wait_of_the_oldest_unpublished_event(bare_database: st
         assert performance.relay_lag_s(pool) == 0.0
         with pool.connection() as conn:
             conn.execute("INSERT INTO events (channels, event, data) VALUES ('{orders}', 'test.old', '{}')")
-        with pool.connection() as conn:  # created_at is the commit time (sql/0008): age it afterwards
+        with pool.connection() as conn:  # created_at is the commit time (common/sql/0008): age it afterwards
             row = conn.execute("UPDATE events SET created_at = now() - interval '5 seconds'"
                                " WHERE event = 'test.old' RETURNING id").fetchone()
         assert row is not None

@@ -1,6 +1,6 @@
 """Ids follow commit order: an open transaction holds back nobody but itself, and nothing is skipped.
 
-Event ids are drawn at commit (sql/0008_commit_order_ids.sql). These tests run real writers
+Event ids are drawn at commit (common/sql/0008_commit_order_ids.sql). These tests run real writers
 against the real gateway and its relay: transactions that commit in another order than they
 inserted, a writer that keeps its outbox row open while others commit, rollbacks before and
 after numbering, and plain INSERTs by the application role.

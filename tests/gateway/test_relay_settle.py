@@ -6,7 +6,7 @@ from gateway.relay import Gap, settle
 
 
 def test_relay_settle_skips_a_gap_only_after_the_numbering_barrier() -> None:
-    """Ids are drawn at commit under one lock (sql/0008): a gap is settled once the relay has passed
+    """Ids are drawn at commit under one lock (common/sql/0008): a gap is settled once the relay has passed
     that lock after seeing it (it used to wait for every older transaction, open ones included)."""
     rows = [{"id": 1}, {"id": 2}, {"id": 4}]
     ready, gap = settle(rows, last_id=0, gap=None)
