@@ -132,6 +132,11 @@ class DmsClient:
         if conn is not None:
             conn.close(4000)
 
+    @property
+    def unacknowledged(self) -> int:
+        """Locations sent over the socket and not yet acknowledged (resent over REST after a drop)."""
+        return len(self._unacked)
+
     def send_location(self, point: dict[str, Any]) -> str:
         """Over the socket when connected and nothing older waits; else buffered for REST on reconnect."""
         full = {**point, "recorded_at": point.get("recorded_at") or _now_iso()}

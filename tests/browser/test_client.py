@@ -134,6 +134,8 @@ def test_locations_sent_offline_reach_rest_in_order(page: Any, stack: Stack, cli
     driver_id, token = new_driver(Rest(client, world))
     _start(page, stack.gateway_url, token=token, base=100, cap=500)
     assert page.evaluate("window.client.sendLocation({lat: 52.0, lng: 13.0})") == "sent"
+    # Acknowledged: stored, so it is not kept for a resend (an unacknowledged point would be).
+    page.wait_for_function("window.client.unacked.size === 0", timeout=seconds(5) * MS)
     page.context.set_offline(True)
     page.evaluate("window.client.drop()")
     page.wait_for_function("!window.client.connected", timeout=seconds(5) * MS)

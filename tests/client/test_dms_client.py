@@ -125,6 +125,7 @@ def test_offline_locations_reach_rest_in_order(infra: Infra, client: Any, world:
         started.append(dms.start())
         assert dms.wait_connected(seconds(10))
         assert dms.send_location({"lat": 52.0, "lng": 13.0}) == "sent"
+        wait_for(lambda: dms.unacknowledged == 0, message="the ack")  # stored: not resent after the kill
         gateway.stop(sig=signal.SIGKILL)
         wait_for(lambda: not dms.connected, message="offline")
         assert [dms.send_location({"lat": 52.0 + n / 100, "lng": 13.0}) for n in (1, 2, 3)] == ["buffered"] * 3
