@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
-# CI requires 85% (lines and branches of api/, gateway/, common/, devstack/); a machine that skips the
+# CI requires 85% (lines and branches of api/, gateway/, common/, devstack/, dms_client/); a machine that skips the
 # nginx, PgBouncer and browser tests measures less, so locally the number is only printed.
 COV_FAIL_UNDER ?= 0
 PIP := $(BIN)/python -m pip --disable-pip-version-check
@@ -44,7 +44,7 @@ typecheck: $(STAMP)
 pytest: $(STAMP)
 	@rm -f .coverage .coverage.*
 	$(BIN)/pytest --cov --cov-report=term --cov-fail-under=$(COV_FAIL_UNDER)
-	@echo "coverage of api/, gateway/, common/ and devstack/ (lines and branches): $$($(BIN)/coverage report --format=total)%"
+	@echo "coverage of api/, gateway/, common/, devstack/ and dms_client/ (lines and branches): $$($(BIN)/coverage report --format=total)%"
 
 # Unit-level tests only: no embedded PostgreSQL/Redis, no servers (tests marked `quick`). Under 90 s.
 test-quick: $(STAMP)
@@ -53,7 +53,7 @@ test-quick: $(STAMP)
 # Re-pin the locks from setup.cfg's ranges (run after changing dependencies). uv resolves once for
 # every Python from 3.11 and every platform (--universal) and records each file's sha256, so
 # `make install` with --require-hashes gets the same bytes on any machine.
-LOCK_FLAGS := --quiet --universal --python-version 3.11 --generate-hashes --no-header
+LOCK_FLAGS := --quiet --universal --python-version 3.11 --generate-hashes --no-header --no-strip-extras
 lock:
 	rm -rf .lock-venv && $(PYTHON) -m venv .lock-venv
 	.lock-venv/bin/pip install -q 'uv>=0.5,<1'
