@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -16,15 +17,16 @@ from typing import Any
 import pytest
 import redis as redis_lib
 
+from common.auth import mint_token
 from common.db import connect
 from common.events import REDIS_PREFIX
 from devstack import embedded
 from dms_client import DmsClient
-from tests.fix_infra import Infra
+from tests.fix_infra import JWT_SECRET, Infra
 from tests.fix_servers import SharedGateway
 from tests.fix_world import World, write_events
 from tests.gateway.test_privacy import Rest, new_driver
-from tests.helpers import ROOT, Process, seconds, wait_for
+from tests.helpers import ROOT, Process, WsClient, http_json, seconds, wait_for
 
 
 class Collector:
@@ -176,3 +178,75 @@ def test_many_clients_under_gevent_take_no_thread_each(gateway: SharedGateway, w
     assert result.returncode == 0, result.stderr[-2000:]
     threads, connected = (int(x) for x in result.stdout.split())
     assert connected == 10 and threads == 1, result.stdout
+
+
+def test_retry_after_is_honoured(infra: Infra, world: World, tmp_path: Path, started: list[DmsClient]) -> None:
+    port = embedded.free_port()
+    process = Process("gateway", infra.env(GATEWAY_PORT=str(port), GATEWAY_ID=f"gw-full-{port}",
+                                           WS_MAX_CONNECTIONS="1"), tmp_path / "gateway.log")
+    try:
+        process.wait_http_ok(f"http://127.0.0.1:{port}/health")
+        holder = DmsClient(f"ws://127.0.0.1:{port}/ws", token=world.admin, tickets=False)
+        started.append(holder.start())
+        assert holder.wait_connected(seconds(10))
+        code, headers, _ = http_json("GET", f"http://127.0.0.1:{port}/ws")
+        if code != 503:
+            pytest.skip("needs gateway admission (503 with Retry-After on a full gateway), which this gateway lacks")
+        states: list[tuple[str, dict[str, Any]]] = []
+        refused = DmsClient(f"ws://127.0.0.1:{port}/ws", token=world.restaurant, base_s=0.1, cap_s=0.2)
+        refused.on("state", lambda state, detail: states.append((state, detail)))
+        started.append(refused.start())
+        first = wait_for(lambda: [d for s, d in states if s == "reconnecting" and d], message="a refused attempt")[0]
+        assert first["delay_s"] >= float(headers["Retry-After"])
+        holder.close()
+        assert refused.wait_connected(seconds(float(headers["Retry-After"]) + 20))
+    finally:
+        process.stop()
+
+
+def test_the_client_connects_with_a_ticket(infra: Infra, world: World, tmp_path: Path,
+                                           started: list[DmsClient]) -> None:
+    api_port = embedded.free_port()
+    api = Process("api", infra.env(API_PORT=str(api_port)), tmp_path / "api.log")
+    try:
+        api.wait_http_ok(f"http://127.0.0.1:{api_port}/ready")
+        if http_json("POST", f"http://127.0.0.1:{api_port}/api/realtime/ticket", {}, token=world.admin)[0] == 404:
+            pytest.skip("needs POST /api/realtime/ticket (connect tickets), which this API lacks (404)")
+        port = embedded.free_port()
+        gateway = _gateway(infra, port, tmp_path / "gateway.log")
+        try:
+            dms = DmsClient(f"ws://127.0.0.1:{port}/ws", token=world.admin, api_url=f"http://127.0.0.1:{api_port}")
+            started.append(dms.start())
+            assert dms.wait_connected(seconds(10)) and dms.tickets  # connected, never fell back to ?token=
+            assert world.admin not in gateway.log()
+        finally:
+            gateway.stop()
+    finally:
+        api.stop()
+
+
+def test_get_token_refreshes_before_expiry(gateway: SharedGateway, world: World, started: list[DmsClient]) -> None:
+    probe = WsClient.connect(gateway["url"], token=world.admin)
+    try:
+        probe.recv()
+        reply = probe.request({"type": "auth", "token": world.admin})
+    finally:
+        probe.close()
+    if reply.get("type") != "authed":
+        pytest.skip("needs the in-band `auth` message, which this gateway lacks")
+    minted: list[str] = []
+
+    def fresh() -> str:
+        minted.append(mint_token(JWT_SECRET, role="admin", sub=ADMIN_SUB, ttl_s=8))
+        return minted[-1]
+
+    states: list[str] = []
+    dms = DmsClient(gateway["url"], get_token=fresh, refresh_before_s=5, tickets=False)
+    dms.on("state", lambda state, _: states.append(state))
+    started.append(dms.start())
+    assert dms.wait_connected(seconds(10))
+    time.sleep(12)  # past the first token's 8 s: only a refreshed connection is still the first one
+    assert len(minted) >= 2 and dms.connected and states.count("connected") == 1, states
+
+
+ADMIN_SUB = "00000000-0000-4000-8000-00000000a0a0"
