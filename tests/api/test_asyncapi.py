@@ -41,3 +41,12 @@ def test_the_gateway_parser_understands_every_client_message() -> None:
         if message.name == "auth" and "unknown_type" in codes:
             continue  # in-band token refresh lives in the gateway's connection code where it exists
         assert "unknown_type" not in codes and "bad_request" not in codes, (message.name, actions)
+
+
+def test_the_close_codes_described_are_the_gateways() -> None:
+    from common.wire import CLOSE_CODES
+    from gateway.framing import CloseCode
+
+    contract = {1001, 1008, 1009, 1011, 4001, 4008}  # contract sections 4 and 5
+    assert set(CLOSE_CODES) == contract
+    assert contract <= {int(code) for code in CloseCode}
