@@ -5,19 +5,27 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
-# CI requires 85% (lines and branches of api/, gateway/, relay/, common/, devstack/); a machine that skips the
+# CI requires 85% (lines and branches of api/, gateway/, relay/, common/, devstack/, dms_client/); a machine that skips the
 # nginx, PgBouncer and browser tests measures less, so locally the number is only printed.
 COV_FAIL_UNDER ?= 0
 PIP := $(BIN)/python -m pip --disable-pip-version-check
 
-.PHONY: run test lint typecheck pytest install lock clean bench-relay
+.PHONY: run test test-quick lint typecheck pytest install lock clean bench-relay
+
+PACKAGES := api gateway relay common devstack dms_client
 
 $(STAMP): setup.cfg pyproject.toml requirements/dev.lock
 	@$(PYTHON) -c 'import sys; sys.exit("Python 3.11+ is required, found " + sys.version.split()[0]) if sys.version_info < (3, 11) else None'
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	@echo "installing pinned dependencies into $(VENV) ..."
-	@$(PIP) install -q -r requirements/dev.lock 2>&1 | { grep -v 'is ignored: it is neither' || true; }
+	@$(PIP) install -q --require-hashes -r requirements/dev.lock 2>&1 | { grep -v 'is ignored: it is neither' || true; }
 	@$(PIP) install -q --no-deps -e . 2>&1 | { grep -v 'is ignored: it is neither' || true; }
+	@touch $@
+
+# The benchmarks' rivals (flask-socketio and what it pulls in), on top of the dev set.
+BENCH_STAMP := $(VENV)/.bench-stamp
+$(BENCH_STAMP): $(STAMP) requirements/bench.lock
+	@$(PIP) install -q --require-hashes -r requirements/bench.lock
 	@touch $@
 
 install: $(STAMP)
@@ -28,24 +36,35 @@ run: $(STAMP)
 test: $(STAMP) lint typecheck pytest
 
 lint: $(STAMP)
-	$(BIN)/ruff check api gateway relay common devstack tests bench locustfiles
+	$(BIN)/ruff check $(PACKAGES) tests bench locustfiles
 
 typecheck: $(STAMP)
-	$(BIN)/mypy api gateway relay common devstack
+	$(BIN)/mypy $(PACKAGES)
 
 pytest: $(STAMP)
 	@rm -f .coverage .coverage.*
 	$(BIN)/pytest --cov --cov-report=term --cov-fail-under=$(COV_FAIL_UNDER)
-	@echo "coverage of api/, gateway/, relay/, common/ and devstack/ (lines and branches): $$($(BIN)/coverage report --format=total)%"
+	@echo "coverage of api/, gateway/, relay/, common/, devstack/ and dms_client/ (lines and branches): $$($(BIN)/coverage report --format=total)%"
 
-# Re-pin requirements/dev.lock from setup.cfg's ranges (run after changing dependencies).
+# Unit-level tests only: no embedded PostgreSQL/Redis, no servers (tests marked `quick`). Under 90 s.
+test-quick: $(STAMP)
+	$(BIN)/pytest -m quick -q -p no:cacheprovider
+
+# Re-pin the locks from setup.cfg's ranges (run after changing dependencies). uv resolves once for
+# every Python from 3.11 and every platform (--universal) and records each file's sha256, so
+# `make install` with --require-hashes gets the same bytes on any machine.
+LOCK_FLAGS := --quiet --universal --python-version 3.11 --generate-hashes --no-header --no-strip-extras
 lock:
 	rm -rf .lock-venv && $(PYTHON) -m venv .lock-venv
-	.lock-venv/bin/pip install -q -e '.[dev]'
-	.lock-venv/bin/pip freeze --exclude-editable | grep -v '^dms-realtime' > requirements/dev.lock
+	.lock-venv/bin/pip install -q 'uv>=0.5,<1'
+	.lock-venv/bin/uv pip compile $(LOCK_FLAGS) setup.cfg -o requirements/runtime.lock
+	.lock-venv/bin/uv pip compile $(LOCK_FLAGS) --extra dev --extra devstack -c requirements/runtime.lock \
+	  setup.cfg -o requirements/dev.lock
+	.lock-venv/bin/uv pip compile $(LOCK_FLAGS) --extra dev --extra devstack --extra bench \
+	  -c requirements/dev.lock setup.cfg -o requirements/bench.lock
 	rm -rf .lock-venv
 
-bench-relay: $(STAMP)
+bench-relay: $(BENCH_STAMP)
 	$(BIN)/python -m bench.relay $(BENCH_ARGS)
 
 clean:
@@ -78,18 +97,18 @@ swarm: $(STAMP)
 	if [ -n "$${ws:-}" ]; then wait $$ws || status=1; fi; \
 	exit $$status
 
-bench-fanout: $(STAMP)
+bench-fanout: $(BENCH_STAMP)
 	$(BIN)/python -m bench.fanout $(BENCH_ARGS)
 
 # Ours, Flask-SocketIO and Node socket.io (npm installs its pinned packages into bench/reports/node-peer;
 # no node/npm: that peer is skipped). 7-12 min; bench-peer-quick ~2 min; BENCH_ARGS=--source=redis skips the API.
-bench-peer: $(STAMP)
+bench-peer: $(BENCH_STAMP)
 	$(BIN)/python -m bench.peer $(BENCH_ARGS)
 
-bench-peer-quick: $(STAMP)
+bench-peer-quick: $(BENCH_STAMP)
 	$(BIN)/python -m bench.peer --quick $(BENCH_ARGS)
 
-bench-api: $(STAMP)
+bench-api: $(BENCH_STAMP)
 	$(BIN)/python -m bench.api $(BENCH_ARGS)
 
 # Reconnect storm (docs/PERFORMANCE.md "Reconnect storm"): 20,000 subscribers through nginx over two

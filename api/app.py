@@ -8,7 +8,7 @@ from typing import Any
 from flask import Flask
 from flask.json.provider import DefaultJSONProvider
 
-from api import context, errors, metrics, openapi, performance, ratelimit
+from api import asyncapi, context, errors, metrics, openapi, performance, ratelimit
 from api.cache import register_prefetchers
 from api.headers import ResponseHeaders
 from api.routes import cache_admin, drivers, health, orders, pages, products, realtime, restaurants, testing, users
@@ -19,8 +19,8 @@ from api.services import Services
 from common.config import Config, Environment
 
 MAX_BODY_BYTES = 1024 * 1024
-BLUEPRINTS = (health.bp, openapi.bp, restaurants.bp, users.bp, products.bp, orders.bp, drivers.bp, realtime.bp,
-              pages.bp)
+BLUEPRINTS = (health.bp, openapi.bp, asyncapi.bp, restaurants.bp, users.bp, products.bp, orders.bp, drivers.bp,
+              realtime.bp, pages.bp)
 
 OBSERVABILITY_BLUEPRINTS = (metrics.bp, performance_routes.bp, cache_admin.bp)
 DISPATCH_BLUEPRINTS = (analytics_bp, export_bp)

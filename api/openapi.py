@@ -92,6 +92,8 @@ def _paths() -> dict[str, Schema]:
                                                    "content": {"text/plain": {"schema": STRING}}}}}},
         "/api/openapi.json": {"get": _op("this document", ("200", ok("OpenAPI 3.0", {"type": "object"})),
                                          auth=False)},
+        "/api/asyncapi.json": {"get": _op("the WebSocket protocol", ("200", ok("AsyncAPI 3.0", {"type": "object"})),
+                                          auth=False)},
         "/api/restaurants": {
             "post": _op("create a restaurant (admin)", ("201", ok("created", ref("Restaurant"))),
                         body="RestaurantCreate", errors=WRITE_ERRORS),

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import hashlib
 import re
+import sys
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -13,7 +16,16 @@ from loguru import logger
 
 from common.db import connect
 
-SQL_DIR = Path(__file__).resolve().parent.parent / "sql"
+
+def _sql_dir() -> Path:
+    """`sql/` beside the packages in a checkout; an installed wheel carries it as data files."""
+    checkout = Path(__file__).resolve().parent.parent / "sql"
+    if checkout.is_dir():
+        return checkout
+    return Path(sys.prefix) / "share" / "dms-realtime" / "sql"
+
+
+SQL_DIR = _sql_dir()
 NO_TRANSACTION_MARK = "-- dms:no-transaction"
 _NAME = re.compile(r"^(\d{4})_[a-z0-9_]+\.sql$")
 _LOCK_KEY = 0x646D735F6D6967  # "dms_mig": one migrator at a time across processes
@@ -50,9 +62,14 @@ def discover(directory: Path = SQL_DIR) -> list[Migration]:
     return found
 
 
-def migrate(url: str, directory: Path = SQL_DIR) -> list[str]:
-    """Apply what has not run yet; return the names applied."""
+def migrate(url: str, directory: Path = SQL_DIR, *,
+            on_applied: Callable[[str, float], None] | None = None) -> list[str]:
+    """Apply what has not run yet; return the names applied. `on_applied(name, seconds)` after each."""
     migrations = discover(directory)
+    if not migrations:
+        # An installation without its migration files would otherwise report "applied 0" on an
+        # empty database and leave every process failing later on missing tables.
+        raise MigrationError(f"no migration files in {directory}: the installation is incomplete, reinstall it")
     applied_now: list[str] = []
     with connect(url, autocommit=True) as conn:
         conn.execute("SELECT pg_advisory_lock(%s)", (_LOCK_KEY,))
@@ -73,9 +90,13 @@ def migrate(url: str, directory: Path = SQL_DIR) -> list[str]:
                             "add a new migration instead of editing an applied one"
                         )
                     continue
+                started = time.monotonic()
                 _apply(conn, migration)
+                elapsed = time.monotonic() - started
                 applied_now.append(migration.name)
-                logger.info("applied migration {}", migration.name)
+                logger.info("applied migration {} in {:.2f}s", migration.name, elapsed)
+                if on_applied is not None:
+                    on_applied(migration.name, elapsed)
         finally:
             conn.execute("SELECT pg_advisory_unlock(%s)", (_LOCK_KEY,))
     return applied_now

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -36,27 +37,43 @@ def default_path(directory: Path) -> Path:
     return directory / f"dms-{datetime.now(UTC):%Y%m%dT%H%M%SZ}.dump"
 
 
-def backup(url: str, out: Path) -> Path:
+def backup(url: str, out: Path, *, on_progress: Callable[[int], None] | None = None,
+           progress_interval_s: float = 1.0) -> Path:
     """Write a custom-format dump of the whole database (schema, data, grants, policies) to `out`.
 
     Custom format is compressed and lets pg_restore pick objects or run in parallel. The file is
     written beside its final name and renamed, so a failed dump never leaves a truncated backup
     that looks complete; it is readable by its owner only, since it holds every row.
+    `on_progress(bytes_so_far)` is called every `progress_interval_s` while pg_dump runs.
     """
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise BackupError(f"cannot write to {out.parent}: {exc}") from exc
     partial = out.with_name(out.name + ".partial")
-    result = subprocess.run([pg_program("pg_dump"), "--format=custom", "--file", str(partial), "--dbname", url],
-                            capture_output=True, text=True, check=False)
-    if result.returncode != 0:
+    process = subprocess.Popen([pg_program("pg_dump"), "--format=custom", "--file", str(partial), "--dbname", url],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    while True:
+        try:
+            _, stderr = process.communicate(timeout=progress_interval_s)
+            break
+        except subprocess.TimeoutExpired:
+            if on_progress is not None:
+                on_progress(_size(partial))
+    if process.returncode != 0:
         partial.unlink(missing_ok=True)
-        raise BackupError(f"pg_dump failed: {result.stderr.strip()[-2000:]}")
+        raise BackupError(f"pg_dump failed: {stderr.strip()[-2000:]}")
     os.chmod(partial, 0o600)
     partial.replace(out)
     logger.bind(path=str(out), bytes=out.stat().st_size).info("backup written")
     return out
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0
 
 
 # The cluster-wide roles the dump's grants and policies name (sql/0007): a fresh cluster lacks them.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import json
 import os
 import signal
@@ -12,13 +13,14 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import psycopg
 from loguru import logger
 
 from common.auth import ROLES, mint_token
 from common.config import DEV_JWT_SECRET
 from common.db import connect
 from common.logging import setup_logging
-from common.migrations import discover, migrate
+from common.migrations import MigrationError, discover, migrate
 from devstack import top
 from devstack.backup import BackupError, backup, default_path, restore
 from devstack.embedded import EmbeddedError, pid_alive
@@ -162,7 +164,7 @@ def cmd_migrate(args: argparse.Namespace) -> int:
             print(f"dms migrate: no backup, so nothing was migrated ({exc}); --no-backup to skip it",
                   file=sys.stderr)
             return 1
-    applied = migrate(url)
+    applied = migrate(url, on_applied=lambda name, seconds: print(f"migrating {name} ... {seconds:.2f}s", flush=True))
     print(f"applied {len(applied)} migration(s)" + (": " + ", ".join(applied) if applied else ""))
     return 0
 
@@ -178,18 +180,25 @@ def _pending_migrations(url: str) -> list[str]:
 def cmd_backup(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else default_path(_dms_home() / "backups")
     try:
-        print(backup(_require("DATABASE_URL"), out))
+        written = backup(_require("DATABASE_URL"), out, on_progress=_backup_progress)
     except BackupError as exc:
-        print(f"dms backup: {exc}", file=sys.stderr)
+        print(f"dms backup: {one_line(exc)}", file=sys.stderr)
         return 1
+    _backup_progress(written.stat().st_size, done=True)
+    print(written)
     return 0
+
+
+def _backup_progress(size: int, *, done: bool = False) -> None:
+    # stderr: stdout carries only the written file's path, for scripts.
+    print(f"backup: {size:,} bytes {'written' if done else 'so far'}", file=sys.stderr, flush=True)
 
 
 def cmd_restore(args: argparse.Namespace) -> int:
     try:
         restore(_require("DATABASE_URL"), Path(args.file))
     except BackupError as exc:
-        print(f"dms restore: {exc}", file=sys.stderr)
+        print(f"dms restore: {one_line(exc)}", file=sys.stderr)
         return 1
     print(f"restored {args.file}")
     return 0
@@ -222,6 +231,7 @@ def cmd_token(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dms", description="Realtime distribution backend: dev tools")
+    parser.add_argument("--version", action="version", version=f"dms {version()}")
     commands = parser.add_subparsers(dest="command", required=True)
     up = commands.add_parser("up", help="start the whole stack (embedded PostgreSQL and Redis unless URLs are set)")
     up.add_argument("--api", type=int, default=1, help="REST API processes, on ports from API_PORT (default 1)")
@@ -271,11 +281,29 @@ HANDLERS: dict[str, Callable[[argparse.Namespace], int]] = {
 }
 
 
+def version() -> str:
+    try:
+        return importlib.metadata.version("dms-realtime")
+    except importlib.metadata.PackageNotFoundError:  # a checkout that was never installed
+        return "unknown"
+
+
+def one_line(exc: BaseException) -> str:
+    """The first line of an error (psycopg's carry a DETAIL/HINT block and the whole query after it)."""
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging(level=os.environ.get("LOG_LEVEL", "INFO").upper(),
                   fmt=os.environ.get("LOG_FORMAT", "text"), service="dms")
-    return HANDLERS[args.command](args)
+    try:
+        return HANDLERS[args.command](args)
+    except (psycopg.Error, MigrationError, BackupError, OSError) as exc:
+        # What an operator can act on (database down, a refused migration, a disk full): one line.
+        print(f"dms {args.command}: {one_line(exc)}", file=sys.stderr, flush=True)
+        return 1
 
 
 if __name__ == "__main__":

@@ -451,9 +451,12 @@ class Stack:
             "demo": mint_token(secret, role="demo", sub=DEMO.demo_user, restaurant_id=DEMO.restaurant),
         }
         count, window = self.crash_rule
+        pages = self.env.get("NGINX_URL") or self.env["API_URL"]  # the pages' origin, as browsers reach it
         lines = [
             "",
             "dms is up",
+            f"  live board  {pages}/board#token={tokens['restaurant']}",
+            f"  admin       {pages}/admin#token={tokens['admin']}",
             f"  REST API    {self.env['API_URL']}   (ready: {self.env['API_URL']}/ready)",
             f"  WebSocket   {self.env['GATEWAY_URL']}?token=<token>",
             *self._topology_lines(),

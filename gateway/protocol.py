@@ -17,6 +17,7 @@ from common import gps
 from common.channels import InvalidChannel, parse_channel
 from common.clock import iso
 from common.roles import Role
+from common.wire import MAX_REF_CHARS
 from gateway import closes
 from gateway.closes import Disconnect
 from gateway.framing import CloseCode
@@ -26,7 +27,6 @@ if TYPE_CHECKING:  # the dataclass only: the protocol imports no database code
 
 CLOSE_POLICY = CloseCode.POLICY  # the one name kept for callers that predate the enum
 
-MAX_REF_CHARS = 64
 MAX_TOKEN_CHARS = 8192
 RATE_PER_S = 20.0
 RATE_BURST = 40.0

@@ -3,7 +3,7 @@
     locust -f locustfiles/ws_swarm.py --host http://127.0.0.1:8000 --gateway-url ws://127.0.0.1:8001/ws \
         --headless -u 100 -r 20 -t 60s
 
-Raw WebSocket clients (websocket-client under locust's gevent) speaking the contract protocol.
+dms_client clients (one reader greenlet each under locust's gevent) speaking the contract protocol.
 Commit-to-receipt latency (event `ts` to arrival) is reported per event name as request type
 `WS`; location acks as `WS ack`. At the end every stored event of every subscribed channel in
 the run window is read from PostgreSQL (DATABASE_URL) and compared with what each client got:
@@ -13,7 +13,6 @@ any missing, duplicated or out-of-order event fails the run, as do the usual thr
 from __future__ import annotations
 
 import itertools
-import json
 import os
 import random
 import time
@@ -23,10 +22,11 @@ from typing import Any
 
 import gevent
 import swarm_support as support
-import websocket
 from locust import User, between, events, task
 from locust.contrib.fasthttp import FastHttpSession
 from locust.env import Environment
+
+from dms_client import DmsClient
 
 DRAIN_S = float(os.environ.get("DMS_WS_DRAIN_S", "10"))
 
@@ -45,7 +45,7 @@ class Subscription:
 
 
 REGISTRY: list[Subscription] = []
-OPEN_SOCKETS: list[Any] = []
+OPEN_CLIENTS: list[DmsClient] = []
 CLAIMED: set[str] = set()
 # Orders this swarm created: its admins move only these, never another swarm's (no 409 races).
 CREATED: set[str] = set()
@@ -67,10 +67,25 @@ class WsUser(User):
         self.subs: dict[str, Subscription] = {}
         self.pending_acks: dict[str, float] = {}
         self.inbox: deque[dict[str, Any]] = deque(maxlen=1000)
-        self.ws: Any = None
         self.stopping = False
         self.prepare()
-        self.reader = gevent.spawn(self._run)
+        # The client reconnects with full jitter and resubscribes with `since`; the swarm counts
+        # every frame as it arrives (before the client drops duplicates), so a duplicate still fails the run.
+        self.client = DmsClient(self.environment.parsed_options.gateway_url, token=self.bearer, api_url=self.host,
+                                timeout_s=15)
+        self.client.on("frame", self._on_frame)
+        self.client.on("welcome", lambda _: self._fire("WS", "connect", (time.perf_counter() - self.started) * 1000))
+        self.client.on("state", self._on_state)
+        for channel in self.channels():
+            sub = self.subs.setdefault(channel, Subscription(self.user_id, channel))
+            REGISTRY.append(sub)
+            self.client.subscribe(channel)
+        self.started = time.perf_counter()
+        OPEN_CLIENTS.append(self.client.start())
+
+    @property
+    def ws(self) -> DmsClient | None:
+        return self.client if self.client.connected else None
 
     def identity(self) -> tuple[str, str]:
         return support.token(self.role)
@@ -85,75 +100,33 @@ class WsUser(User):
         # Tasks stop here, the socket does not: events committed before the end must still arrive.
         self.stopping = True
 
-    # -- the connection ------------------------------------------------------------------------
-    def _connect(self) -> None:
-        url = f"{self.environment.parsed_options.gateway_url}?token={self.bearer}"
-        ws = websocket.create_connection(url, timeout=15, skip_utf8_validation=True)
-        welcome = json.loads(ws.recv())
-        if welcome.get("type") != "welcome":
-            raise websocket.WebSocketException(f"expected welcome, got {welcome}")
-        for channel in self.channels():
-            sub = self.subs.setdefault(channel, Subscription(self.user_id, channel))
-            if sub not in REGISTRY:
-                REGISTRY.append(sub)
-            frame: dict[str, Any] = {"type": "subscribe", "channel": channel, "ref": channel[:64]}
-            if sub.last_id is not None:
-                frame["since"] = sub.last_id  # resume without a gap after a reconnect
-            ws.send(json.dumps(frame))
-        ws.settimeout(None)
-        self.ws = ws
-        OPEN_SOCKETS.append(ws)
+    def _on_state(self, state: str, detail: dict[str, Any]) -> None:
+        if state == "reconnecting" and detail and not self.stopping:
+            self._fire("WS", "disconnect", 0, ConnectionError(f"attempt {detail.get('attempt')}"))
+        if state in ("connecting", "reconnecting"):
+            self.started = time.perf_counter()
 
-    def _run(self) -> None:
-        backoff = 0.5
-        while True:
-            started = time.perf_counter()
-            try:
-                self._connect()
-                self._fire("WS", "connect", (time.perf_counter() - started) * 1000)
-                backoff = 0.5
-                self._receive()
-            except (OSError, websocket.WebSocketException, ValueError) as exc:
-                if self.ws is None and isinstance(exc, websocket.WebSocketBadStatusException):
-                    self._fire("WS", "connect", 0, exc)
-                elif self.stopping:
-                    return
-                else:
-                    self._fire("WS", "disconnect", 0, exc)
-            if self.ws is not None and self.ws in OPEN_SOCKETS:
-                OPEN_SOCKETS.remove(self.ws)
-            self.ws = None
-            if self.stopping:
-                return
-            # Backoff with jitter, so a restarted gateway is not hit by every client at once.
-            gevent.sleep(backoff * random.uniform(0.5, 1.5))
-            backoff = min(backoff * 2, 10.0)
-
-    def _receive(self) -> None:
-        while True:
-            raw = self.ws.recv()
-            if not raw:
-                raise websocket.WebSocketConnectionClosedException("closed by the server")
-            now = time.time()
-            frame = json.loads(raw)
-            kind = frame.get("type")
-            if kind == "event":
-                latency_ms = (now - datetime.fromisoformat(frame["ts"]).timestamp()) * 1000
-                self._fire("WS", frame["event"], max(latency_ms, 0.0), length=len(raw))
-                sub = self.subs.get(frame["channel"])
-                if frame.get("id") is not None and sub is not None:
-                    sub.ids.append(int(frame["id"]))
-                self.inbox.append(frame)
-            elif kind == "subscribed":
-                sub = self.subs[frame["channel"]]
-                if sub.start_id is None:
-                    sub.start_id = frame["last_event_id"] or 0
-            elif kind == "ack":
-                sent = self.pending_acks.pop(frame.get("ref") or "", None)
-                if sent is not None:
-                    self._fire("WS ack", "location", (time.perf_counter() - sent) * 1000)
-            elif kind == "error":
-                self._fire("WS", f"error {frame.get('code')}", 0, RuntimeError(frame.get("message")))
+    def _on_frame(self, frame: dict[str, Any]) -> None:
+        now = time.time()
+        kind = frame.get("type")
+        events_ = frame.get("events", []) if kind == "batch" else [frame] if kind == "event" else []
+        for event in events_:
+            latency_ms = (now - datetime.fromisoformat(event["ts"]).timestamp()) * 1000
+            self._fire("WS", event["event"], max(latency_ms, 0.0))
+            sub = self.subs.get(event["channel"])
+            if event.get("id") is not None and sub is not None:
+                sub.ids.append(int(event["id"]))
+            self.inbox.append(event)
+        if kind == "subscribed":
+            sub = self.subs[frame["channel"]]
+            if sub.start_id is None:
+                sub.start_id = frame["last_event_id"] or 0
+        elif kind == "ack":
+            sent = self.pending_acks.pop(frame.get("ref") or "", None)
+            if sent is not None:
+                self._fire("WS ack", "location", (time.perf_counter() - sent) * 1000)
+        elif kind == "error":
+            self._fire("WS", f"error {frame.get('code')}", 0, RuntimeError(frame.get("message")))
 
     def _fire(self, request_type: str, name: str, ms: float, exception: Exception | None = None,
               length: int = 0) -> None:
@@ -227,10 +200,8 @@ class DriverStreamer(WsUser):
         self.lng += random.uniform(-0.0005, 0.0005)
         ref = os.urandom(6).hex()
         self.pending_acks[ref] = time.perf_counter()
-        try:
-            self.ws.send(json.dumps({"type": "location", "lat": self.lat, "lng": self.lng, "speed": 8.0,
-                                     "heading": 90.0, "ref": ref}))
-        except (OSError, websocket.WebSocketException):
+        if not self.ws.send({"type": "location", "lat": self.lat, "lng": self.lng, "speed": 8.0, "heading": 90.0,
+                             "ref": ref}):
             self.pending_acks.pop(ref, None)
 
 
@@ -323,11 +294,9 @@ def account(environment: Environment) -> dict[str, int]:
 @events.test_stop.add_listener
 def _drain_and_account(environment: Environment, **_: Any) -> None:
     RESULT.update(account(environment))
-    for ws in list(OPEN_SOCKETS):
-        try:
-            ws.close(timeout=0.5)
-        except (OSError, websocket.WebSocketException):
-            pass
+    for client in list(OPEN_CLIENTS):
+        client.close()
+    OPEN_CLIENTS.clear()
     print(f"delivery: {RESULT}", flush=True)
     for example in EXAMPLES:
         print(f"delivery: missing on {example}", flush=True)

@@ -39,6 +39,10 @@ def wait_for(condition: Callable[[], T], *, timeout_s: float = 10.0, interval_s:
     raise AssertionError(f"timed out after {seconds(timeout_s):.1f}s waiting for {message} (last: {last!r})")
 
 
+# Every frame any WsClient has read, for the check against /api/asyncapi.json (tests/gateway/conftest.py).
+RECEIVED_FRAMES: list[dict[str, Any]] = []
+
+
 @dataclass
 class WsClient:
     """A real WebSocket client that keeps frames it has read but not yet asked for."""
@@ -64,6 +68,7 @@ class WsClient:
             opcode, raw = self.ws.recv_data()
         frame = json.loads(raw)
         self.seen.append(frame)
+        RECEIVED_FRAMES.append(frame)
         return frame  # type: ignore[no-any-return]
 
     def recv_until(self, predicate: Callable[[dict[str, Any]], bool], *, timeout_s: float = 10.0
@@ -132,13 +137,14 @@ def http_json(method: str, url: str, body: Any = None, *, token: str | None = No
 class Process:
     """A `python -m MODULE` child with its own environment and log file, stopped by SIGTERM."""
 
-    def __init__(self, module: str, env: dict[str, str], log_path: Path) -> None:
+    def __init__(self, module: str, env: dict[str, str], log_path: Path, *, python: str = sys.executable,
+                 cwd: Path = ROOT) -> None:
         self.module = module
         self.log_path = log_path
         self._log = open(log_path, "wb")
-        self.proc = subprocess.Popen([sys.executable, "-m", module], env={**os.environ, **env},
+        self.proc = subprocess.Popen([python, "-m", module], env={**os.environ, **env},
                                      stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                     cwd=ROOT)
+                                     cwd=cwd)
 
     def wait_http_ok(self, url: str, *, timeout_s: float = 30.0) -> None:
         def ok() -> bool:

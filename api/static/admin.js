@@ -8,7 +8,7 @@
 "use strict";
 
 (function () {
-  const { el, $, api, LiveSocket, boot, showMessage, age } = window.dms;
+  const { el, $, api, liveClient, boot, showMessage, age } = window.dms;
   const ROLES = ["admin", "restaurant", "driver", "demo"];
   // Milliseconds between polls of what no channel carries.
   const SCHEDULE = { database: 60000, cache: 120000, slow: 300000, chart: 300000 };
@@ -751,26 +751,18 @@
       showMessage("Connection counts unavailable: " + error.message);
     });
     let fleetLoads = 0;
-    const socket = new LiveSocket(window.dms.gatewayUrl, token, {
-      event(frame) {
-        if (frame.event === "connections.stats") {
-          renderConnections(frame.data);
-          liveFrame(frame.data);
-        }
-        else if (frame.channel === "drivers") applyDriverEvent(token, frame);
-        else if (frame.channel === "orders" && frame.data && frame.data.order_id) applyOrder(token, frame.data);
-      },
-      // After a reconnect the fleet and the waiting list are read again: positions are not replayed.
-      subscribed(frame) {
-        if (frame.channel === "drivers" && fleetLoads++ > 0) loadFleet(token);
-        if (frame.channel === "orders" && !frame.recovered && fleetLoads > 1) loadAwaiting(token);
-      },
-      fatal: showMessage,
+    const live = liveClient(token, showMessage);
+    // After a reconnect the fleet and the waiting list are read again: positions are not replayed.
+    live.on("subscribed", (frame) => {
+      if (frame.channel === "drivers" && fleetLoads++ > 0) loadFleet(token);
+      if (frame.channel === "orders" && !frame.recovered && fleetLoads > 1) loadAwaiting(token);
     });
-    socket.subscribe("admin:connections", { recover: false });
-    socket.subscribe("drivers", { recover: false });
-    socket.subscribe("orders", { recover: true });
-    socket.start();
+    live.subscribe("admin:connections", (frame) => {
+      renderConnections(frame.data);
+      liveFrame(frame.data);
+    }, { recover: false });
+    live.subscribe("drivers", (frame) => applyDriverEvent(token, frame), { recover: false });
+    live.subscribe("orders", (frame) => { if (frame.data && frame.data.order_id) applyOrder(token, frame.data); });
     Promise.all([loadFleet(token), loadRestaurants(token)]).then(() => loadAwaiting(token));
     setInterval(() => { if (!document.hidden && fleet.size) renderFleet(); }, 10000); // ages; no request
     // One request a minute feeds both the database panel and the history charts.

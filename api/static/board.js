@@ -3,7 +3,7 @@
 "use strict";
 
 (function () {
-  const { el, $, api, LiveSocket, boot, showMessage, age } = window.dms;
+  const { el, $, api, liveClient, boot, showMessage, age } = window.dms;
   const ACTIVE = ["pending", "confirmed", "preparing", "ready", "delivering"];
   const DONE = ["delivered", "cancelled"];
   const DONE_SHOWN = 10;
@@ -172,7 +172,7 @@
     for (const driverId of wanted) {
       const name = "driver:" + driverId;
       if (!live.channels.has(name)) {
-        live.subscribe(name, { recover: false });
+        live.subscribe(name, onEvent, { recover: false });
         api(token, "/api/drivers/" + encodeURIComponent(driverId) + "/location")
           .then((where) => {
             if (!positions.has(driverId)) positions.set(driverId, where);
@@ -208,20 +208,16 @@
       subject.title = restaurantId;
       subject.dataset.restaurantName = restaurant.name;
     }).catch(() => {});
-    live = new LiveSocket(window.dms.gatewayUrl, token, {
-      subscribed(frame, hadSince) {
-        // A first subscribe or a `since` past retention: only a fresh snapshot is complete.
-        if (frame.channel === channel && !frame.recovered) reload();
-        if (frame.channel === channel && hadSince && frame.recovered) showMessage("");
-      },
-      event: onEvent,
-      error(frame) {
-        if (frame.channel === channel) showMessage("Live updates refused: " + frame.message);
-      },
-      fatal: showMessage,
+    live = liveClient(token, showMessage);
+    live.on("subscribed", (frame, hadSince) => {
+      // A first subscribe or a `since` past retention: only a fresh snapshot is complete.
+      if (frame.channel === channel && !frame.recovered) reload();
+      if (frame.channel === channel && hadSince && frame.recovered) showMessage("");
     });
-    live.subscribe(channel);
-    live.start();
+    live.on("error", (frame) => {
+      if (frame.channel === channel) showMessage("Live updates refused: " + frame.message);
+    });
+    live.subscribe(channel, onEvent);
     // Without a gateway the board still shows the snapshot; the socket catches up when it can.
     setTimeout(() => { if (loads === 0) reload(); }, 2000);
     setInterval(tickAges, 1000);

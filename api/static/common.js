@@ -96,149 +96,23 @@
     return body;
   }
 
-  // -- a WebSocket that reconnects with exponential backoff, jitter and per-channel `since` --------------
-  // `channels` maps a channel to {since: bool}; the client remembers the last event id per channel
-  // and resubscribes with it, so the gateway replays what was missed (at least once; callers dedupe).
-  class LiveSocket {
-    constructor(url, token, handlers) {
-      this.url = url;
-      this.token = token;
-      this.handlers = handlers;
-      this.channels = new Map(); // channel -> {recover: bool, lastId: number|null}
-      this.ws = null;
-      this.attempt = 0;
-      this.timer = null;
-      this.stopped = false;
-      this.refs = 0;
-      this.subscribeRefs = new Map(); // ref -> channel, to tell which subscribe an error answers
-      window.addEventListener("online", () => this.reconnectNow());
-      window.addEventListener("offline", () => setIndicator("offline", "no network"));
-    }
-
-    start() {
-      this.connect();
-    }
-
-    async connect() {
-      clearTimeout(this.timer);
-      if (this.stopped) return;
-      const separator = this.url.includes("?") ? "&" : "?";
-      let ws;
-      try {
-        // A single-use connect ticket, not the bearer token, goes in the URL (proxies log URLs).
-        const { ticket } = await api(this.token, "/api/realtime/ticket", { method: "POST" });
-        if (this.stopped) return;
-        ws = new WebSocket(this.url + separator + "ticket=" + encodeURIComponent(ticket));
-      } catch (_) {
-        this.scheduleReconnect();
-        return;
+  // -- the live connection: a DmsClient (dms-client.js) whose state drives the indicator -------------------
+  // `onFatal(message)` when it gives up (an expired token without a way to get a new one).
+  function liveClient(token, onFatal) {
+    const client = new window.dms.DmsClient(window.dms.gatewayUrl, { token, storage: null });
+    client.on("state", (state, detail) => {
+      if (state === "connected") setIndicator("connected");
+      else if (state === "connecting") setIndicator("reconnecting", "connecting");
+      else if (state === "offline") setIndicator("offline", "no network");
+      else if (state === "reconnecting") {
+        const retry = detail.delayMs === undefined ? "" : "retry in " + (detail.delayMs / 1000).toFixed(1) + " s";
+        setIndicator(detail.attempt > 5 ? "offline" : "reconnecting", retry);
+      } else if (state === "closed" && detail.reason) {
+        setIndicator("offline", detail.reason === "the token expired" ? "token expired" : detail.reason);
+        if (onFatal) onFatal(detail.reason === "the token expired" ? "The token expired. Paste a new one." : detail.reason);
       }
-      this.ws = ws;
-      ws.onmessage = (message) => this.onFrame(ws, message.data);
-      ws.onclose = (event) => this.onClose(ws, event);
-    }
-
-    onFrame(ws, text) {
-      if (ws !== this.ws) return;
-      let frame;
-      try {
-        frame = JSON.parse(text);
-      } catch (_) {
-        return;
-      }
-      if (frame.type === "welcome") {
-        this.attempt = 0;
-        setIndicator("connected");
-        for (const channel of this.channels.keys()) this.sendSubscribe(channel);
-      } else if (frame.type === "subscribed") {
-        this.subscribeRefs.delete(frame.ref);
-        const state = this.channels.get(frame.channel);
-        if (!state) return;
-        const hadSince = state.recover && state.lastId !== null;
-        // Not recovered (first subscribe, or `since` past retention): live events start after this id.
-        if (!frame.recovered) state.lastId = frame.last_event_id;
-        if (this.handlers.subscribed) this.handlers.subscribed(frame, hadSince);
-      } else if (frame.type === "event") {
-        const state = this.channels.get(frame.channel);
-        if (!state) return;
-        if (frame.id !== null && state.lastId !== null && frame.id <= state.lastId) return; // seen already
-        if (frame.id !== null) state.lastId = frame.id;
-        this.handlers.event(frame);
-      } else if (frame.type === "error") {
-        frame.channel = this.subscribeRefs.get(frame.ref) || null;
-        this.subscribeRefs.delete(frame.ref);
-        if (this.handlers.error) this.handlers.error(frame);
-      }
-    }
-
-    onClose(ws, event) {
-      if (ws !== this.ws) return;
-      this.ws = null;
-      if (event.code === 4001) {
-        this.stopped = true;
-        setIndicator("offline", "token expired");
-        if (this.handlers.fatal) this.handlers.fatal("The token expired. Paste a new one.");
-        return;
-      }
-      this.scheduleReconnect();
-    }
-
-    scheduleReconnect() {
-      if (this.stopped) return;
-      this.attempt += 1;
-      // 0.5 s, 1 s, 2 s … capped at 30 s; "full jitter" halves the herd when a gateway drains.
-      const ceiling = Math.min(30000, 500 * 2 ** (this.attempt - 1));
-      const delay = ceiling / 2 + Math.random() * (ceiling / 2);
-      const offline = navigator.onLine === false || this.attempt > 5;
-      setIndicator(offline ? "offline" : "reconnecting", "retry in " + (delay / 1000).toFixed(1) + " s");
-      // No attempt while the browser knows it is offline (it would only fail and log an error);
-      // the "online" event reconnects at once.
-      this.timer = setTimeout(() => (navigator.onLine === false ? this.scheduleReconnect() : this.connect()), delay);
-    }
-
-    reconnectNow() {
-      if (this.ws || this.stopped) return;
-      this.attempt = 0;
-      this.connect();
-    }
-
-    sendSubscribe(channel) {
-      const state = this.channels.get(channel);
-      const frame = { type: "subscribe", channel, ref: "s" + ++this.refs };
-      this.subscribeRefs.set(frame.ref, channel);
-      if (state.recover && state.lastId !== null) frame.since = state.lastId;
-      this.send(frame);
-    }
-
-    send(frame) {
-      if (this.ws && this.ws.readyState === WebSocket.OPEN) this.ws.send(JSON.stringify(frame));
-    }
-
-    subscribe(channel, { recover = true } = {}) {
-      if (this.channels.has(channel)) return;
-      this.channels.set(channel, { recover, lastId: null });
-      this.sendSubscribe(channel);
-    }
-
-    unsubscribe(channel) {
-      if (!this.channels.delete(channel)) return;
-      this.send({ type: "unsubscribe", channel, ref: "u" + ++this.refs });
-    }
-
-    lastId(channel) {
-      const state = this.channels.get(channel);
-      return state ? state.lastId : null;
-    }
-
-    resetChannel(channel) {
-      const state = this.channels.get(channel);
-      if (state) state.lastId = null;
-    }
-
-    // Drop the socket as a network failure would; the usual backoff brings it back.
-    drop() {
-      if (this.ws) this.ws.close(4000, "dropped by the page");
-    }
+    });
+    return client;
   }
 
   // -- start-up: find a token, or show the paste box ----------------------------------------------------
@@ -270,7 +144,11 @@
     forget.hidden = false;
     $("#subject").textContent = claims.role + (claims.restaurant_id ? " · " + claims.restaurant_id : "");
     $("#main").hidden = false;
-    start(token, claims);
+    // The client is an ES module; this page's nonce covers the import.
+    import(document.body.dataset.clientUrl).then(({ DmsClient }) => {
+      window.dms.DmsClient = DmsClient;
+      start(token, claims);
+    });
   }
 
   function age(iso) {
@@ -281,6 +159,6 @@
     return Math.round(seconds / 3600) + " h ago";
   }
 
-  window.dms = { el, $, api, HttpError, LiveSocket, boot, showMessage, setIndicator, age, page,
+  window.dms = { el, $, api, HttpError, liveClient, boot, showMessage, setIndicator, age, page,
                  gatewayUrl: document.body.dataset.gatewayUrl };
 })();

@@ -124,6 +124,7 @@ def test_copies_expire_and_are_unused_while_not_listening() -> None:
     assert near.get("products", "k") is None
 
 
+@pytest.mark.servers
 def test_the_listener_follows_changes_and_turns_the_cache_off_when_redis_goes(tmp_path: Path) -> None:
     server = embedded.start_redis(tmp_path / "redis", port=embedded.free_port(), persist=False)
     client = redis.Redis(port=server.port, decode_responses=True, socket_timeout=2)

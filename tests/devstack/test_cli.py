@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import psutil
+import pytest
 
 from common.auth import verify_token
 from common.config import DEV_JWT_SECRET
@@ -52,6 +55,7 @@ def _children_of(pid: int) -> list[psutil.Process]:
         return []
 
 
+@pytest.mark.servers
 def test_up_serves_then_stops_cleanly_and_reuses_its_data(tmp_path: Path) -> None:
     home = tmp_path / ".dms"
     api_port, gateway_port = embedded.free_port(), embedded.free_port()
@@ -76,6 +80,13 @@ def test_up_serves_then_stops_cleanly_and_reuses_its_data(tmp_path: Path) -> Non
             banner = log.read_text()
             for role in ("admin", "restaurant", "driver", "demo"):
                 assert f"    {role}" in banner
+            # The printed page links open a live page: the token rides in the fragment the pages read.
+            for path, role in (("board", "restaurant"), ("admin", "admin")):
+                link = re.search(rf"(http://\S+/{path})#token=(\S+)", banner)
+                assert link is not None, banner
+                assert verify_token(link.group(2), settings["JWT_SECRET"]).role == role
+                with urllib.request.urlopen(link.group(1), timeout=10) as page:
+                    assert page.status == 200
             children = _children_of(proc.pid)
             assert len(children) >= 4  # PostgreSQL, Redis, API, gateway (and their own children)
             if attempt == "first":

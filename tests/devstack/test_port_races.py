@@ -10,6 +10,9 @@ import pytest
 from devstack import embedded
 from devstack.stack import _on_a_free_port
 
+# These start PostgreSQL and Redis servers of their own.
+pytestmark = pytest.mark.servers
+
 
 def test_postgres_refuses_a_port_answered_by_another_postgres(tmp_path: Path) -> None:
     port = embedded.free_port()

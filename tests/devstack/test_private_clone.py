@@ -17,8 +17,9 @@ import pytest
 from devstack import embedded
 from tests.helpers import ROOT, seconds
 
-pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="only root demotes the servers to another user, "
-                                                          "so only root can be locked out of a private checkout")
+pytestmark = [pytest.mark.servers,
+              pytest.mark.skipif(os.geteuid() != 0, reason="only root demotes the servers to another user, "
+                                                           "so only root can be locked out of a private checkout")]
 
 
 @pytest.fixture
