@@ -45,8 +45,9 @@ def main() -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         gevent.signal_handler(sig, lambda: gevent.spawn(shut_down))
     server.start()
-    logger.info("gateway {} listening on ws://{}:{}/ws (descriptor limit {})", gateway.id, config.gateway_host,
-                config.gateway_port, limit)
+    logger.info("gateway {} listening on ws://{}:{}/ws (descriptor limit {}, at most {} connections, {} new a second)",
+                gateway.id, config.gateway_host, config.gateway_port, limit, gateway.admission.max_connections,
+                config.ws_accept_rate_per_s)
     done.wait()
     logger.info("gateway stopped")
     return 0

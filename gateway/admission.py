@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 import random
+import resource
 import time
 from collections.abc import Callable
 from enum import StrEnum
@@ -26,6 +27,23 @@ MAX_RETRY_AFTER_S = 30
 # Connections leave a full gateway unpredictably; a few seconds lets the proxy's other gateway
 # and the client's own backoff do the spreading.
 FULL_RETRY_AFTER_S = 5
+
+
+# Descriptors a gateway keeps for itself: its pools, Redis, the listening socket, logs.
+FD_RESERVE = 100
+
+
+def connection_ceiling(configured: int) -> int:
+    """`WS_MAX_CONNECTIONS`, lowered to what the open-files limit allows (a descriptor each).
+
+    Past the limit `accept` fails with EMFILE and the client sees a reset; a 503 with Retry-After
+    tells it, and the proxy, to go elsewhere. On a machine with 20,000 descriptors per process the
+    default 20,000 becomes 19,900.
+    """
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return configured
+    return max(1, min(configured, int(soft) - FD_RESERVE))
 
 
 class Refusal(StrEnum):

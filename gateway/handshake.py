@@ -74,9 +74,19 @@ def batch_ms_of(raw: str | None) -> int:
     return int(raw)
 
 
-def _refusal(exc: DmsError, *, status: int | None = None, headers: dict[str, str] | None = None) -> Any:
-    """The handshake's HTTP refusal: the REST API's error body and headers (see `DmsError`)."""
-    return jsonify(exc.body()), status or exc.status, {**exc.headers(), **(headers or {})}
+def _refusal(exc: DmsError, *, status: int | None = None, headers: dict[str, str] | None = None,
+             allowed_origins: tuple[str, ...] | list[str] = ()) -> Any:
+    """The handshake's HTTP refusal: the REST API's error body and headers (see `DmsError`).
+
+    A browser cannot read a refused WebSocket handshake's status, so its client asks `GET /ws` with
+    fetch; for an allowed origin the answer is readable there, `Retry-After` included.
+    """
+    readable: dict[str, str] = {}
+    origin = request.headers.get("Origin")
+    if origin and ("*" in allowed_origins or origin in allowed_origins):
+        readable = {"Access-Control-Allow-Origin": origin, "Access-Control-Expose-Headers": "Retry-After",
+                    "Vary": "Origin"}
+    return jsonify(exc.body()), status or exc.status, {**exc.headers(), **readable, **(headers or {})}
 
 
 def register(app: Flask, node: Admitting) -> None:
@@ -102,7 +112,7 @@ def register(app: Flask, node: Admitting) -> None:
             if take is None:
                 raise Unavailable("this server cannot hand over sockets (run it with gateway.transport.UpgradeHandler)")
         except DmsError as exc:
-            return _refusal(exc)
+            return _refusal(exc, allowed_origins=node.config.allowed_origins)
         transport = accept(take, key)
         if transport is not None:
             node.open(transport, who, batch_ms=batch_ms)

@@ -34,7 +34,7 @@ from common.redis_client import make_redis
 from common.replication import REPLICATION
 from common.roles import Role
 from gateway import closes
-from gateway.admission import Admission
+from gateway.admission import Admission, connection_ceiling
 from gateway.app import create_gateway_app
 from gateway.connection import Connection
 from gateway.gps import GpsIntake
@@ -73,7 +73,7 @@ class Gateway:
         self.redis = make_redis(config.redis_url)
         self.hub = Hub(make_redis(config.redis_url, socket_timeout_s=None), history_events=config.ws_history_events)
         self.recovery = Recovery(self.pool, self.redis, self.hub)
-        self.admission = Admission(max_connections=config.ws_max_connections,
+        self.admission = Admission(max_connections=connection_ceiling(config.ws_max_connections),
                                    accept_rate_per_s=config.ws_accept_rate_per_s)
         self.locations = LocationWriter(self.pool)
         self.presence = GatewayPresence(self.redis, self.pool, stale_s=config.driver_stale_seconds, instance_id=self.id)

@@ -34,9 +34,6 @@ class Watched:
     def assert_clean(self, *, failed_loads_allowed: tuple[str, ...] = ()) -> None:
         """No CSP violation, no uncaught error, no console error or warning except the browser's own
         "Failed to load resource" line for an error answer from a URL containing one of `failed_loads_allowed`."""
-        # An API without connect tickets answers their endpoint 404 once per page; the client then
-        # falls back to ?token=. Gone once the ticket endpoint exists.
-        failed_loads_allowed = (*failed_loads_allowed, "/api/realtime/ticket")
         violations = self.csp_violations()
         assert not violations, f"CSP violations: {violations}"
         assert not self.errors, f"page errors: {self.errors}"

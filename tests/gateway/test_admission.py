@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import resource
+
 import pytest
 
-from gateway.admission import MAX_RETRY_AFTER_S, Admission, Refusal, Refused
+from gateway.admission import FD_RESERVE, MAX_RETRY_AFTER_S, Admission, Refusal, Refused, connection_ceiling
 
 
 class Clock:
@@ -80,3 +82,10 @@ def test_a_quiet_second_after_a_storm_answers_one_second_again() -> None:
     with pytest.raises(Refused) as refused:
         admission.admit(open_connections=0)
     assert refused.value.retry_after_s == 1
+
+
+def test_the_ceiling_never_passes_the_open_files_limit() -> None:
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    assert connection_ceiling(10) == 10
+    if soft != resource.RLIM_INFINITY:
+        assert connection_ceiling(10**9) == soft - FD_RESERVE

@@ -45,9 +45,12 @@ def test_a_full_gateway_answers_503_with_retry_after_until_a_connection_leaves(s
     refused = _refused(gw["url"])
     assert refused.status_code == 503
     assert int(refused.resp_headers["retry-after"]) >= 1
-    status, headers, body = http_json("GET", f"{gw['http']}/ws")  # no token: the answer is the same
+    # No token: the answer is the same, and a page's fetch from an allowed origin may read it.
+    status, headers, body = http_json("GET", f"{gw['http']}/ws", headers={"Origin": "http://page.example"})
     assert status == 503 and int(headers["Retry-After"]) >= 1
     assert body["error"]["code"] == "unavailable"
+    assert headers["Access-Control-Allow-Origin"] == "http://page.example"
+    assert headers["Access-Control-Expose-Headers"] == "Retry-After"
     first.close()
     third = wait_for(lambda: _admitted(gw["url"]), timeout_s=10, message="a place after one connection left")
     samples = scrape(gw["http"])

@@ -183,19 +183,21 @@ def _ws_log_lines(server: Any, after: int) -> list[str]:
     return [line for line in lines if '"GET /ws ' in line]
 
 
-@pytest.mark.parametrize("fault", ["draining", "killed"])
+@pytest.mark.parametrize("fault", ["draining", "full", "killed"])
 def test_a_refused_or_dead_gateways_handshake_goes_to_the_next_gateway(
         tmp_path: Path, start_api: Any, start_gateway: Any, start_nginx: Any, fault: str) -> None:
     _, api = start_api()
     # The first gateway drains for long: a client that never answers its close frame keeps it open.
-    (first, first_gw), (_, second_gw) = (start_gateway(name=f"{fault}0", WS_CLOSE_TIMEOUT="60"),
+    # Full: admission holds it at one connection (WS_MAX_CONNECTIONS), which `held` takes.
+    (first, first_gw), (_, second_gw) = (start_gateway(name=f"{fault}0", WS_CLOSE_TIMEOUT="60", WS_MAX_CONNECTIONS="1"),
                                          start_gateway(name=f"{fault}1"))
     server, address = start_nginx([port_of(api)], [port_of(first_gw["http"]), port_of(second_gw["http"])])
     log_before = len((server.log_path.parent / "access.log").read_text().splitlines())
     held = None
-    if fault == "draining":
+    if fault in ("draining", "full"):
         held = WsClient.connect(first_gw["url"], token=mint_token(JWT_SECRET, role="admin"))
         assert held.recv()["type"] == "welcome"
+    if fault == "draining":
         first.proc.send_signal(signal.SIGTERM)
         wait_for(lambda: http_json("GET", f"{first_gw['http']}/health")[0] == 503, message="first gateway draining")
     else:
@@ -212,7 +214,7 @@ def test_a_refused_or_dead_gateways_handshake_goes_to_the_next_gateway(
         for client in clients:  # nginx logs a WebSocket's request when it ends
             client.close()
         first_addr, second_addr = (f"127.0.0.1:{port_of(g['http'])}" for g in (first_gw, second_gw))
-        refused = "503" if fault == "draining" else "502"
+        refused = "502" if fault == "killed" else "503"
         lines = wait_for(lambda: (found := _ws_log_lines(server, log_before)) and len(found) >= 6 and found,
                          message="six handshakes in nginx's access log")
         for line in lines:
