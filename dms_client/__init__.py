@@ -185,7 +185,7 @@ class DmsClient:
                 break
             delay = max(random.uniform(0, min(self.cap_s, self.base_s * 2 ** self.attempt)), retry_after)
             self.attempt += 1
-            self._set_state("reconnecting", delay_s=delay, attempt=self.attempt)
+            self._set_state("reconnecting", delay_s=delay, attempt=self.attempt, retry_after_s=retry_after)
             self._closed.wait(delay)
 
     def _current_token(self) -> str:

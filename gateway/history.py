@@ -61,6 +61,10 @@ class ChannelHistory:
         event_id = out.event_id
         if event_id is None or (self._ids and event_id <= self._ids[-1]):
             return
+        # At or below the floor: an event published before the anchor's watermark read that the hub
+        # dispatches only now. The range below the floor is the store's (a shared read brings it).
+        if self.floor is not None and event_id <= self.floor:
+            return
         self.events.append(out)
         self._ids.append(event_id)
         self._trim()

@@ -751,18 +751,18 @@
       showMessage("Connection counts unavailable: " + error.message);
     });
     let fleetLoads = 0;
-    const live = liveClient(token, showMessage);
+    const socket = liveClient(token, showMessage);
     // After a reconnect the fleet and the waiting list are read again: positions are not replayed.
-    live.on("subscribed", (frame) => {
+    socket.on("subscribed", (frame) => {
       if (frame.channel === "drivers" && fleetLoads++ > 0) loadFleet(token);
       if (frame.channel === "orders" && !frame.recovered && fleetLoads > 1) loadAwaiting(token);
     });
-    live.subscribe("admin:connections", (frame) => {
+    socket.subscribe("admin:connections", (frame) => {
       renderConnections(frame.data);
       liveFrame(frame.data);
     }, { recover: false });
-    live.subscribe("drivers", (frame) => applyDriverEvent(token, frame), { recover: false });
-    live.subscribe("orders", (frame) => { if (frame.data && frame.data.order_id) applyOrder(token, frame.data); });
+    socket.subscribe("drivers", (frame) => applyDriverEvent(token, frame), { recover: false });
+    socket.subscribe("orders", (frame) => { if (frame.data && frame.data.order_id) applyOrder(token, frame.data); });
     Promise.all([loadFleet(token), loadRestaurants(token)]).then(() => loadAwaiting(token));
     setInterval(() => { if (!document.hidden && fleet.size) renderFleet(); }, 10000); // ages; no request
     // One request a minute feeds both the database panel and the history charts.

@@ -312,11 +312,12 @@ export class DmsClient {
   scheduleReconnect() {
     if (this.closed) return;
     const ceiling = Math.min(this.cap, this.base * 2 ** this.attempt);
-    const delay = Math.max(Math.random() * ceiling, this.retryAfterMs);
+    const retryAfterMs = this.retryAfterMs;
+    const delay = Math.max(Math.random() * ceiling, retryAfterMs);
     this.attempt += 1;
     this.retryAfterMs = 0;
     const offline = typeof navigator !== "undefined" && navigator.onLine === false;
-    this.setState(offline ? "offline" : "reconnecting", { delayMs: Math.round(delay), attempt: this.attempt });
+    this.setState(offline ? "offline" : "reconnecting", { delayMs: Math.round(delay), attempt: this.attempt, retryAfterMs });
     this.timer = setTimeout(() => this.connect(), delay);
   }
 

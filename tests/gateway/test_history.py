@@ -84,3 +84,15 @@ def test_an_anchor_read_before_a_reset_does_not_land_after_it() -> None:
     assert history.floor is None
     history.anchor(12, generation=history.generation)
     assert history.floor == 12
+
+
+def test_a_late_event_at_or_below_the_floor_is_left_to_the_store() -> None:
+    """The hub may dispatch an event published before the watermark was read after the anchor: the
+    shared read brings it, so the record must not hold it twice or out of order."""
+    history = ChannelHistory()
+    history.anchor(10, generation=0)
+    history.append(Out(9))
+    history.append(Out(10))
+    history.append(Out(11))
+    history.widen([Out(10), Out(9), Out(7)], read_below=10, floor=5)
+    assert ids(history.after(5)) == [7, 9, 10, 11]
