@@ -81,3 +81,11 @@ def write_events(database_url: str, channel: str, count: int, *, event: str = "t
         conn.commit()
     assert all(event_id is not None for event_id in ids), "a committed event has no id"
     return [int(event_id) for event_id in ids if event_id is not None]
+
+
+def stored_latitudes(database_url: str, driver_id: str) -> list[float]:
+    """A driver's stored track, oldest first: the latitudes, to two places."""
+    with connect(database_url) as conn:
+        rows = conn.execute("SELECT lat FROM driver_locations WHERE driver_id = %s ORDER BY recorded_at",
+                            (driver_id,)).fetchall()
+    return [round(float(r["lat"]), 2) for r in rows]

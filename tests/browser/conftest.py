@@ -10,36 +10,13 @@ from typing import Any
 
 import pytest
 
-from devstack import embedded
-from tests.browser.support import ARTIFACTS, RECORD_VIOLATIONS, Stack, Watched
+from tests.browser.support import ARTIFACTS, RECORD_VIOLATIONS, Stack, Watched, page_stack
 from tests.fix_infra import Infra
-from tests.helpers import Process
 
 
 @pytest.fixture(scope="module")
 def stack(infra: Infra, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    """The session `gateway` only admits its own origin, so the pages get a gateway that admits theirs:
-    the browser sends the API's origin with the WebSocket handshake, as it would in production."""
-    logs = tmp_path_factory.mktemp("browser-stack")
-    api_port, gateway_port = embedded.free_port(), embedded.free_port()
-    api = f"http://127.0.0.1:{api_port}"
-    gateway_id = f"gw-pages-{gateway_port}"
-    gateway = Process("gateway", infra.env(GATEWAY_PORT=str(gateway_port), GATEWAY_ID=gateway_id,
-                                           ALLOWED_ORIGINS=api), logs / "gateway.log")
-    started = [gateway]
-    try:
-        gateway.wait_http_ok(f"http://127.0.0.1:{gateway_port}/health")
-        gateway_url = f"ws://127.0.0.1:{gateway_port}/ws"
-        server = Process("api", infra.env(API_PORT=str(api_port), PUBLIC_GATEWAY_URL=gateway_url,
-                                          RATE_LIMIT_IP="100000/minute", RATE_LIMIT_USER="100000/hour"),
-                         logs / "api.log")
-        started.append(server)
-        server.wait_http_ok(f"{api}/ready")
-        yield Stack(api=api, gateway_url=gateway_url, gateway_id=gateway_id,
-                    logs=(logs / "gateway.log", logs / "api.log"))
-    finally:
-        for process in reversed(started):
-            process.stop()
+    yield from page_stack(infra, tmp_path_factory.mktemp("browser-stack"))
 
 
 @pytest.fixture(scope="module")

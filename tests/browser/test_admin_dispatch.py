@@ -10,35 +10,25 @@ from urllib.parse import quote, urlsplit
 
 import pytest
 
-from tests.browser.support import RECORD_VIOLATIONS, Stack, Watched
+from tests.browser.support import RECORD_VIOLATIONS, Stack, ok, open_admin
 from tests.fix_world import World
-from tests.helpers import http_json, seconds, wait_for
+from tests.helpers import seconds, wait_for
 
 pytestmark = pytest.mark.needs_system("chromium")
 MS = 1000
 
 
-def _ok(method: str, url: str, body: Any = None, *, token: str, expect: int = 200) -> Any:
-    code, _, reply = http_json(method, url, body, token=token)
-    assert code == expect, (url, code, reply)
-    return reply
-
-
-def _open_admin(open_page: Any, stack: Stack, world: World) -> Watched:
-    watched: Watched = open_page(f"{stack.api}/admin#token={world.admin}")
-    watched.page.wait_for_selector('#conn[data-state="connected"]', timeout=seconds(10) * MS)
-    return watched
 
 
 def _located(stack: Stack, world: World, lat: float, lng: float) -> None:
-    _ok("POST", f"{stack.api}/api/drivers/me/locations", {"points": [{"lat": lat, "lng": lng}]}, token=world.driver,
+    ok("POST", f"{stack.api}/api/drivers/me/locations", {"points": [{"lat": lat, "lng": lng}]}, token=world.driver,
         expect=202)
 
 
 def test_the_drivers_panel_follows_a_driver_live(open_page: Any, stack: Stack, world: World) -> None:
-    _ok("POST", f"{stack.api}/api/drivers/me/status", {"status": "online"}, token=world.driver)
+    ok("POST", f"{stack.api}/api/drivers/me/status", {"status": "online"}, token=world.driver)
     _located(stack, world, 52.5200, 13.4050)
-    watched = _open_admin(open_page, stack, world)
+    watched = open_admin(open_page, stack, world.admin)
     page = watched.page
     row = f'#drivers tr[data-driver-id="{world.driver_id}"]'
     page.wait_for_selector(f'{row}[data-status="online"]', timeout=seconds(10) * MS)
@@ -52,7 +42,7 @@ def test_the_drivers_panel_follows_a_driver_live(open_page: Any, stack: Stack, w
     wait_for(lambda: "52.53010, 13.39020" in (page.locator(f"{row} .position").text_content() or ""),
              timeout_s=5, message="the new position, live")
     assert dot.count() == 1
-    _ok("POST", f"{stack.api}/api/drivers/me/status", {"status": "on_break"}, token=world.driver)
+    ok("POST", f"{stack.api}/api/drivers/me/status", {"status": "on_break"}, token=world.driver)
     page.wait_for_selector(f'{row}[data-status="on_break"]', timeout=seconds(5) * MS)
     page.wait_for_selector(f'#fleet-dots circle.status-on_break[data-driver-id="{world.driver_id}"]',
                            timeout=seconds(5) * MS)
@@ -60,13 +50,13 @@ def test_the_drivers_panel_follows_a_driver_live(open_page: Any, stack: Stack, w
 
 
 def test_an_order_is_assigned_from_the_page(open_page: Any, stack: Stack, world: World) -> None:
-    _ok("POST", f"{stack.api}/api/drivers/me/status", {"status": "online"}, token=world.driver)
-    watched = _open_admin(open_page, stack, world)
+    ok("POST", f"{stack.api}/api/drivers/me/status", {"status": "online"}, token=world.driver)
+    watched = open_admin(open_page, stack, world.admin)
     page = watched.page
     page.wait_for_selector(f'#drivers tr[data-driver-id="{world.driver_id}"]', timeout=seconds(10) * MS)
-    order = _ok("POST", f"{stack.api}/api/orders", {"items": [{"product_id": world.products[0]["id"], "quantity": 1}]},
+    order = ok("POST", f"{stack.api}/api/orders", {"items": [{"product_id": world.products[0]["id"], "quantity": 1}]},
                 token=world.restaurant, expect=201)
-    _ok("POST", f"{stack.api}/api/orders/{order['id']}/status", {"status": "confirmed"}, token=world.admin)
+    ok("POST", f"{stack.api}/api/orders/{order['id']}/status", {"status": "confirmed"}, token=world.admin)
     waiting = f'#awaiting tr[data-order-id="{order["id"]}"]'
     page.wait_for_selector(waiting, timeout=seconds(5) * MS)  # live from the `orders` channel
 
@@ -75,7 +65,7 @@ def test_an_order_is_assigned_from_the_page(open_page: Any, stack: Stack, world:
     page.select_option(f"{waiting} select", world.driver_id)
     page.locator(f"{waiting} button.assign").click()
     page.wait_for_selector(waiting, state="detached", timeout=seconds(5) * MS)
-    assert _ok("GET", f"{stack.api}/api/orders/{order['id']}", token=world.admin)["driver_id"] == world.driver_id
+    assert ok("GET", f"{stack.api}/api/orders/{order['id']}", token=world.admin)["driver_id"] == world.driver_id
     active = page.locator(f'#drivers tr[data-driver-id="{world.driver_id}"] .active-orders')
     wait_for(lambda: order["id"][:8] in (active.text_content() or ""), message="the order under its driver")
     watched.assert_clean(failed_loads_allowed=("/api/performance/",))
@@ -84,9 +74,9 @@ def test_an_order_is_assigned_from_the_page(open_page: Any, stack: Stack, world:
 def test_the_chart_shows_the_analytics_numbers_and_the_export_downloads(
         open_page: Any, stack: Stack, world: World) -> None:
     for quantity in (1, 3):
-        _ok("POST", f"{stack.api}/api/orders", {"items": [{"product_id": world.products[0]["id"],
+        ok("POST", f"{stack.api}/api/orders", {"items": [{"product_id": world.products[0]["id"],
                                                            "quantity": quantity}]}, token=world.restaurant, expect=201)
-    watched = _open_admin(open_page, stack, world)
+    watched = open_admin(open_page, stack, world.admin)
     page = watched.page
     page.wait_for_selector("#chart g.day", timeout=seconds(10) * MS)
     page.evaluate("window.dmsAdmin.loadChart()")  # drawn after the two orders for sure
@@ -94,7 +84,7 @@ def test_the_chart_shows_the_analytics_numbers_and_the_export_downloads(
     chart = page.locator("#chart")
     start, end = chart.get_attribute("data-from"), chart.get_attribute("data-to")
     assert start and end
-    body = _ok("GET", f"{stack.api}/api/analytics/orders?group_by=day&from={quote(start)}&to={quote(end)}",
+    body = ok("GET", f"{stack.api}/api/analytics/orders?group_by=day&from={quote(start)}&to={quote(end)}",
                token=world.admin)
     expected = {row["key"]: (row["orders"], row["revenue"]) for row in body["rows"]}
     shown = page.evaluate("[...document.querySelectorAll('#chart g.day')].map("

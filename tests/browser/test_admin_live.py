@@ -12,11 +12,10 @@ from typing import Any
 import pytest
 
 from common.db import connect
-from devstack import embedded
-from tests.browser.support import Stack, Watched
+from tests.browser.support import Stack, Watched, ok, open_admin, page_stack
 from tests.fix_infra import Infra
 from tests.fix_world import World
-from tests.helpers import Process, WsClient, http_json, seconds, wait_for
+from tests.helpers import WsClient, seconds, wait_for
 
 pytestmark = pytest.mark.needs_system("chromium")
 MS = 1000
@@ -26,49 +25,20 @@ METRICS = ("connections", "deliveries_per_s", "delivery_p95_ms", "orders_per_min
 
 @pytest.fixture(scope="module")
 def stack(infra: Infra, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    """As tests/browser/conftest.py's stack, with a small DRIVER_STALE_SECONDS so a silence is seconds long."""
-    logs = tmp_path_factory.mktemp("browser-live")
-    api_port, gateway_port = embedded.free_port(), embedded.free_port()
-    api = f"http://127.0.0.1:{api_port}"
-    gateway_id = f"gw-live-{gateway_port}"
-    gateway = Process("gateway", infra.env(GATEWAY_PORT=str(gateway_port), GATEWAY_ID=gateway_id,
-                                           ALLOWED_ORIGINS=api, DRIVER_STALE_SECONDS=str(STALE_S)),
-                      logs / "gateway.log")
-    started = [gateway]
-    try:
-        gateway.wait_http_ok(f"http://127.0.0.1:{gateway_port}/health")
-        gateway_url = f"ws://127.0.0.1:{gateway_port}/ws"
-        server = Process("api", infra.env(API_PORT=str(api_port), PUBLIC_GATEWAY_URL=gateway_url,
-                                          RATE_LIMIT_IP="100000/minute", RATE_LIMIT_USER="100000/hour",
-                                          DRIVER_STALE_SECONDS=str(STALE_S)), logs / "api.log")
-        started.append(server)
-        server.wait_http_ok(f"{api}/ready")
-        yield Stack(api=api, gateway_url=gateway_url, gateway_id=gateway_id,
-                    logs=(logs / "gateway.log", logs / "api.log"))
-    finally:
-        for process in reversed(started):
-            process.stop()
+    """The pages' stack with a small DRIVER_STALE_SECONDS, so a silence is seconds long."""
+    yield from page_stack(infra, tmp_path_factory.mktemp("browser-live"), name="live",
+                          DRIVER_STALE_SECONDS=str(STALE_S))
 
 
-def _ok(method: str, url: str, body: Any = None, *, token: str, expect: int = 200) -> Any:
-    code, _, reply = http_json(method, url, body, token=token)
-    assert code == expect, (url, code, reply)
-    return reply
-
-
-def _open_admin(open_page: Any, stack: Stack, world: World) -> Watched:
-    watched: Watched = open_page(f"{stack.api}/admin#token={world.admin}")
-    watched.page.wait_for_selector('#conn[data-state="connected"]', timeout=seconds(10) * MS)
-    return watched
 
 
 def _driver(stack: Stack, world: World, name: str, lat: float, lng: float) -> tuple[str, str]:
     driver_id = str(uuid.uuid4())
-    _ok("POST", f"{stack.api}/api/users", {"id": driver_id, "role": "driver", "display_name": name},
+    ok("POST", f"{stack.api}/api/users", {"id": driver_id, "role": "driver", "display_name": name},
         token=world.admin, expect=201)
     token = World.token("driver", sub=driver_id)
-    _ok("POST", f"{stack.api}/api/drivers/me/status", {"status": "online"}, token=token)
-    _ok("POST", f"{stack.api}/api/drivers/me/locations", {"points": [{"lat": lat, "lng": lng}]}, token=token,
+    ok("POST", f"{stack.api}/api/drivers/me/status", {"status": "online"}, token=token)
+    ok("POST", f"{stack.api}/api/drivers/me/locations", {"points": [{"lat": lat, "lng": lng}]}, token=token,
         expect=202)
     return driver_id, token
 
@@ -89,7 +59,7 @@ def test_the_charts_draw_the_stored_samples_and_extend_them_live(open_page: Any,
                 (now - timedelta(minutes=minutes), total, json.dumps(gateways), deliveries, delivery_p95, orders,
                  api_p95, requests, errors))
         conn.commit()
-    watched = _open_admin(open_page, stack, world)
+    watched = open_admin(open_page, stack, world.admin)
     page = watched.page
     page.wait_for_selector('.tile[data-metric="connections"] circle.pt.hist', timeout=seconds(10) * MS)
 
@@ -102,7 +72,7 @@ def test_the_charts_draw_the_stored_samples_and_extend_them_live(open_page: Any,
         # The page's own minute refresh, then the API's answer for the same range: equal point for point.
         page.evaluate("window.dmsAdmin.refresh()")
         page.wait_for_load_state("networkidle")
-        history = _ok("GET", f"{stack.api}/api/performance/database?timeRange=1h", token=world.admin)["history"]
+        history = ok("GET", f"{stack.api}/api/performance/database?timeRange=1h", token=world.admin)["history"]
         for metric in METRICS:
             expected = [(datetime.fromisoformat(p["at"]).astimezone(UTC), float(p[metric]))
                         for p in history if p[metric] is not None]
@@ -140,7 +110,7 @@ def test_the_map_fits_the_main_cluster_and_lists_the_outlier(open_page: Any, sta
             for n in range(8)]
     same_spot = [_driver(stack, world, f"Dam {n}", 52.3731, 4.8926)[0] for n in range(3)]
     far, _ = _driver(stack, world, "Tbilisi", 41.7151, 44.8271)
-    watched = _open_admin(open_page, stack, world)
+    watched = open_admin(open_page, stack, world.admin)
     page = watched.page
     page.wait_for_selector(f'#fleet-outliers li[data-driver-id="{far}"]', timeout=seconds(10) * MS)
     assert "Tbilisi" in (page.locator(f'#fleet-outliers li[data-driver-id="{far}"]').text_content() or "")
@@ -174,7 +144,7 @@ def test_a_silent_driver_goes_stale_and_assigning_warns(open_page: Any, stack: S
     driver_id, token = _driver(stack, world, "Quiet Quinn", 52.40, 4.95)
     app = WsClient.connect(stack.gateway_url, token=token, origin=stack.api)
     assert app.recv()["type"] == "welcome"
-    watched = _open_admin(open_page, stack, world)
+    watched = open_admin(open_page, stack, world.admin)
     page = watched.page
     row = f'#drivers tr[data-driver-id="{driver_id}"]'
     page.wait_for_selector(f'{row}[data-status="online"]', timeout=seconds(10) * MS)
@@ -186,9 +156,9 @@ def test_a_silent_driver_goes_stale_and_assigning_warns(open_page: Any, stack: S
     page.wait_for_selector(f'#fleet-dots circle.status-stale[data-driver-id="{driver_id}"]',
                            timeout=seconds(5) * MS)
 
-    order = _ok("POST", f"{stack.api}/api/orders", {"items": [{"product_id": world.products[0]["id"], "quantity": 1}]},
+    order = ok("POST", f"{stack.api}/api/orders", {"items": [{"product_id": world.products[0]["id"], "quantity": 1}]},
                 token=world.restaurant, expect=201)
-    _ok("POST", f"{stack.api}/api/orders/{order['id']}/status", {"status": "confirmed"}, token=world.admin)
+    ok("POST", f"{stack.api}/api/orders/{order['id']}/status", {"status": "confirmed"}, token=world.admin)
     waiting = f'#awaiting tr[data-order-id="{order["id"]}"]'
     following = page.locator('[data-pager="awaiting"] .page-next')
 
@@ -205,10 +175,10 @@ def test_a_silent_driver_goes_stale_and_assigning_warns(open_page: Any, stack: S
     page.locator(f"{waiting} button.assign").click()
     page.wait_for_selector(f"{waiting} .stale-warning", timeout=seconds(5) * MS)
     assert "stale" in (page.locator(f"{waiting} .stale-warning").text_content() or "")
-    assert _ok("GET", f"{stack.api}/api/orders/{order['id']}", token=world.admin)["driver_id"] is None
+    assert ok("GET", f"{stack.api}/api/orders/{order['id']}", token=world.admin)["driver_id"] is None
     page.locator(f"{waiting} button.assign").click()  # "Assign anyway"
     page.wait_for_selector(waiting, state="detached", timeout=seconds(5) * MS)
-    assert _ok("GET", f"{stack.api}/api/orders/{order['id']}", token=world.admin)["driver_id"] == driver_id
+    assert ok("GET", f"{stack.api}/api/orders/{order['id']}", token=world.admin)["driver_id"] == driver_id
     watched.assert_clean(failed_loads_allowed=("/api/performance/",))
 
 
