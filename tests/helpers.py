@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import struct
 import subprocess
 import sys
 import time
@@ -171,3 +172,24 @@ class Process:
                 self.proc.wait(timeout=10)
         self._log.close()
         return self.proc.returncode
+
+
+def split_server_frames(buf: bytes) -> tuple[list[tuple[int, bytes]], bytes]:
+    """The whole (opcode, payload) server frames at the head of `buf`, and the rest to read more onto."""
+    frames: list[tuple[int, bytes]] = []
+    while len(buf) >= 2:
+        n, offset = buf[1] & 0x7F, 2
+        if n == 126:
+            if len(buf) < 4:
+                break
+            n, offset = struct.unpack_from("!H", buf, 2)[0], 4
+        elif n == 127:
+            if len(buf) < 10:
+                break
+            n, offset = struct.unpack_from("!Q", buf, 2)[0], 10
+        if len(buf) < offset + n:
+            break
+        assert buf[1] & 0x80 == 0, "server frames are never masked"
+        frames.append((buf[0] & 0x0F, buf[offset:offset + n]))
+        buf = buf[offset + n:]
+    return frames, buf

@@ -14,7 +14,7 @@ from gateway import framing
 from gateway.framing import CloseCode
 from gateway.transport import Transport
 from tests.fix_world import World
-from tests.helpers import seconds
+from tests.helpers import seconds, split_server_frames
 
 
 def test_pongs_alone_reach_the_queue_limit() -> None:
@@ -67,17 +67,11 @@ def test_a_client_that_pings_and_never_reads_is_closed_with_4008(world: World, s
     while last_op != framing.OP_CLOSE:
         chunk = sock.recv(65536)
         assert chunk, f"the connection ended without a close frame (last frame op {last_op})"
-        buf += chunk
-        while len(buf) >= 2:
-            n, offset = buf[1] & 0x7F, 2
-            if n == 126:
-                if len(buf) < 4:
-                    break
-                n, offset = struct.unpack_from("!H", buf, 2)[0], 4
-            if len(buf) < offset + n:
-                break
-            last_op, last_body, buf = buf[0] & 0x0F, buf[offset:offset + n], buf[offset + n:]
-            if last_op == framing.OP_CLOSE:
-                break
+        frames, buf = split_server_frames(buf + chunk)
+        closes = [body for op, body in frames if op == framing.OP_CLOSE]
+        if closes:
+            last_op, last_body = framing.OP_CLOSE, closes[0]
+        elif frames:
+            last_op = frames[-1][0]
     assert struct.unpack("!H", last_body[:2])[0] == CloseCode.SLOW_CONSUMER
     sock.close()

@@ -21,6 +21,7 @@ from gateway.connection import Connection, Outgoing, Subscription
 from gateway.framing import CloseCode
 from gateway.protocol import Session
 from gateway.transport import Transport
+from tests.helpers import split_server_frames
 
 
 @pytest.fixture
@@ -56,22 +57,10 @@ def read_frames(peer: gsocket.socket, *, until_close: bool = False, count: int |
     buf, out = b"", []
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        while len(buf) >= 2:
-            n, offset = buf[1] & 0x7F, 2
-            if n == 126:
-                if len(buf) < 4:
-                    break
-                n, offset = struct.unpack_from("!H", buf, 2)[0], 4
-            elif n == 127:
-                if len(buf) < 10:
-                    break
-                n, offset = struct.unpack_from("!Q", buf, 2)[0], 10
-            if len(buf) < offset + n:
-                break
-            assert buf[1] & 0x80 == 0, "server frames are never masked"
-            out.append((buf[0] & 0x0F, buf[offset:offset + n]))
-            buf = buf[offset + n:]
-            if out[-1][0] == framing.OP_CLOSE and until_close:
+        frames, buf = split_server_frames(buf)
+        for frame in frames:
+            out.append(frame)
+            if frame[0] == framing.OP_CLOSE and until_close:
                 return out
         if count is not None and len(out) >= count:
             return out
