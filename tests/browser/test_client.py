@@ -99,13 +99,13 @@ def test_batch_frames_are_unpacked_in_order(page: Any, stack: Stack, infra: Infr
     page.wait_for_function(f"window.client.lastId('{channel}') !== null", timeout=seconds(10) * MS)
     import redis as redis_lib
 
-    from common.events import REDIS_PREFIX
+    from common.events import publish_ephemeral
 
     publisher = redis_lib.Redis.from_url(infra.redis_url)
     for n in range(5):
         frame = json.dumps({"type": "event", "channel": channel, "id": None, "event": "test.batch",
                             "data": {"n": n}, "ts": "2026-01-01T00:00:00Z"})
-        publisher.publish(REDIS_PREFIX + channel, f"-|{frame}")
+        publish_ephemeral(publisher, channel, frame)
     publisher.close()
     wait_for(lambda: [e["data"].get("n") for e in _events(page) if e["event"] == "test.batch"] == list(range(5)),
              message="five events in order")

@@ -18,7 +18,7 @@ import pytest
 import redis as redis_lib
 
 from common.auth import mint_token
-from common.events import REDIS_PREFIX
+from common.events import publish_ephemeral
 from devstack import embedded
 from dms_client import DmsClient
 from tests.fix_infra import JWT_SECRET, Infra
@@ -102,7 +102,7 @@ def test_batch_frames_and_a_server_ended_subscription(gateway: SharedGateway, cl
     for n in range(5):
         frame = json.dumps({"type": "event", "channel": board, "id": None, "event": "test.batch", "data": {"n": n},
                             "ts": "2026-01-01T00:00:00Z"})
-        publisher.publish(REDIS_PREFIX + board, f"-|{frame}")
+        publish_ephemeral(publisher, board, frame)
     publisher.close()
     wait_for(lambda: [e["data"].get("n") for e in got.events if e["event"] == "test.batch"] == list(range(5)),
              message="five events in order")

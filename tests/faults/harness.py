@@ -26,7 +26,7 @@ import websocket
 
 from common.auth import mint_token
 from common.db import connect
-from common.events import ALL_ORDERS, REDIS_PREFIX, RELAY_WATERMARK_KEY
+from common.events import ALL_ORDERS, RELAY_WATERMARK_KEY, publish_ephemeral
 from devstack import embedded
 from relay.loop import LEADER_LOCK_KEY
 from tests.fix_infra import JWT_SECRET, Infra
@@ -156,7 +156,7 @@ class Stack:
             for n in range(count):
                 frame = json.dumps({"type": "event", "channel": channel, "id": None, "event": "test.bulk",
                                     "data": {"n": n, "pad": pad}, "ts": "2026-01-01T00:00:00Z"})
-                client.publish(REDIS_PREFIX + channel, f"-|{frame}")
+                publish_ephemeral(client, channel, frame)
                 sent += 1
                 if pause_s:
                     time.sleep(pause_s)

@@ -93,7 +93,7 @@ def test_batch_ms_groups_events_of_one_window(gateway: dict[str, str], infra: In
 
     import redis as redis_lib
 
-    from common.events import REDIS_PREFIX
+    from common.events import publish_ephemeral
 
     ws = WsClient.connect(gateway["url"] + f"?batch_ms=100&token={world.admin}")
     try:
@@ -104,7 +104,7 @@ def test_batch_ms_groups_events_of_one_window(gateway: dict[str, str], infra: In
         for n in range(3):
             frame = json.dumps({"type": "event", "channel": channel, "id": None, "event": "test.batch",
                                 "data": {"n": n}, "ts": "2026-01-01T00:00:00Z"})
-            publisher.publish(REDIS_PREFIX + channel, f"-|{frame}")
+            publish_ephemeral(publisher, channel, frame)
         publisher.close()
         got: list[int] = []
         while len(got) < 3:

@@ -12,7 +12,7 @@ import redis
 import websocket
 
 from common.auth import mint_token
-from common.events import REDIS_PREFIX
+from common.events import publish_ephemeral
 from tests.fix_infra import JWT_SECRET, Infra
 from tests.fix_world import World
 from tests.helpers import WsClient, seconds, wait_for
@@ -199,7 +199,7 @@ def test_a_slow_consumer_is_closed_with_4008_and_others_keep_flowing(gateway: di
         for n in range(frames):
             frame = json.dumps({"type": "event", "channel": channel, "id": None, "event": "test.bulk",
                                 "data": {"n": n, "pad": pad}, "ts": "2026-01-01T00:00:00Z"})
-            publisher.publish(REDIS_PREFIX + channel, f"-|{frame}")
+            publish_ephemeral(publisher, channel, frame)
             received.append(healthy.text(lambda f: f.get("event") == "test.bulk")["data"]["n"])
         assert received == list(range(frames))
         # Now the stalled client reads: an in-order prefix of the frames, then the 4008 close.
