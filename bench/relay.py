@@ -295,9 +295,25 @@ def main(argv: list[str] | None = None) -> int:
                         help="skip the interleaved outbox commit comparison (needs sql/0008)")
     parser.add_argument("--no-durable", action="store_true",
                         help="fsync and synchronous_commit off (default on, as in production)")
+    parser.add_argument("--mode", choices=("latency", "ceiling"), default="latency",
+                        help="latency: REST writers through API and gateway (default); ceiling: the relay alone"
+                             " against outbox rows committed flat out (bench/relay_ceiling.py)")
+    parser.add_argument("--sessions", type=int, default=4, help="ceiling: writer sessions")
+    parser.add_argument("--rows-per-commit", type=int, default=100, help="ceiling: rows per flat-out transaction")
+    parser.add_argument("--paced-rows", type=int, default=10, help="ceiling: rows per paced transaction")
+    parser.add_argument("--paced-rates", help="ceiling: comma list of events/s (default half the measured ceiling)")
+    parser.add_argument("--profile", action="store_true", help="ceiling: py-spy samples the relay while it drains")
     args = parser.parse_args(argv)
     if args.compare:
         return compare(args.compare, args.out)
+    if args.mode == "ceiling":
+        from bench.relay_ceiling import run
+
+        install_cleanup()
+        return run(label=args.label, quick=args.quick, durable=not args.no_durable, sessions=args.sessions,
+                   rows_per_commit=args.rows_per_commit, paced_rows=args.paced_rows,
+                   paced_rates=[float(r) for r in args.paced_rates.split(",")] if args.paced_rates else None,
+                   profile=args.profile)
     install_cleanup()
     rates = [float(r) for r in args.rates.split(",")] if args.rates else ([25.0, 50.0] if args.quick
                                                                           else [25.0, 50.0, 100.0, 200.0])

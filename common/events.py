@@ -47,6 +47,10 @@ def order_channels(order: dict[str, Any]) -> list[str]:
     return channels
 
 
+# json.dumps(value, separators=(",", ":")) without building an encoder per call.
+_compact = json.JSONEncoder(separators=(",", ":")).encode
+
+
 @dataclass(frozen=True)
 class Event:
     """One event as subscribers see it; `id` is None for ephemeral events."""
@@ -64,6 +68,16 @@ class Event:
              "ts": self.ts},
             separators=(",", ":"),
         )
+
+    def frames(self) -> list[tuple[str, str]]:
+        """(channel, frame) for every channel, each the same text as `frame(channel)`.
+
+        Only the channel differs between them, so the rest (the data above all) is encoded once:
+        the relay's hottest line, three channels to an order event.
+        """
+        rest = (f',"id":{_compact(self.id)},"event":{_compact(self.event)},"data":{_compact(self.data)}'
+                f',"ts":{_compact(self.ts)}}}')
+        return [(channel, f'{{"type":"event","channel":{_compact(channel)}{rest}') for channel in self.channels]
 
     @classmethod
     def from_row(cls, row: dict[str, Any]) -> Event:
