@@ -14,11 +14,12 @@ embedded PostgreSQL and Redis and `python -m relay` alone, all on 127.0.0.1, the
 4. paced: writers at a fixed rate (default half the ceiling) in small transactions;
    commit-to-publish latency per event.
 
-Every event goes to three channels, like an order event (`orders`, `restaurant:R`, `order:O`), and
-its frame is about 256 bytes. One raw-socket subscriber of `orders` timestamps what Redis delivers
-(chunk by chunk, parsed after the run so it costs almost nothing while measuring); an event's
-commit time is `pg_xact_commit_timestamp` of its row. Latency is therefore commit -> NOTIFY ->
-relay read -> PUBLISH -> Redis -> subscriber socket, one machine, one clock.
+Every event goes to three channels, like an order event (`orders`, `restaurant:R`, `order:O`); its
+frame on `orders` is about 370 bytes, the size of an order.status_changed. One raw-socket
+subscriber of `orders` timestamps what Redis delivers (chunk by chunk, parsed after the run, so it
+costs almost nothing while measuring); an event's commit time is `pg_xact_commit_timestamp` of its
+row. Latency is therefore commit -> NOTIFY -> relay read -> PUBLISH -> Redis -> subscriber socket,
+one machine, one clock.
 """
 
 from __future__ import annotations
@@ -35,6 +36,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import redis
+
 from bench.common import (
     REPORTS,
     Histogram,
@@ -50,7 +53,7 @@ from bench.common import (
 
 CHANNELS_PER_EVENT = 3
 SUBSCRIBED_CHANNEL = "orders"
-# About the data of an order.status_changed event: the frame on `orders` comes to ~256 bytes.
+# The data of an order.status_changed event: its frame on `orders` comes to about 370 bytes.
 EVENT_DATA = {"order_id": "6f1c0a52-8a8e-4a5c-9d7e-1f0b8f3a2c11",
               "restaurant_id": "594c1df3-2f41-4c0e-8d7b-3a9e6a1c5d20", "status": "preparing",
               "previous_status": "confirmed", "driver_id": None, "version": 3,
@@ -419,7 +422,7 @@ def run(*, label: str, quick: bool, durable: bool, sessions: int, rows_per_commi
         first = max_event_id(stack.database_url) + 1
         cpu = Cpu({"relay": relay.pid, "redis": redis_pid, "postgres": pg_pid})
         published_before = relay_last_id(relay_port)
-        flat_spy = Profile(REPORTS / f"relay-ceiling-{label or 'run'}-flat-out-profile.txt")
+        flat_spy = Profile(REPORTS / f"relay-ceiling-{label or 'run'}-flat-out-profile.collapsed")
         if profile:
             REPORTS.mkdir(parents=True, exist_ok=True)
             flat_spy.start(relay.pid, seconds - 1, idle=True)
@@ -452,12 +455,14 @@ def run(*, label: str, quick: bool, durable: bool, sessions: int, rows_per_commi
         last = max_event_id(stack.database_url)
         log(f"backlog of {last - first + 1} events committed in {fill_s:.1f}s")
         subscriber.take()
+        redis_admin = redis.Redis.from_url(stack.redis_url)
+        redis_admin.config_resetstat()
         relay, relay_port = start_relay(stack)
         cpu = Cpu({"relay": relay.pid, "redis": redis_pid, "postgres": pg_pid})
-        spy = Profile(REPORTS / f"relay-ceiling-{label or 'run'}-drain-profile.txt")
+        spy = Profile(REPORTS / f"relay-ceiling-{label or 'run'}-drain-profile.collapsed")
         if profile:
             REPORTS.mkdir(parents=True, exist_ok=True)
-            spy.start(relay.pid, seconds, idle=True)
+            spy.start(relay.pid, seconds / 2, idle=True)  # inside the drain even at twice the rate measured here
         started = time.monotonic()
         drained = wait_published(relay_port, last, timeout_s=300)
         drain_wall = time.monotonic() - started
@@ -474,6 +479,9 @@ def run(*, label: str, quick: bool, durable: bool, sessions: int, rows_per_commi
                  "postgres_cpu_us_per_event": round(1e6 * used["postgres"] / events, 1),
                  "cpu_percent": {k: round(100 * v / drain_wall, 1) for k, v in used.items()},
                  "in_order": in_order(arrivals), "fill_events_per_s": round(events / fill_s, 1)}
+        # Redis's own account of where its time went (per command: calls, microseconds).
+        drain["redis_commandstats"] = {name.removeprefix("cmdstat_"): {"calls": stat["calls"], "usec": stat["usec"]}
+                                       for name, stat in redis_admin.info("commandstats").items()}
         body["drain"] = drain
         if profile:
             body["drain_profile"] = spy.finish()

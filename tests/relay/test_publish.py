@@ -10,13 +10,14 @@ from relay.publish import pack_batch, publish_batch
 from tests.helpers import wait_for
 
 
-def test_the_block_is_multi_publishes_in_order_the_watermark_and_exec() -> None:
+def test_the_batch_is_one_quiet_transaction_then_the_watermark_read_back() -> None:
     block = pack_batch([("dms:ch:a", "1|x"), ("dms:ch:b", "2|é")], watermark_key="wm", watermark=2)
-    assert block == (b"*1\r\n$5\r\nMULTI\r\n"
+    assert block == (b"*3\r\n$6\r\nCLIENT\r\n$5\r\nREPLY\r\n$3\r\nOFF\r\n*1\r\n$5\r\nMULTI\r\n"
                      b"*3\r\n$7\r\nPUBLISH\r\n$8\r\ndms:ch:a\r\n$3\r\n1|x\r\n"
                      b"*3\r\n$7\r\nPUBLISH\r\n$8\r\ndms:ch:b\r\n$4\r\n2|\xc3\xa9\r\n"  # lengths in bytes
                      b"*3\r\n$3\r\nSET\r\n$2\r\nwm\r\n$1\r\n2\r\n"
-                     b"*1\r\n$4\r\nEXEC\r\n")
+                     b"*1\r\n$4\r\nEXEC\r\n*3\r\n$6\r\nCLIENT\r\n$5\r\nREPLY\r\n$2\r\nON\r\n"
+                     b"*2\r\n$3\r\nGET\r\n$2\r\nwm\r\n")
 
 
 def test_a_batch_arrives_in_order_with_its_watermark_in_one_round_trip(own_redis: str) -> None:
