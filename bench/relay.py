@@ -300,8 +300,9 @@ def main(argv: list[str] | None = None) -> int:
                              " against outbox rows committed flat out (bench/relay_ceiling.py)")
     parser.add_argument("--sessions", type=int, default=4, help="ceiling: writer sessions")
     parser.add_argument("--rows-per-commit", type=int, default=100, help="ceiling: rows per flat-out transaction")
-    parser.add_argument("--paced-rows", type=int, default=10, help="ceiling: rows per paced transaction")
-    parser.add_argument("--paced-rates", help="ceiling: comma list of events/s (default half the measured ceiling)")
+    parser.add_argument("--paced-rows", type=int, default=25, help="ceiling: rows per paced transaction")
+    parser.add_argument("--paced-rates",
+                        help="ceiling: comma list of events/s (default a quarter and half the measured ceiling)")
     parser.add_argument("--profile", action="store_true", help="ceiling: py-spy samples the relay while it drains")
     args = parser.parse_args(argv)
     if args.compare:
