@@ -64,6 +64,8 @@ lock:
 	  -c requirements/dev.lock setup.cfg -o requirements/bench.lock
 	rm -rf .lock-venv
 
+# Commit-to-client latency through API and gateway; BENCH_ARGS="--mode ceiling [--profile]": the relay
+# alone, its events/s ceiling and commit-to-publish latency (docs/PERFORMANCE.md "Relay ceiling").
 bench-relay: $(BENCH_STAMP)
 	$(BIN)/python -m bench.relay $(BENCH_ARGS)
 

@@ -40,6 +40,7 @@ import redis
 
 from bench.common import (
     REPORTS,
+    ROOT,
     Histogram,
     Stack,
     log,
@@ -389,7 +390,7 @@ def summarise_profile(path: Path, top: int) -> dict[str, Any]:
         return [(name, round(100 * n / total, 1)) for name, n in sorted(table.items(), key=lambda kv: -kv[1])[:top]]
 
     return {"samples": total, "self_percent": ranked(own), "inclusive_percent": ranked(inclusive),
-            "collapsed": str(path)}
+            "collapsed": str(path.relative_to(ROOT))}
 
 
 def run(*, label: str, quick: bool, durable: bool, sessions: int, rows_per_commit: int, paced_rows: int,
