@@ -269,6 +269,11 @@ class Cpu:
 
     def seconds(self) -> dict[str, float]:
         now = self._sample()
+        if "postgres" in now:
+            # The writers' sessions have just closed: a backend still exiting is neither among the
+            # live children nor reaped yet, and its CPU would go uncounted.
+            time.sleep(0.3)
+            now["postgres"] = self._sample()["postgres"]
         return {name: round(now[name] - self._start[name], 3) for name in now}
 
 

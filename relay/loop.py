@@ -125,9 +125,11 @@ class Relay:
         self.last_id = int(cursor["last_id"]) if cursor else 0
         self._gap = None
         self.is_leader = True
-        # The cursor is saved after every published batch. It only ever trails what Redis has,
-        # so losing its last writes in a crash means some events published twice (subscribers
-        # drop ids they have seen), never one skipped: no reason to wait for a WAL flush each time.
+        # This session writes the cursor several times a second, and it only ever trails what
+        # Redis has: losing its last writes in a crash means some events published twice
+        # (subscribers drop ids they have seen), never one skipped. No reason to wait for a WAL
+        # flush each time. Its other writes (retention deletes, housekeeping) are done again
+        # next round if lost.
         conn.execute("SET synchronous_commit = off")
         conn.execute(f"LISTEN {NOTIFY_CHANNEL}")
         self.redis.set(RELAY_WATERMARK_KEY, self.last_id)
