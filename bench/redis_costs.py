@@ -38,7 +38,7 @@ CHANNEL = "dms:ch:cost"
 
 
 def frame_of(n: int) -> str:
-    from bench.relay_ceiling import EVENT_DATA
+    from bench.relay_probes import EVENT_DATA
     from common import outbox
     from common.events import Event
 
@@ -112,7 +112,8 @@ def main(argv: list[str] | None = None) -> int:
     log(f"machine: {info}")
     server = embedded.start_redis(Path(tempfile.mkdtemp(prefix="dms-redis-costs-")), port=embedded.free_port(),
                                   persist=False)
-    register_child(server.process)
+    if server.process is not None:
+        register_child(server.process)
     cli = embedded.redis_server_binary().with_name("redis-cli")
     steps = []
     try:
