@@ -9,6 +9,9 @@ accepted socket out of pywsgi (pywsgi then writes no response and does not close
   only what the kernel does not take is queued, and a writer greenlet, started on demand, flushes
   the queue with several frames per send. Past `max_queued_frames` or `max_queued_bytes` (data
   and control frames alike) the connection is closed with 4008 and the backlog dropped.
+- Inside `corked()` frames wait and leave together in one write when it ends (or at `push()`):
+  a replay's frames, the reply before them and the live events held meanwhile cost one send,
+  one wake-up of the proxy and one of the client instead of one each.
 - `read()` blocks in recv with no timeout; the connection's one greenlet lives there.
 - `close(code)` sends a close frame after what is queued (or instead of it); `abort()` drops the
   TCP connection. The caller aborts when the peer answers the close or its timeout passes.
@@ -18,7 +21,8 @@ from __future__ import annotations
 
 import socket
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import gevent
@@ -89,6 +93,7 @@ class Transport:
         # dropping the backlog must keep it, or the peer reads the close frame as payload.
         self._partial_head = False
         self._writer: gevent.Greenlet | None = None
+        self._corked = 0
         self.on_slow_consumer: Callable[[], None] | None = None
         self.on_abort: Callable[[], None] | None = None  # told once when the TCP connection is dropped
 
@@ -129,10 +134,34 @@ class Transport:
         """
         return self._enqueue(frame)
 
+    @contextmanager
+    def corked(self) -> Iterator[None]:
+        """Hold the frames sent inside and write them at the end in one send (nestable).
+
+        Never hold a cork across a wait: whoever blocks inside calls `push()` first, or the
+        connection's other events wait with it.
+        """
+        self._corked += 1
+        try:
+            yield
+        finally:
+            self._corked -= 1
+            if not self._corked:
+                self.push()
+
+    def push(self) -> None:
+        """Write the frames a cork holds, now, in one send (the rest goes to the writer)."""
+        if self._queue and self._writer is None and not self.aborted:
+            chunk = b"".join(self._queue)
+            self._queue.clear()
+            self._queued_bytes = 0
+            self._partial_head = False
+            self._write_through(chunk)
+
     def _enqueue(self, frame: bytes) -> bool:
         if self.close_code is not None or self.aborted:
             return False
-        if self._queue or self._writer is not None:
+        if self._queue or self._writer is not None or self._corked:
             if (len(self._queue) >= self.max_queued_frames
                     or self._queued_bytes + len(frame) > self.max_queued_bytes):
                 if self.on_slow_consumer is not None:
@@ -154,7 +183,7 @@ class Transport:
         if discard_queued:
             self._drop_backlog()
         frame = framing.close(code, reason)
-        if self._queue or self._writer is not None:
+        if self._queue or self._writer is not None or self._corked:
             self._queue.append(frame)
         else:
             self._write_through(frame)
