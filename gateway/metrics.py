@@ -46,6 +46,9 @@ REPLAYS = Counter("dms_gateway_replays_total",
 STORE_READS = Counter("dms_gateway_replay_store_reads_total",
                       "PostgreSQL reads made for replays (shared: one per channel and moment; own: one client's page)",
                       ["kind"])
+BURSTS = Counter("dms_gateway_hub_bursts_total",
+                 "Times the hub found several messages waiting and wrote each socket once for all of them")
+BURST_MESSAGES = Counter("dms_gateway_hub_burst_messages_total", "Messages the hub dispatched inside bursts")
 HANDSHAKES = Counter("dms_gateway_handshakes_total", "WebSocket handshakes answered, by outcome", ["outcome"])
 for _source in ("memory", "shared_read", "own_read"):
     REPLAYS.labels(_source)

@@ -141,13 +141,20 @@ class Transport:
         Never hold a cork across a wait: whoever blocks inside calls `push()` first, or the
         connection's other events wait with it.
         """
-        self._corked += 1
+        self.cork()
         try:
             yield
         finally:
-            self._corked -= 1
-            if not self._corked:
-                self.push()
+            self.uncork()
+
+    def cork(self) -> None:
+        """Hold frames from now on (see `corked`); every `cork` needs its `uncork`."""
+        self._corked += 1
+
+    def uncork(self) -> None:
+        self._corked -= 1
+        if not self._corked:
+            self.push()
 
     def push(self) -> None:
         """Write the frames a cork holds, now, in one send (the rest goes to the writer)."""

@@ -156,3 +156,4 @@ def test_ws_answers_only_get_and_plain_requests_get_json(gateway: dict[str, str]
     assert "Upgrade" in body["error"]["message"]
     status, _, body = http_json("GET", base.replace("/ws", "/health"))
     assert status == 200 and body["status"] == "ok"  # every other path is still Flask's
+
