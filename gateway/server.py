@@ -163,6 +163,7 @@ class Gateway:
         return conn
 
     def _serve(self, conn: Connection) -> None:
+        """Welcome the client, then hand it to the reader; this greenlet ends (see gateway.reader)."""
         who = conn.identity
         with log_context(connection_id=conn.id):
             try:
@@ -176,12 +177,11 @@ class Gateway:
                     ping_interval_s=self.config.ws_ping_interval_s,
                     max_subscriptions=self.config.ws_max_subscriptions, now=datetime.now(UTC),
                 ))
-                self.reader.read_loop(conn)
             except Exception:
                 conn.log.exception("connection failed")
-                raise
-            finally:
                 self._forget(conn)
+                raise
+            self.reader.start(conn, self._forget)
 
     def _forget(self, conn: Connection) -> None:
         conn.abort()

@@ -12,13 +12,18 @@ accepted socket out of pywsgi (pywsgi then writes no response and does not close
 - Inside `corked()` frames wait and leave together in one write when it ends (or at `push()`):
   a replay's frames, the reply before them and the live events held meanwhile cost one send,
   one wake-up of the proxy and one of the client instead of one each.
-- `read()` blocks in recv with no timeout; the connection's one greenlet lives there.
+- Reading holds no greenlet while the client is silent: `watch_reads(callback)` asks the event
+  loop to call back once bytes (or the end) can be read, and the reader then takes what is there
+  with `read_nowait()` and watches again. A greenlet parked in `recv` costs about 8 KiB (its
+  stack and its share of the interpreter's frame stack); a watcher costs under 0.5 KiB, and most
+  connections are silent most of the time. `read()` (blocking) stays for tools and tests.
 - `close(code)` sends a close frame after what is queued (or instead of it); `abort()` drops the
   TCP connection. The caller aborts when the peer answers the close or its timeout passes.
 """
 
 from __future__ import annotations
 
+import os
 import socket
 from collections import deque
 from collections.abc import Callable, Iterator
@@ -94,6 +99,9 @@ class Transport:
         self._partial_head = False
         self._writer: gevent.Greenlet | None = None
         self._corked = 0
+        self._fd = sock.fileno()
+        self._read_watcher: Any = None  # the event loop's io watcher, made on first use
+        self._on_readable: Callable[[], object] | None = None
         self.on_slow_consumer: Callable[[], None] | None = None
         self.on_abort: Callable[[], None] | None = None  # told once when the TCP connection is dropped
 
@@ -206,11 +214,19 @@ class Transport:
         self._queue.clear()
         self._queued_bytes = 0
         self._partial_head = False
+        # The watcher goes before the descriptor: a closed number is soon another connection's.
+        waiting = self._read_watcher is not None and self._read_watcher.active
+        if self._read_watcher is not None:
+            self._read_watcher.stop()
+            self._read_watcher.close()
+            self._read_watcher = None
         try:
             self.sock.shutdown(socket.SHUT_RDWR)
         except OSError:
             pass
         self.sock.close()
+        if waiting and self._on_readable is not None:
+            gevent.get_hub().loop.run_callback(self._on_readable)  # the reader reads the end
 
     def _write_through(self, frame: bytes) -> None:
         try:
@@ -250,6 +266,37 @@ class Transport:
             self._writer = None
 
     # -- reading -------------------------------------------------------------------------------
+    def watch_reads(self, on_readable: Callable[[], object]) -> None:
+        """Have the event loop call `on_readable` once bytes or the end can be read (once per call).
+
+        The callback runs in the event loop itself and must not block: it hands the reading to a
+        greenlet. After an abort it is called at once, so the reader finds the end.
+        """
+        self._on_readable = on_readable
+        hub = gevent.get_hub()
+        if self.aborted:
+            hub.loop.run_callback(on_readable)
+            return
+        if self._read_watcher is None:
+            self._read_watcher = hub.loop.io(self._fd, 1)
+        self._read_watcher.start(self._readable)
+
+    def _readable(self) -> None:
+        self._read_watcher.stop()  # one shot: the reader watches again when it has read all there is
+        assert self._on_readable is not None
+        self._on_readable()
+
+    def read_nowait(self) -> bytes | None:
+        """The bytes the kernel holds (at most READ_CHUNK), None if none yet, b"" once the connection ended."""
+        if self.aborted:
+            return b""
+        try:
+            return os.read(self._fd, READ_CHUNK)  # the descriptor is non-blocking (gevent made it so)
+        except BlockingIOError:
+            return None
+        except OSError:
+            return b""
+
     def read(self) -> bytes:
         """Block until bytes arrive; b"" once the peer or `abort` ended the connection."""
         if self.aborted:
