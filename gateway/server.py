@@ -1,6 +1,6 @@
 """The gateway node: builds and wires hub, relay, recovery, the connections' jobs and their loops.
 
-Each job has its module: the handshake (gateway.handshake), one connection's read loop and
+Each job has its module: the handshake (gateway.handshake), one connection's reading and
 dispatch (gateway.reader), the timer loop (gateway.timers), subscribe and recovery
 (gateway.subscriptions, gateway.recovery), restaurants' rights to drivers' channels
 (gateway.rights), GPS intake (gateway.gps) and the admin numbers (gateway.stats). The node holds
@@ -150,7 +150,7 @@ class Gateway:
 
     # -- one connection ------------------------------------------------------------------------
     def open(self, transport: Transport, who: Identity, *, batch_ms: int = 0) -> Connection:
-        """Take an upgraded connection: register it and start its one greenlet."""
+        """Take an upgraded connection: register it and welcome it in a greenlet of its own."""
         config = self.config
         session = Session(role=who.role, max_subscriptions=config.ws_max_subscriptions,
                           ping_interval_s=config.ws_ping_interval_s, ping_timeout_s=config.ws_ping_timeout_s,
