@@ -6,8 +6,8 @@ spends is the hub's decode, the fan-out, the compression and the sockets, nothin
 Four phases in one run, each with fresh clients on the same gateway: single events and `batch`
 frames of ten (`batch_ms`, bursts of ten), each with clients that offer no compression and with
 clients that offer permessage-deflate. Bytes are counted as the clients' sockets read them (frame
-headers included);
-CPU is the gateway process's user + system time from the first publish to the last delivery.
+headers included); CPU is the gateway process's user + system time from the first publish to the
+last delivery.
 
     python -m bench.compression [--quick] [--clients N] [--events N]
 
