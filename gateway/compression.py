@@ -43,15 +43,21 @@ class InflatedTooBig(Exception):
 class Deflate:
     """The permessage-deflate agreed with one client; it holds parameters, never a zlib object."""
 
-    # Our compressor's window: 15 unless the client asked for less with `server_max_window_bits`.
-    server_window_bits: int = MAX_WINDOW_BITS
+    # The client's `server_max_window_bits`, if it sent one: our compressor's window, echoed in the
+    # answer (RFC 7692 section 7.1.2.1 requires the echo, even of 15).
+    server_max_window_bits: int | None = None
+
+    @property
+    def server_window_bits(self) -> int:
+        """The window our compressor uses: 15 unless the client asked for less."""
+        return self.server_max_window_bits or MAX_WINDOW_BITS
 
     @property
     def response(self) -> str:
         """The Sec-WebSocket-Extensions value of the 101 answer."""
         value = f"{EXTENSION}; server_no_context_takeover; client_no_context_takeover"
-        if self.server_window_bits != MAX_WINDOW_BITS:
-            value += f"; server_max_window_bits={self.server_window_bits}"
+        if self.server_max_window_bits is not None:
+            value += f"; server_max_window_bits={self.server_max_window_bits}"
         return value
 
 
@@ -79,7 +85,7 @@ def negotiate(header: str | None, *, enabled: bool = True) -> Deflate | None:
 def _accept(params: list[tuple[str, str | None]]) -> Deflate | None:
     """Our answer to one permessage-deflate offer; None declines it."""
     seen: set[str] = set()
-    server_bits = MAX_WINDOW_BITS
+    server_bits: int | None = None
     for raw_name, value in params:
         name = raw_name.lower()
         if name in seen:
@@ -100,7 +106,7 @@ def _accept(params: list[tuple[str, str | None]]) -> Deflate | None:
                 return None
         else:
             return None
-    return Deflate(server_window_bits=server_bits)
+    return Deflate(server_max_window_bits=server_bits)
 
 
 def _window_bits(value: str | None) -> int | None:

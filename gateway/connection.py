@@ -54,9 +54,9 @@ class Outgoing:
     # Set on order events carried by `driver:*` (see common.visibility).
     tag: DriverEventTag | None = None
     # Unique for the process's life: names this event in a batch's cache key without holding it.
-    seq: int = field(default_factory=lambda: next(_sequence))
-    _deflated: dict[int, bytes] | None = field(default=None, repr=False)
-    _batch: tuple[tuple[int, ...], int, bytes] | None = field(default=None, repr=False)
+    seq: int = field(default_factory=lambda: next(_sequence), compare=False)
+    _deflated: dict[int, bytes] | None = field(default=None, repr=False, compare=False)
+    _batch: tuple[tuple[int, ...], int, bytes] | None = field(default=None, repr=False, compare=False)
 
     @classmethod
     def of(cls, event_id: int | None, text: str, tag: DriverEventTag | None = None) -> Outgoing:

@@ -35,6 +35,7 @@ def server_frame(frame: bytes) -> tuple[int, bytes]:
     ("permessage-deflate; server_no_context_takeover", ANSWER),
     ("PerMessage-Deflate; Server_No_Context_Takeover", ANSWER),
     ("permessage-deflate; server_max_window_bits=12", ANSWER + "; server_max_window_bits=12"),
+    ("permessage-deflate; server_max_window_bits=15", ANSWER + "; server_max_window_bits=15"),
     ('permessage-deflate; server_max_window_bits="10"', ANSWER + "; server_max_window_bits=10"),
     ("x-webkit-deflate-frame, permessage-deflate", ANSWER),
     # The first offer is declined (zlib has no 8-bit window; a repeated parameter; an unknown one):
@@ -115,8 +116,8 @@ def test_an_event_is_compressed_once_per_publication(monkeypatch: pytest.MonkeyP
     first, payload = server_frame(out.frame_for(Deflate()))
     assert first & RSV1 and inflate(payload) == body.encode()
     # A client that limited our window gets bytes made with that window, again once.
-    small = out.frame_for(Deflate(server_window_bits=9))
-    assert out.frame_for(Deflate(server_window_bits=9)) is small and len(calls) == 2
+    small = out.frame_for(Deflate(server_max_window_bits=9))
+    assert out.frame_for(Deflate(server_max_window_bits=9)) is small and len(calls) == 2
     assert inflate(server_frame(small)[1]) == body.encode()
     tiny = Outgoing.of(8, '{"type":"event"}')
     assert tiny.frame_for(Deflate()) is tiny.frame and len(calls) == 2

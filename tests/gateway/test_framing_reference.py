@@ -172,7 +172,7 @@ def _deflate_client(deflate: compression.Deflate) -> FrameProtocol:
 @given(st.lists(st.tuples(_BODY_TEXT, st.integers(1, 40)), min_size=1, max_size=4), st.integers(9, 15))
 def test_wsproto_reads_our_compressed_frames(bodies: list[tuple[str, int]], window_bits: int) -> None:
     """Every message stands alone (no shared window) and keeps to the window the client allowed us."""
-    deflate = compression.Deflate(server_window_bits=window_bits)
+    deflate = compression.Deflate(server_max_window_bits=window_bits)
     texts = [piece * repeat for piece, repeat in bodies]
     client = _deflate_client(deflate)
     client.receive_bytes(b"".join(framing.text_for(text, deflate) for text in texts))
