@@ -5,9 +5,9 @@ whatever bytes arrived (`feed`) and returns whole messages and control frames; i
 server must: client frames are masked, reserved bits and unknown opcodes are refused (1002),
 control frames are short and unfragmented and may come between fragments, a message over the
 size limit is refused from its header alone (1009), and text must be valid UTF-8 (1007), checked
-fragment by fragment. With permessage-deflate agreed (gateway.compression) RSV1 marks a compressed
-message, inflated whole with its size limit applied to the inflated bytes. tests/gateway/
-test_framing_reference.py holds it against wsproto.
+fragment by fragment. With permessage-deflate agreed (gateway.compression) RSV1 marks a
+compressed message, inflated whole with its size limit applied to the inflated bytes.
+tests/gateway/test_framing_reference.py holds it against wsproto, compressed frames included.
 """
 
 from __future__ import annotations
