@@ -72,8 +72,12 @@ class Outgoing:
         bits = deflate.server_window_bits
         frame = cache.get(bits)
         if frame is None:
-            small = not compression.compressible(framing.payload_length(self.frame))
-            frame = cache[bits] = self.frame if small else framing.deflated(self.text.encode("utf-8"), deflate)
+            if compression.compressible(framing.payload_length(self.frame)):
+                frame = framing.deflated(self.text.encode("utf-8"), deflate)
+                metrics.DEFLATED.labels("event").inc()
+            else:
+                frame = self.frame
+            cache[bits] = frame
         return frame
 
 
@@ -95,7 +99,12 @@ def batch_frame(outs: list[Outgoing], deflate: Deflate | None) -> bytes:
     cached = last._batch
     if cached is not None and cached[0] == key and cached[1] == bits:
         return cached[2]
-    frame = framing.text_for(batch_text([out.text for out in outs]), deflate)
+    body = batch_text([out.text for out in outs]).encode("utf-8")
+    if compression.compressible(len(body)):
+        frame = framing.deflated(body, deflate)
+        metrics.DEFLATED.labels("batch").inc()
+    else:
+        frame = framing.encode(framing.OP_TEXT, body)
     last._batch = (key, bits, frame)
     return frame
 

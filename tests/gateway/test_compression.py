@@ -126,20 +126,22 @@ def test_an_event_is_compressed_once_per_publication(monkeypatch: pytest.MonkeyP
 def test_subscribers_with_the_same_batch_share_its_compressed_frame(monkeypatch: pytest.MonkeyPatch) -> None:
     outs = [Outgoing.of(n, json.dumps({"type": "event", "id": n, "data": {"n": n, "pad": "p" * 40}}))
             for n in range(10)]
-    calls: list[str] = []
-    real = framing.text_for
+    calls: list[bytes] = []
+    real = framing.deflated
 
-    def counting(body: str, deflate: Deflate | None) -> bytes:
-        calls.append(body)
-        return real(body, deflate)
+    def counting(payload: bytes, deflate: Deflate) -> bytes:
+        calls.append(payload)
+        return real(payload, deflate)
 
-    monkeypatch.setattr(framing, "text_for", counting)
+    monkeypatch.setattr(framing, "deflated", counting)
     first = batch_frame(list(outs), Deflate())
     assert batch_frame(list(outs), Deflate()) is first and len(calls) == 1
     assert inflate(server_frame(first)[1]).decode() == batch_text([out.text for out in outs])
     shorter = batch_frame(outs[1:], Deflate())  # another subscriber's window: its own bytes
     assert len(calls) == 2 and inflate(server_frame(shorter)[1]).decode() == batch_text([o.text for o in outs[1:]])
     assert batch_frame(list(outs), None) == framing.text(batch_text([out.text for out in outs]))
+    small = [Outgoing.of(n, '{"type":"event"}') for n in range(3)]
+    assert batch_frame(small, Deflate()) == framing.text(batch_text([out.text for out in small])) and len(calls) == 2
 
 
 def test_a_batch_of_similar_events_compresses_well() -> None:

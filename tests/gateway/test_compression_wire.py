@@ -9,6 +9,7 @@ import json
 import socket
 import struct
 import time
+import urllib.request
 import zlib
 from typing import Any
 
@@ -107,6 +108,12 @@ def inflate(payload: bytes) -> bytes:
     return zlib.decompressobj(-15).decompress(payload + b"\x00\x00\xff\xff")
 
 
+def metric_values(base_url: str) -> dict[str, float]:
+    with urllib.request.urlopen(base_url + "/metrics", timeout=seconds(10)) as response:
+        lines = response.read().decode().splitlines()
+    return {name: float(value) for name, _, value in (line.rpartition(" ") for line in lines if line[:1] != "#")}
+
+
 def publish(infra: Infra, channel: str, datas: list[dict[str, Any]]) -> None:
     with connect(infra.database_url) as conn:
         for data in datas:
@@ -144,6 +151,9 @@ def test_compressed_and_plain_clients_get_the_same_events(gateway: dict[str, str
         assert small_payload == plain_small_payload
         # The client that offered nothing sees no RSV1 bit, ever.
         assert all(first & 0x70 == 0 for first, _ in plain.frames) and plain_big_first == 0x81
+        scraped = metric_values(gateway["http"])
+        assert scraped["dms_gateway_deflate_connections"] >= 1
+        assert scraped['dms_gateway_deflated_frames_total{kind="event"}'] >= 1
     finally:
         offering.close()
         plain.close()
