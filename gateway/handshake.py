@@ -2,8 +2,9 @@
 
 A draining gateway, a full or too busy one (gateway.admission), a bad origin, token, per-user cap,
 `batch_ms` or WebSocket header gets the contract's HTTP error and no upgrade. An accepted
-handshake takes the socket out of pywsgi, the `Transport` answers 101 on it, and the node opens
-the connection. Admission comes first, before the token is verified, so a refusal in a storm
+handshake takes the socket out of pywsgi, the `Transport` answers 101 on it (with the
+permessage-deflate answer gateway.compression gives a client's offer), and the node opens the
+connection. Admission comes first, before the token is verified, so a refusal in a storm
 costs microseconds.
 
 Why not a Flask view: in a reconnect storm a gateway takes a thousand handshakes a second, and
@@ -25,7 +26,7 @@ import redis
 from common.auth import Identity, TokenVerifier
 from common.config import Config
 from common.errors import BadRequest, DmsError, Forbidden, MethodNotAllowed, RateLimited, Unavailable
-from gateway import credentials, framing, metrics
+from gateway import compression, credentials, framing, metrics
 from gateway.admission import Admission, Refused
 from gateway.transport import TAKEOVER_KEY, Transport, accept
 
@@ -148,7 +149,9 @@ class Handshakes:
                 raise Unavailable("this server cannot hand over sockets (run it with gateway.transport.UpgradeHandler)")
         except DmsError as exc:
             return refusal(exc, environ, start_response, node.config.allowed_origins)
-        transport = accept(take, key)
+        deflate = compression.negotiate(environ.get("HTTP_SEC_WEBSOCKET_EXTENSIONS"),
+                                        enabled=node.config.ws_compression)
+        transport = accept(take, key, deflate=deflate)
         if transport is not None:
             node.open(transport, who, batch_ms=batch_ms)
         # pywsgi no longer holds the socket: it writes nothing, since start_response is never called.

@@ -37,7 +37,8 @@ class Reader:
 
     def start(self, conn: Connection, on_end: Callable[[Connection], None]) -> None:
         """Read `conn` from now on; `on_end(conn)` once the peer, a close or an abort ends it."""
-        reading = _Reading(framing.Parser(max_message_bytes=self.max_message_bytes), on_end)
+        parser = framing.Parser(max_message_bytes=self.max_message_bytes, inflate=conn.deflate is not None)
+        reading = _Reading(parser, on_end)
         reading.wake = partial(gevent.spawn, self._drain, conn, reading)
         conn.transport.watch_reads(reading.wake)
 

@@ -36,6 +36,7 @@ from gevent.pywsgi import WSGIHandler
 
 from gateway import framing
 from gateway.closes import SLOW_CONSUMER
+from gateway.compression import Deflate
 
 TAKEOVER_KEY = "dms.take_socket"
 MAX_QUEUED_FRAMES = 1000
@@ -68,25 +69,27 @@ class UpgradeHandler(WSGIHandler):
         return owned
 
 
-def accept(take: Callable[[], socket.socket], key: str) -> Transport | None:
+def accept(take: Callable[[], socket.socket], key: str, *, deflate: Deflate | None = None) -> Transport | None:
     """Take the socket out of pywsgi and answer 101 on it; None if the peer is already gone."""
-    transport = Transport(take())
-    if not transport.send_handshake(upgrade_response(key)):
+    transport = Transport(take(), deflate=deflate)
+    if not transport.send_handshake(upgrade_response(key, deflate=deflate)):
         return None
     return transport
 
 
-def upgrade_response(key: str) -> bytes:
+def upgrade_response(key: str, *, deflate: Deflate | None = None) -> bytes:
+    extensions = b"" if deflate is None else b"Sec-WebSocket-Extensions: " + deflate.response.encode("ascii") + b"\r\n"
     return (b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-            b"Sec-WebSocket-Accept: " + framing.accept_key(key).encode("ascii") + b"\r\n\r\n")
+            b"Sec-WebSocket-Accept: " + framing.accept_key(key).encode("ascii") + b"\r\n" + extensions + b"\r\n")
 
 
 class Transport:
     """One accepted WebSocket socket; `send`/`close` from any greenlet, `read` from one."""
 
     def __init__(self, sock: socket.socket, *, max_queued_frames: int = MAX_QUEUED_FRAMES,
-                 max_queued_bytes: int = MAX_QUEUED_BYTES) -> None:
+                 max_queued_bytes: int = MAX_QUEUED_BYTES, deflate: Deflate | None = None) -> None:
         self.sock = sock
+        self.deflate = deflate  # the permessage-deflate the 101 answer agreed, or None
         self.max_queued_frames = max_queued_frames
         self.max_queued_bytes = max_queued_bytes
         self.frames_sent = 0
