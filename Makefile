@@ -76,7 +76,7 @@ clean:
 # make swarm [SWARM=both|api|ws] [SCENARIO=custom|baseline|spike|stress|soak] [RATE=100] [USERS=50]
 #            [DURATION=60s] [TARGET=.dms/env]; CSV and HTML reports go to results/.
 # TARGET is an env file with API_URL, GATEWAY_URL, JWT_SECRET and DATABASE_URL (what `dms up` writes).
-.PHONY: swarm bench-fanout bench-peer bench-peer-quick bench-api bench-storm
+.PHONY: swarm bench-fanout bench-peer bench-peer-quick bench-api bench-storm bench-compression
 USERS ?= 50
 RATE ?= 100
 DURATION ?= 60s
@@ -106,6 +106,10 @@ bench-fanout: $(BENCH_STAMP)
 # no node/npm: that peer is skipped). 7-12 min; bench-peer-quick ~2 min; BENCH_ARGS=--source=redis skips the API.
 bench-peer: $(BENCH_STAMP)
 	$(BIN)/python -m bench.peer $(BENCH_ARGS)
+
+# Bytes on the wire and gateway CPU per delivery, plain against permessage-deflate (about 1 min).
+bench-compression: $(STAMP)
+	$(BIN)/python -m bench.compression $(BENCH_ARGS)
 
 bench-peer-quick: $(BENCH_STAMP)
 	$(BIN)/python -m bench.peer --quick $(BENCH_ARGS)

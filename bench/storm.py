@@ -354,7 +354,8 @@ def storm(args: argparse.Namespace, stack: Stack, work: Path) -> dict[str, Any]:
     survivor_pid = gateways.procs[1 - victim].pid
     pg_before, redis_before = pg_counts(stack.database_url), redis_counts(stack.redis_url)
     cpu_before = {"survivor": proc_cpu_s(survivor_pid), "victim": proc_cpu_s(victim_pid),
-                  "nginx": _cpu(_nginx_pids(ngx.pid))}
+                  "nginx": _cpu(_nginx_pids(ngx.pid)), "clients": _cpu(pool.pids), "api": proc_cpu_s(api.pid),
+                  "postgres_redis": _cpu(_tree_pids(list(stack.pids.values()))), "machine": _machine_busy_s()}
     drops_before = pool.total("drops")
     supervisor = threading.Thread(target=gateways.supervise, args=(victim, sampling), daemon=True)
     supervisor.start()
@@ -374,7 +375,8 @@ def storm(args: argparse.Namespace, stack: Stack, work: Path) -> dict[str, Any]:
     pg_after, redis_after = pg_counts(stack.database_url), redis_counts(stack.redis_url)
     restarted_pid = gateways.procs[victim].pid
     cpu_after = {"survivor": proc_cpu_s(survivor_pid), "victim": proc_cpu_s(restarted_pid),
-                 "nginx": _cpu(_nginx_pids(ngx.pid))}
+                 "nginx": _cpu(_nginx_pids(ngx.pid)), "clients": _cpu(pool.pids), "api": proc_cpu_s(api.pid),
+                 "postgres_redis": _cpu(_tree_pids(list(stack.pids.values()))), "machine": _machine_busy_s()}
     orders.stop()
     # The last orders' events, and replays still being sent, reach everyone: wait for quiet.
     quiet_since, frames, deadline = time.monotonic(), pool.total("frames"), time.monotonic() + 60
@@ -429,6 +431,14 @@ def storm(args: argparse.Namespace, stack: Stack, work: Path) -> dict[str, Any]:
             "survivor_gateway_percent": round(100 * survivor_cpu_s / window_s, 1),
             "restarted_gateway_cpu_s": round(cpu_after["victim"], 1),
             "nginx_percent": round(100 * (cpu_after["nginx"] - cpu_before["nginx"]) / window_s, 1),
+            # Where the machine's two cores went: the clients share them with the fleet, and so does
+            # anything else running (the machine's total includes it).
+            "core_seconds": {
+                "survivor_gateway": round(survivor_cpu_s, 1), "restarted_gateway": round(cpu_after["victim"], 1),
+                **{part: round(cpu_after[part] - cpu_before[part], 1)
+                   for part in ("nginx", "clients", "api", "postgres_redis", "machine")},
+                "available": round(window_s * (os.cpu_count() or 1), 1),
+            },
         },
         "nginx_site": {"worker_processes": site.worker_processes, "worker_connections": site.worker_connections,
                        "worker_rlimit_nofile": site.worker_rlimit_nofile},
@@ -445,6 +455,26 @@ def _nginx_pids(master: int) -> list[int]:
         return [master, *(child.pid for child in psutil.Process(master).children())]
     except psutil.Error:
         return [master]
+
+
+def _tree_pids(roots: list[int]) -> list[int]:
+    """The processes and their children (PostgreSQL's backends)."""
+    import psutil
+
+    pids: list[int] = []
+    for root in roots:
+        try:
+            pids += [root, *(child.pid for child in psutil.Process(root).children(recursive=True))]
+        except psutil.Error:
+            continue
+    return pids
+
+
+def _machine_busy_s() -> float:
+    """CPU seconds the whole machine has been busy (every core, every process), from /proc/stat."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = fields[3] + fields[4]  # idle + iowait
+    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
 
 
 def expected_ids(database_url: str, channels: list[str]) -> dict[str, list[int]]:

@@ -74,6 +74,17 @@ class VersionConflict(Conflict):
     code = "version_conflict"
 
 
+class MethodNotAllowed(DmsError):
+    status, code = 405, "method_not_allowed"
+
+    def __init__(self, message: str, *, allow: tuple[str, ...]) -> None:
+        super().__init__(message)
+        self.allow = allow
+
+    def headers(self) -> dict[str, str]:
+        return {"Allow": ", ".join(self.allow)}
+
+
 class PayloadTooLarge(DmsError):
     status, code = 413, "payload_too_large"
 

@@ -58,7 +58,7 @@ class DmsClient:
     def __init__(self, url: str, *, token: str | None = None, get_token: Callable[[], str] | None = None,
                  api_url: str | None = None, batch_ms: int = 0, base_s: float = 0.5, cap_s: float = 15.0,
                  refresh_before_s: float = 60.0, buffer_limit: int = 5000, origin: str | None = None,
-                 timeout_s: float = 10.0, tickets: bool = True) -> None:
+                 timeout_s: float = 10.0, tickets: bool = True, compression: bool = True) -> None:
         self.url = url
         self.token = token
         self.get_token = get_token
@@ -70,6 +70,9 @@ class DmsClient:
         self.origin = origin
         self.timeout_s = timeout_s
         self.tickets = tickets
+        # Offer permessage-deflate, as every browser does for dms-client.js: events of 256 bytes or more
+        # arrive in about half the bytes, and inflating them costs the client far less than the network.
+        self.compression = compression
         self.channels: dict[str, _Channel] = {}
         # "frame": every frame as it arrives, before the client's own handling (load tests count duplicates).
         self.listeners: dict[str, list[Handler]] = {k: [] for k in ("state", "error", "subscribed", "unsubscribed",
@@ -157,7 +160,8 @@ class DmsClient:
                 self._set_state("reconnecting" if self.attempt else "connecting")
                 # Only a client that refreshes its token needs a timer; the others block in recv.
                 self._conn = Connection.open(self._handshake_url(), timeout_s=self.timeout_s, origin=self.origin,
-                                             wake_s=1.0 if self.get_token is not None else None)
+                                             wake_s=1.0 if self.get_token is not None else None,
+                                             compress=self.compression)
                 self._read(self._conn)
             except HandshakeRefused as exc:
                 retry_after = exc.retry_after_s or 0.0

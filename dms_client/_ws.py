@@ -1,4 +1,8 @@
-"""A minimal RFC 6455 client connection over a plain socket (cooperative under gevent's monkey patching)."""
+"""A minimal RFC 6455 client connection over a plain socket (cooperative under gevent's monkey patching).
+
+With `compress=True` it offers permessage-deflate (RFC 7692) and inflates the server's compressed
+messages; it never compresses its own (small) frames, which the extension allows.
+"""
 
 from __future__ import annotations
 
@@ -8,11 +12,14 @@ import os
 import socket
 import ssl
 import struct
+import zlib
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
 OP_TEXT, OP_BINARY, OP_CLOSE, OP_PING, OP_PONG = 0x1, 0x2, 0x8, 0x9, 0xA
 MAX_FRAME_BYTES = 16 * 1024 * 1024
+DEFLATE_OFFER = "permessage-deflate; client_no_context_takeover"
+_EMPTY_STORED_BLOCK = b"\x00\x00\xff\xff"  # RFC 7692 section 7.2.2: the receiver appends what the sender removed
 
 
 class HandshakeRefused(Exception):
@@ -52,15 +59,43 @@ def _connect(host: str, port: int, timeout_s: float) -> socket.socket:
     return sock
 
 
+class Inflater:
+    """The server's side of an agreed permessage-deflate, as the client inflates it."""
+
+    def __init__(self, response: str) -> None:
+        params = [part.strip().lower() for part in response.split(";")]
+        if params[0] != "permessage-deflate":
+            raise ConnectionClosed(None, f"the server agreed an extension we did not offer: {response}")
+        # With server_no_context_takeover each message stands alone; without, the window carries over.
+        self.fresh_per_message = "server_no_context_takeover" in params[1:]
+        self._inflater = zlib.decompressobj(-15)
+
+    def inflate(self, payload: bytes) -> bytes:
+        if self.fresh_per_message:
+            self._inflater = zlib.decompressobj(-15)
+        try:
+            data = self._inflater.decompress(payload + _EMPTY_STORED_BLOCK, MAX_FRAME_BYTES + 1)
+        except zlib.error as exc:
+            raise ConnectionClosed(1007, f"bad compressed message: {exc}") from exc
+        if len(data) > MAX_FRAME_BYTES:
+            raise ConnectionClosed(1009, "message inflates too large")
+        return data
+
+
 @dataclass
 class Connection:
     sock: socket.socket
     buffer: bytearray = field(default_factory=bytearray)
     message: bytearray = field(default_factory=bytearray)
+    inflater: Inflater | None = None  # set when the server agreed permessage-deflate
+    message_compressed: bool = False
+    wire_bytes: int = 0  # bytes read from the socket after the handshake's head
 
     @classmethod
     def open(cls, url: str, *, timeout_s: float, origin: str | None = None,
-             wake_s: float | None = None) -> Connection:
+             wake_s: float | None = None, compress: bool = False) -> Connection:
+        """Connect and upgrade; `compress` offers permessage-deflate (off by default: load tools that
+        count the bytes of plain frames rely on it, and DmsClient turns it on as browsers do)."""
         parts = urlsplit(url)
         secure = parts.scheme == "wss"
         host = parts.hostname or "localhost"
@@ -75,6 +110,8 @@ class Connection:
                  f"Sec-WebSocket-Key: {key}", "Sec-WebSocket-Version: 13"]
         if origin:
             lines.append(f"Origin: {origin}")
+        if compress:
+            lines.append(f"Sec-WebSocket-Extensions: {DEFLATE_OFFER}")
         sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode())
         conn = cls(sock)
         status, headers = conn._read_head()
@@ -83,6 +120,13 @@ class Connection:
             body = conn._read_exact(min(length, 65536)) if length else b""
             sock.close()
             raise HandshakeRefused(status, headers, body)
+        agreed = headers.get("sec-websocket-extensions")
+        if agreed:
+            if not compress:
+                sock.close()
+                raise ConnectionClosed(None, f"the server agreed an extension we did not offer: {agreed}")
+            conn.inflater = Inflater(agreed)
+        conn.wire_bytes = len(conn.buffer)
         # With `wake_s`, reads wake up that often (TimeoutError) so the owner can do timed work between
         # frames; without, a read blocks until a frame or close() (the lean case: no timer per socket).
         sock.settimeout(wake_s)
@@ -107,6 +151,7 @@ class Connection:
         chunk = self.sock.recv(65536)
         if not chunk:
             raise ConnectionClosed(None, "connection lost")
+        self.wire_bytes += len(chunk)
         self.buffer += chunk
 
     def _read_exact(self, count: int) -> bytes:
@@ -140,7 +185,7 @@ class Connection:
             if frame is None:
                 self._fill()
                 continue
-            opcode, final, payload = frame
+            opcode, final, compressed, payload = frame
             if opcode == OP_PING:
                 self.send(payload, OP_PONG)
             elif opcode == OP_CLOSE:
@@ -151,17 +196,23 @@ class Connection:
                     pass
                 raise ConnectionClosed(code, payload[2:].decode(errors="replace"))
             elif opcode in (OP_TEXT, OP_BINARY, 0x0):
+                if opcode != 0x0:
+                    self.message_compressed = compressed
                 self.message += payload
                 if final:
-                    text = self.message.decode()
+                    body = bytes(self.message)
                     self.message = bytearray()
-                    return text
+                    if self.message_compressed:
+                        if self.inflater is None:
+                            raise ConnectionClosed(1002, "compressed message without permessage-deflate")
+                        body = self.inflater.inflate(body)
+                    return body.decode()
 
-    def _take_frame(self) -> tuple[int, bool, bytes] | None:
+    def _take_frame(self) -> tuple[int, bool, bool, bytes] | None:
         data = self.buffer
         if len(data) < 2:
             return None
-        opcode, final = data[0] & 0x0F, bool(data[0] & 0x80)
+        opcode, final, compressed = data[0] & 0x0F, bool(data[0] & 0x80), bool(data[0] & 0x40)
         length, offset = data[1] & 0x7F, 2
         if length == 126:
             if len(data) < 4:
@@ -177,7 +228,7 @@ class Connection:
             return None
         payload = bytes(data[offset:offset + length])
         del data[:offset + length]
-        return opcode, final, payload
+        return opcode, final, compressed, payload
 
     def close(self, code: int = 1000) -> None:
         try:

@@ -1,4 +1,4 @@
-"""The gateway's Flask app: the WebSocket handshake (gateway.handshake), /health, /metrics."""
+"""The gateway's WSGI app: the WebSocket handshake (gateway.handshake) in front of Flask's /health, /metrics."""
 
 from __future__ import annotations
 
@@ -20,7 +20,6 @@ class Node(handshake.Admitting, Protocol):
 
 def create_gateway_app(gateway: Node) -> Flask:
     app = Flask(__name__)
-    handshake.register(app, gateway)
     metrics.GATEWAYS.track(gateway)
 
     @app.get("/metrics")
@@ -34,4 +33,6 @@ def create_gateway_app(gateway: Node) -> Flask:
         return jsonify({"status": "ok", "id": gateway.id, "connections": len(gateway.connections),
                         "relay_leader": bool(gateway.relay and gateway.relay.is_leader)})
 
+    # The handshake answers /ws from the environ before Flask builds a request (see gateway.handshake).
+    app.wsgi_app = handshake.Handshakes(gateway, app.wsgi_app)  # type: ignore[method-assign]
     return app

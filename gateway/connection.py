@@ -1,17 +1,19 @@
 """One client: its protocol session, its subscriptions, its close state, and pre-framed delivery.
 
-The hub hands every subscriber the same `Outgoing` (frame bytes built once per event); the
-connection only decides whether this subscriber gets it (subscription state, replay buffer,
-duplicates, the visibility filter on `driver:*`) and passes the bytes to its transport.
+The hub hands every subscriber the same `Outgoing` (frame bytes built once per event, plain and,
+for clients that agreed permessage-deflate, compressed); the connection only decides whether this
+subscriber gets it (subscription state, replay buffer, duplicates, the visibility filter on
+`driver:*`) and passes the bytes to its transport.
 With `batch_ms` events that arrive within that window leave as one `batch` frame. The
 connection's `state` and `disconnect` are its one close state; every close goes through `close`.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import gevent
@@ -20,12 +22,13 @@ from loguru import logger
 from common import visibility
 from common.auth import Identity
 from common.visibility import DriverEventTag
-from gateway import closes, framing, metrics
+from gateway import closes, compression, framing, metrics
 from gateway.closes import Disconnect, State
+from gateway.compression import Deflate
 from gateway.protocol import Session, Subscription, TokenBucket
 from gateway.transport import Transport
 
-__all__ = ["Connection", "Outgoing", "Subscription"]
+__all__ = ["Connection", "Outgoing", "Subscription", "batch_frame"]
 
 # Live events held while a subscription replays history; past this the client is too slow.
 MAX_REPLAY_BUFFER = 10_000
@@ -33,19 +36,77 @@ GPS_POINTS_PER_S = 5.0
 GPS_BURST = 10.0
 
 
+_sequence = itertools.count()
+
+
 @dataclass(slots=True)
 class Outgoing:
-    """One event as it leaves the hub: its JSON text and its frame bytes, both built once."""
+    """One event as it leaves the hub: its JSON text and its frame bytes, both built once.
+
+    The compressed frame (permessage-deflate) is made on first demand, once per publication and
+    window size, and shared like the plain one; so is the compressed `batch` frame that ends with
+    this event, for the subscribers whose batch holds the same events (`batch_frame`).
+    """
 
     event_id: int | None
     text: str
     frame: bytes
     # Set on order events carried by `driver:*` (see common.visibility).
     tag: DriverEventTag | None = None
+    # Unique for the process's life: names this event in a batch's cache key without holding it.
+    seq: int = field(default_factory=lambda: next(_sequence), compare=False)
+    _deflated: dict[int, bytes] | None = field(default=None, repr=False, compare=False)
+    _batch: tuple[tuple[int, ...], int, bytes] | None = field(default=None, repr=False, compare=False)
 
     @classmethod
     def of(cls, event_id: int | None, text: str, tag: DriverEventTag | None = None) -> Outgoing:
         return cls(event_id, text, framing.text(text), tag)
+
+    def frame_for(self, deflate: Deflate | None) -> bytes:
+        """The bytes for one subscriber: compressed if it agreed permessage-deflate and the event is big enough."""
+        if deflate is None:
+            return self.frame
+        cache = self._deflated
+        if cache is None:
+            cache = self._deflated = {}
+        bits = deflate.server_window_bits
+        frame = cache.get(bits)
+        if frame is None:
+            if compression.compressible(framing.payload_length(self.frame)):
+                frame = framing.deflated(self.text.encode("utf-8"), deflate)
+                metrics.DEFLATED.labels("event").inc()
+            else:
+                frame = self.frame
+            cache[bits] = frame
+        return frame
+
+
+def batch_text(texts: list[str]) -> str:
+    return '{"type":"batch","events":[' + ",".join(texts) + "]}"
+
+
+def batch_frame(outs: list[Outgoing], deflate: Deflate | None) -> bytes:
+    """The `batch` frame of several events for one subscriber.
+
+    Subscribers of a channel with the same `batch_ms` mostly collect the same events in a window;
+    the compressed frame is kept on the batch's last event, keyed by the events' sequence numbers,
+    so the first of them compresses and the others reuse its bytes. The plain frame is built per
+    subscriber, as it was before compression existed.
+    """
+    if deflate is None:
+        return framing.text(batch_text([out.text for out in outs]))
+    last, key, bits = outs[-1], tuple(out.seq for out in outs), deflate.server_window_bits
+    cached = last._batch
+    if cached is not None and cached[0] == key and cached[1] == bits:
+        return cached[2]
+    body = batch_text([out.text for out in outs]).encode("utf-8")
+    if compression.compressible(len(body)):
+        frame = framing.deflated(body, deflate)
+        metrics.DEFLATED.labels("batch").inc()
+    else:
+        frame = framing.encode(framing.OP_TEXT, body)
+    last._batch = (key, bits, frame)
+    return frame
 
 
 class Connection:
@@ -62,7 +123,8 @@ class Connection:
         self.log = logger.bind(connection_id=connection_id, user_id=identity.user_id, role=identity.role)
         transport.on_slow_consumer = self._slow_consumer
         transport.on_abort = self._lost
-        self._batch: list[str] = []
+        self.deflate = transport.deflate  # permessage-deflate as agreed in the handshake, or None
+        self._batch: list[Outgoing] = []
         self._batch_timer: gevent.Greenlet | None = None
         self.own_restaurant = visibility.own_restaurant(identity)
 
@@ -99,12 +161,12 @@ class Connection:
     # -- outbound ------------------------------------------------------------------------------
     def send_json(self, body: dict[str, Any]) -> None:
         self._flush_batch()  # replies never overtake events already delivered
-        self.transport.send(framing.text(json.dumps(body, separators=(",", ":"))))
+        self.transport.send(framing.text_for(json.dumps(body, separators=(",", ":")), self.deflate))
 
     def send_frame(self, out: Outgoing) -> bool:
         if self.batch_ms <= 0:
-            return self.transport.send(out.frame)
-        self._batch.append(out.text)
+            return self.transport.send(out.frame_for(self.deflate))
+        self._batch.append(out)
         if self._batch_timer is None:
             self._batch_timer = gevent.spawn_later(self.batch_ms / 1000.0, self._flush_batch)
         return not self.transport.closing
@@ -115,11 +177,11 @@ class Connection:
             timer.kill(block=False)
         if not self._batch:
             return
-        texts, self._batch = self._batch, []
-        if len(texts) == 1:
-            self.transport.send(framing.text(texts[0]))
+        outs, self._batch = self._batch, []
+        if len(outs) == 1:
+            self.transport.send(outs[0].frame_for(self.deflate))
         else:
-            self.transport.send(framing.text('{"type":"batch","events":[' + ",".join(texts) + "]}"))
+            self.transport.send(batch_frame(outs, self.deflate))
 
     def ping(self) -> None:
         self.transport.send_control(framing.ping(b"dms"))

@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import redis
 
 from common import tickets
 from common.auth import Identity, TokenVerifier, bearer_token
 
 
-def identify(request: Any, tokens: TokenVerifier, client: redis.Redis) -> Identity:
+def identify(query: dict[str, str], authorization: str, tokens: TokenVerifier, client: redis.Redis) -> Identity:
     """The handshake's identity, or `Unauthorized` (a used, expired or unknown ticket, a bad token)."""
-    ticket = request.args.get("ticket")
+    ticket = query.get("ticket")
     if ticket is not None:
         return tickets.redeem(client, ticket)
-    return tokens.verify(request.args.get("token") or bearer_token(request.headers.get("Authorization", "")))
+    return tokens.verify(query.get("token") or bearer_token(authorization))

@@ -5,7 +5,9 @@ whatever bytes arrived (`feed`) and returns whole messages and control frames; i
 server must: client frames are masked, reserved bits and unknown opcodes are refused (1002),
 control frames are short and unfragmented and may come between fragments, a message over the
 size limit is refused from its header alone (1009), and text must be valid UTF-8 (1007), checked
-fragment by fragment. tests/gateway/test_framing_reference.py holds it against wsproto.
+fragment by fragment. With permessage-deflate agreed (gateway.compression) RSV1 marks a
+compressed message, inflated whole with its size limit applied to the inflated bytes.
+tests/gateway/test_framing_reference.py holds it against wsproto, compressed frames included.
 """
 
 from __future__ import annotations
@@ -18,12 +20,15 @@ from dataclasses import dataclass
 from enum import IntEnum
 from typing import Any
 
+from gateway import compression
+
 OP_CONTINUATION = 0x0
 OP_TEXT = 0x1
 OP_BINARY = 0x2
 OP_CLOSE = 0x8
 OP_PING = 0x9
 OP_PONG = 0xA
+_RSV1 = 0x40  # permessage-deflate: the message is compressed (RFC 7692 section 6)
 _DATA_OPS = (OP_TEXT, OP_BINARY)
 _CONTROL_OPS = (OP_CLOSE, OP_PING, OP_PONG)
 _GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
@@ -95,20 +100,44 @@ def valid_key(key: str) -> bool:
         return False
 
 
-def encode(opcode: int, payload: bytes) -> bytes:
-    """One unfragmented, unmasked server frame."""
+def encode(opcode: int, payload: bytes, *, compressed: bool = False) -> bytes:
+    """One unfragmented, unmasked server frame; `compressed` sets RSV1 (a permessage-deflate payload)."""
+    first = 0x80 | opcode | (_RSV1 if compressed else 0)
     n = len(payload)
     if n < 126:
-        header = struct.pack("!BB", 0x80 | opcode, n)
+        header = struct.pack("!BB", first, n)
     elif n < 65536:
-        header = struct.pack("!BBH", 0x80 | opcode, 126, n)
+        header = struct.pack("!BBH", first, 126, n)
     else:
-        header = struct.pack("!BBQ", 0x80 | opcode, 127, n)
+        header = struct.pack("!BBQ", first, 127, n)
     return header + payload
 
 
 def text(body: str) -> bytes:
     return encode(OP_TEXT, body.encode("utf-8"))
+
+
+def text_for(body: str, deflate: compression.Deflate | None) -> bytes:
+    """A text frame for one client: compressed when it agreed permessage-deflate and the body is big enough."""
+    payload = body.encode("utf-8")
+    if deflate is None or not compression.compressible(len(payload)):
+        return encode(OP_TEXT, payload)
+    return deflated(payload, deflate)
+
+
+def deflated(payload: bytes, deflate: compression.Deflate) -> bytes:
+    """A compressed text frame (RSV1 set) of an encoded body."""
+    return encode(OP_TEXT, compression.deflate(payload, window_bits=deflate.server_window_bits), compressed=True)
+
+
+def payload_length(frame: bytes) -> int:
+    """The payload size a server frame's header announces."""
+    n = frame[1] & 0x7F
+    if n == 126:
+        return int(struct.unpack_from("!H", frame, 2)[0])
+    if n == 127:
+        return int(struct.unpack_from("!Q", frame, 2)[0])
+    return n
 
 
 def close(code: int, reason: str = "") -> bytes:
@@ -143,12 +172,15 @@ def _valid_close_code(code: int) -> bool:
 class Parser:
     """Incremental parser of client frames; one per connection."""
 
-    def __init__(self, *, max_message_bytes: int) -> None:
+    def __init__(self, *, max_message_bytes: int, inflate: bool = False) -> None:
         self.max_message_bytes = max_message_bytes
+        self.inflate = inflate  # permessage-deflate was agreed: RSV1 on a message's first frame is allowed
         self._buffer = bytearray()
-        self._fragments: list[Any] = []  # bytes of a binary message, decoded text of a text one
+        # Bytes of a binary or compressed message, decoded text of a plain text one.
+        self._fragments: list[Any] = []
         self._fragment_bytes = 0
         self._fragment_opcode: int | None = None
+        self._fragment_compressed = False
         self._decoder: codecs.IncrementalDecoder | None = None
 
     def feed(self, data: bytes) -> list[Frame]:
@@ -170,14 +202,17 @@ class Parser:
             exc.frames = out
             raise
 
-    def _next_frame(self) -> tuple[bool, int, bytes] | None:
+    def _next_frame(self) -> tuple[bool, int, bool, bytes] | None:
         buf = self._buffer
         if len(buf) < 2:
             return None
         first, second = buf[0], buf[1]
-        fin, opcode = bool(first & 0x80), first & 0x0F
-        if first & 0x70:
+        fin, opcode, compressed = bool(first & 0x80), first & 0x0F, bool(first & _RSV1)
+        if first & 0x30 or (compressed and not self.inflate):
             raise ProtocolError(CloseCode.PROTOCOL_ERROR, "reserved bits set without an extension")
+        if compressed and opcode not in _DATA_OPS:
+            # RFC 7692 section 6.1: only a message's first frame says it is compressed; never a control frame.
+            raise ProtocolError(CloseCode.PROTOCOL_ERROR, "RSV1 set on a control or continuation frame")
         if opcode not in _DATA_OPS and opcode not in _CONTROL_OPS and opcode != OP_CONTINUATION:
             raise ProtocolError(CloseCode.PROTOCOL_ERROR, f"unknown opcode {opcode}")
         if not second & 0x80:
@@ -211,9 +246,9 @@ class Parser:
         mask = bytes(buf[offset:offset + 4])
         payload = unmask(bytes(buf[offset + 4:end]), mask)
         del buf[:end]
-        return fin, opcode, payload
+        return fin, opcode, compressed, payload
 
-    def _handle(self, fin: bool, opcode: int, payload: bytes) -> Frame | None:
+    def _handle(self, fin: bool, opcode: int, compressed: bool, payload: bytes) -> Frame | None:
         if opcode == OP_PING:
             return Ping(payload)
         if opcode == OP_PONG:
@@ -224,20 +259,37 @@ class Parser:
             self._add_fragment(payload, final=fin)
             if not fin:
                 return None
-            parts, binary = self._fragments, self._fragment_opcode == OP_BINARY
+            parts, message_opcode = self._fragments, self._fragment_opcode
             self._fragments, self._fragment_bytes, self._fragment_opcode = [], 0, None
-            return Message(b"".join(parts) if binary else "".join(parts))
+            if self._fragment_compressed:
+                self._fragment_compressed = False
+                return self._message(message_opcode or OP_TEXT, self._inflate(b"".join(parts)))
+            return Message(b"".join(parts) if message_opcode == OP_BINARY else "".join(parts))
         if not fin:
             self._fragment_opcode, self._fragments, self._fragment_bytes = opcode, [], 0
-            self._decoder = codecs.getincrementaldecoder("utf-8")() if opcode == OP_TEXT else None
+            self._fragment_compressed = compressed
+            # A compressed message is checked as UTF-8 once inflated, at its end.
+            self._decoder = codecs.getincrementaldecoder("utf-8")() if opcode == OP_TEXT and not compressed else None
             self._add_fragment(payload, final=False)
             return None
+        return self._message(opcode, self._inflate(payload) if compressed else payload)
+
+    def _message(self, opcode: int, payload: bytes) -> Message:
         if opcode == OP_BINARY:
             return Message(payload)
         try:
             return Message(payload.decode("utf-8"))
         except UnicodeDecodeError as exc:
             raise ProtocolError(CloseCode.INVALID_DATA, "text frame is not valid UTF-8") from exc
+
+    def _inflate(self, payload: bytes) -> bytes:
+        """A compressed message's bytes; the size limit holds for what it inflates to (a zip bomb is a 1009)."""
+        try:
+            return compression.inflate(payload, max_bytes=self.max_message_bytes)
+        except compression.InflatedTooBig as exc:
+            raise ProtocolError(CloseCode.TOO_BIG, f"message over {self.max_message_bytes} bytes") from exc
+        except compression.InflateError as exc:
+            raise ProtocolError(CloseCode.INVALID_DATA, "compressed message is not valid DEFLATE data") from exc
 
     def _add_fragment(self, payload: bytes, *, final: bool) -> None:
         """Keep one fragment; text is decoded as it comes, so invalid UTF-8 fails at once (RFC 6455

@@ -46,7 +46,16 @@ REPLAYS = Counter("dms_gateway_replays_total",
 STORE_READS = Counter("dms_gateway_replay_store_reads_total",
                       "PostgreSQL reads made for replays (shared: one per channel and moment; own: one client's page)",
                       ["kind"])
+BURSTS = Counter("dms_gateway_hub_bursts_total",
+                 "Times the hub found several messages waiting and wrote each socket once for all of them")
+BURST_MESSAGES = Counter("dms_gateway_hub_burst_messages_total", "Messages the hub dispatched inside bursts")
 HANDSHAKES = Counter("dms_gateway_handshakes_total", "WebSocket handshakes answered, by outcome", ["outcome"])
+# Counted where a compressed frame is made: once per publication (or shared batch), never per delivery.
+DEFLATED = Counter("dms_gateway_deflated_frames_total",
+                   "Frames compressed for permessage-deflate clients (each shared by all of them), by kind",
+                   ["kind"])
+for _kind in ("event", "batch"):
+    DEFLATED.labels(_kind)
 for _source in ("memory", "shared_read", "own_read"):
     REPLAYS.labels(_source)
 for _kind in ("shared", "own"):
@@ -110,18 +119,21 @@ class GatewayCollector(Collector):
         channels = GaugeMetricFamily("dms_gateway_channels", "Channels this gateway holds in Redis")
         queued = GaugeMetricFamily("dms_gateway_outbound_queue_frames", "Frames waiting in all outbound queues")
         deepest = GaugeMetricFamily("dms_gateway_outbound_queue_max_frames", "Frames in the fullest outbound queue")
+        deflate = GaugeMetricFamily("dms_gateway_deflate_connections",
+                                    "Open connections that agreed permessage-deflate")
         messages = CounterMetricFamily("dms_gateway_hub_messages", "Messages the hub received from Redis")
         frames_in = CounterMetricFamily("dms_gateway_frames_in", "Text frames received from clients")
         frames_out = CounterMetricFamily("dms_gateway_frames_out", "Frames handed to client sockets")
         by_role = dict.fromkeys(ROLES, 0)
         totals = {"subscriptions": 0, "channels": 0, "queued": 0, "deepest": 0, "messages": 0, "frames_in": 0,
-                  "frames_out": 0}
+                  "frames_out": 0, "deflate": 0}
         for gateway in list(self._gateways):
             for conn in list(gateway.connections):
                 by_role[conn.identity.role] = by_role.get(conn.identity.role, 0) + 1
                 totals["subscriptions"] += len(conn.subscriptions)
                 totals["queued"] += conn.queued_frames
                 totals["deepest"] = max(totals["deepest"], conn.queued_frames)
+                totals["deflate"] += conn.deflate is not None
             totals["frames_in"] += gateway.frames_in
             totals["frames_out"] += gateway.frames_out_total()
             totals["channels"] += len(gateway.hub.channels)
@@ -132,10 +144,11 @@ class GatewayCollector(Collector):
         channels.add_metric([], totals["channels"])
         queued.add_metric([], totals["queued"])
         deepest.add_metric([], totals["deepest"])
+        deflate.add_metric([], totals["deflate"])
         messages.add_metric([], totals["messages"])
         frames_in.add_metric([], totals["frames_in"])
         frames_out.add_metric([], totals["frames_out"])
-        yield from (connections, subscriptions, channels, queued, deepest, messages, frames_in, frames_out)
+        yield from (connections, subscriptions, channels, queued, deepest, deflate, messages, frames_in, frames_out)
 
 
 GATEWAYS = GatewayCollector()

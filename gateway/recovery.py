@@ -98,8 +98,10 @@ class Recovery:
         history = self.hub.histories.get(channel)
         if history is not None and history.covers(after):
             REPLAYS.labels("memory").inc()
-            last = self._send(conn, history.after(after), after)
-        elif history is not None and self.shared.widen(channel, history, after):
+            sub.last_id = max(self._send(conn, history.after(after), after), upto)
+            return
+        conn.transport.push()  # the store is read below: a corked subscribe writes what it holds first
+        if history is not None and self.shared.widen(channel, history, after):
             REPLAYS.labels("shared_read").inc()
             last = self._send(conn, history.after(after), after)
         else:
@@ -130,6 +132,7 @@ class Recovery:
         cursor = after
         while cursor < upto and not conn.closed:
             self._wait_for_room(conn)
+            conn.transport.push()  # a corked subscribe must not hold its frames over the query
             with self.pool.connection() as db:
                 rows = db.execute(sql, (channel, cursor, upto, *visible_params, REPLAY_PAGE)).fetchall()
             STORE_READS.labels("own").inc()
@@ -142,6 +145,7 @@ class Recovery:
 
     @staticmethod
     def _wait_for_room(conn: Connection) -> None:
+        conn.transport.push()
         while conn.queued_frames > conn.transport.max_queued_frames // 2 and not conn.closed:
             gevent.sleep(0.01)
 
@@ -154,12 +158,13 @@ class Recovery:
             try:
                 watermark = self.anchored_watermark(channel)
                 after = sub.last_id if sub.last_id is not None else watermark
-                self.replay(conn, channel, sub, after=after, upto=watermark)
+                with conn.transport.corked():
+                    self.replay(conn, channel, sub, after=after, upto=watermark)
+                    conn.go_live(channel)
             except RECOVERY_ERRORS as exc:
                 conn.log.warning("resync failed, closing so the client recovers: {}", exc)
                 conn.close(closes.RESYNC_FAILED)
                 return
-            conn.go_live(channel)
 
 
 class FreshRead(Generic[T]):

@@ -1,6 +1,6 @@
 """The gateway node: builds and wires hub, relay, recovery, the connections' jobs and their loops.
 
-Each job has its module: the handshake (gateway.handshake), one connection's read loop and
+Each job has its module: the handshake (gateway.handshake), one connection's reading and
 dispatch (gateway.reader), the timer loop (gateway.timers), subscribe and recovery
 (gateway.subscriptions, gateway.recovery), restaurants' rights to drivers' channels
 (gateway.rights), GPS intake (gateway.gps) and the admin numbers (gateway.stats). The node holds
@@ -150,7 +150,7 @@ class Gateway:
 
     # -- one connection ------------------------------------------------------------------------
     def open(self, transport: Transport, who: Identity, *, batch_ms: int = 0) -> Connection:
-        """Take an upgraded connection: register it and start its one greenlet."""
+        """Take an upgraded connection: register it and welcome it in a greenlet of its own."""
         config = self.config
         session = Session(role=who.role, max_subscriptions=config.ws_max_subscriptions,
                           ping_interval_s=config.ws_ping_interval_s, ping_timeout_s=config.ws_ping_timeout_s,
@@ -163,6 +163,7 @@ class Gateway:
         return conn
 
     def _serve(self, conn: Connection) -> None:
+        """Welcome the client, then hand it to the reader; this greenlet ends (see gateway.reader)."""
         who = conn.identity
         with log_context(connection_id=conn.id):
             try:
@@ -176,12 +177,11 @@ class Gateway:
                     ping_interval_s=self.config.ws_ping_interval_s,
                     max_subscriptions=self.config.ws_max_subscriptions, now=datetime.now(UTC),
                 ))
-                self.reader.read_loop(conn)
             except Exception:
                 conn.log.exception("connection failed")
-                raise
-            finally:
                 self._forget(conn)
+                raise
+            self.reader.start(conn, self._forget)
 
     def _forget(self, conn: Connection) -> None:
         conn.abort()

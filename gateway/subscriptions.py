@@ -55,13 +55,16 @@ class Subscriptions:
             self.hub.add(conn, channel)
             watermark = self.recovery.anchored_watermark(channel)
             recovered = action.since is not None and action.since >= self.recovery.purged_through()
-            conn.send_json(subscribed(channel, ref, watermark, recovered))
-            if recovered:
-                assert action.since is not None
-                self.recovery.replay(conn, channel, sub, after=action.since, upto=watermark)
-            else:
-                sub.last_id = watermark
-            conn.go_live(channel)
+            # The reply, the replay and the live events held meanwhile leave in as few writes as
+            # recovery's waits allow (it pushes before each): in a reconnect storm, one each.
+            with conn.transport.corked():
+                conn.send_json(subscribed(channel, ref, watermark, recovered))
+                if recovered:
+                    assert action.since is not None
+                    self.recovery.replay(conn, channel, sub, after=action.since, upto=watermark)
+                else:
+                    sub.last_id = watermark
+                conn.go_live(channel)
             # The right may have ended during the replay (gateway.rights): then nothing is held.
             conn.session.subscribe_done(channel, ok=conn.subscriptions.get(channel) is sub)
         except RECOVERY_ERRORS as exc:

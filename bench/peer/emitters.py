@@ -88,7 +88,7 @@ class NodeAdapterEmitter:
 def make_emitter(system: str, redis_url: str) -> Emitter:
     from common.redis_client import make_redis
 
-    if system == "dms":
+    if system in ("dms", "dms-relay-inside"):
         return DmsEmitter(make_redis(redis_url))
     if system == "flask-socketio":
         return SocketIOEmitter(redis_url)

@@ -212,3 +212,34 @@ def test_retry_after_is_honoured(page: Any, stack: Stack, infra: Infra, world: W
 
 def _start_refused(page: Any, url: str, token: str) -> None:
     page.evaluate(START, [url, {"token": token, "probe": True, "base": 100, "cap": 200}])
+
+
+RAW_SOCKET = """([url, channel]) => new Promise((resolve, reject) => {
+  const ws = new WebSocket(url);
+  window.raw = { messages: [] };
+  ws.onmessage = (message) => window.raw.messages.push(JSON.parse(message.data));
+  ws.onopen = () => { ws.send(JSON.stringify({ type: "subscribe", channel, ref: "s" })); resolve(ws.extensions); };
+  ws.onerror = () => reject(new Error("the WebSocket failed"));
+})"""
+
+
+def test_chromium_negotiates_permessage_deflate(page: Any, stack: Stack, infra: Infra, world: World) -> None:
+    """A browser offers permessage-deflate by itself; it gets our answer, its own (compressed) subscribe
+    is understood, and a big event, compressed, reads as the same JSON."""
+    import redis as redis_lib
+
+    from common.events import publish_ephemeral
+
+    channel = f"restaurant:{world.restaurant_id}"
+    extensions = page.evaluate(RAW_SOCKET, [f"{stack.gateway_url}?token={world.restaurant}", channel])
+    assert extensions == "permessage-deflate; server_no_context_takeover; client_no_context_takeover"
+    page.wait_for_function("window.raw.messages.some((m) => m.type === 'subscribed')", timeout=seconds(10) * MS)
+    note = "a long note " * 60
+    publisher = redis_lib.Redis.from_url(infra.redis_url)
+    publish_ephemeral(publisher, channel, json.dumps({"type": "event", "channel": channel, "id": None,
+                                                      "event": "test.deflate", "data": {"note": note},
+                                                      "ts": "2026-01-01T00:00:00Z"}))
+    publisher.close()
+    page.wait_for_function("window.raw.messages.some((m) => m.event === 'test.deflate')", timeout=seconds(10) * MS)
+    got = page.evaluate("window.raw.messages.filter((m) => m.event === 'test.deflate')")
+    assert [m["data"]["note"] for m in got] == [note]

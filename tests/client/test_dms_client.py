@@ -237,3 +237,25 @@ def test_get_token_refreshes_before_expiry(gateway: SharedGateway, world: World,
 
 
 ADMIN_SUB = "00000000-0000-4000-8000-00000000a0a0"
+
+
+@pytest.mark.parametrize("compression", [True, False], ids=["deflate", "plain"])
+def test_compressed_and_plain_clients_read_the_same_events(gateway: SharedGateway, infra: Infra, world: World,
+                                                           started: list[DmsClient], compression: bool) -> None:
+    """By default the client offers permessage-deflate, as browsers do, and inflates what the gateway compressed."""
+    board = f"restaurant:{world.restaurant_id}"
+    got = Collector()
+    dms = DmsClient(gateway["url"], token=world.restaurant, compression=compression)
+    dms.subscribe(board, got)
+    started.append(dms.start())
+    wait_for(lambda: dms.last_id(board) is not None, message="subscribed")
+    note = "a long note " * 60
+    publisher = redis_lib.Redis.from_url(infra.redis_url)
+    frame = json.dumps({"type": "event", "channel": board, "id": None, "event": "test.deflate",
+                        "data": {"note": note}, "ts": "2026-01-01T00:00:00Z"})
+    publish_ephemeral(publisher, board, frame)
+    publisher.close()
+    wait_for(lambda: any(e["event"] == "test.deflate" for e in got.events), message="the big event")
+    assert [e["data"]["note"] for e in got.events if e["event"] == "test.deflate"] == [note]
+    connection = dms._conn
+    assert connection is not None and (connection.inflater is not None) == compression

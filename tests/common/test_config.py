@@ -64,3 +64,10 @@ def test_lists_and_rates_parse() -> None:
     assert config.allowed_origins == ("https://a.example", "https://b.example")
     assert (config.rate_limit_user.count, config.rate_limit_user.period_s) == (50, 1)
     assert config.database_replica_urls == ("postgresql://r1/db",)
+
+
+def test_ws_compression_is_on_unless_turned_off() -> None:
+    assert Config.from_env(BASE).ws_compression is True
+    assert Config.from_env({**BASE, "WS_COMPRESSION": "off"}).ws_compression is False
+    with pytest.raises(ConfigError, match="WS_COMPRESSION"):
+        Config.from_env({**BASE, "WS_COMPRESSION": "sometimes"})

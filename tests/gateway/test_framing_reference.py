@@ -10,9 +10,10 @@ from typing import Any
 
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
+from wsproto.extensions import PerMessageDeflate
 from wsproto.frame_protocol import FrameProtocol, Opcode, ParseFailed
 
-from gateway import framing
+from gateway import compression, framing
 from gateway.framing import CloseReceived, Message, Ping, Pong, ProtocolError
 
 MAX_MESSAGE_BYTES = 300
@@ -154,3 +155,51 @@ def test_a_long_valid_conversation_agrees_byte_by_byte() -> None:
     stream = [frame(1, b'{"type":"ping"}', mask=os.urandom(4)) for _ in range(5)]
     stream += [frame(1, "h\u00e9".encode()[:2], fin=False), frame(9, b"p"), frame(0, "h\u00e9".encode()[2:])]
     compare(stream, list(range(200)))
+
+
+# -- permessage-deflate, held against wsproto's PerMessageDeflate as the client ----------------------------
+_BODY_TEXT = st.text(alphabet='abc{}":, 0123é€', max_size=120)
+
+
+def _deflate_client(deflate: compression.Deflate) -> FrameProtocol:
+    """wsproto as a client that offered permessage-deflate and read our answer."""
+    extension = PerMessageDeflate()
+    extension.finalize(deflate.response)
+    return FrameProtocol(client=True, extensions=[extension])
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(_BODY_TEXT, st.integers(1, 40)), min_size=1, max_size=4), st.integers(9, 15))
+def test_wsproto_reads_our_compressed_frames(bodies: list[tuple[str, int]], window_bits: int) -> None:
+    """Every message stands alone (no shared window) and keeps to the window the client allowed us."""
+    deflate = compression.Deflate(server_max_window_bits=window_bits)
+    texts = [piece * repeat for piece, repeat in bodies]
+    client = _deflate_client(deflate)
+    client.receive_bytes(b"".join(framing.text_for(text, deflate) for text in texts))
+    assert [item.payload for item in client.received_frames()] == texts
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(_BODY_TEXT, st.integers(1, 40), st.integers(1, 3)), min_size=1, max_size=4),
+       st.lists(st.integers(0, 4000), max_size=6))
+def test_we_inflate_what_wsproto_compresses(bodies: list[tuple[str, int, int]], cuts: list[int]) -> None:
+    """Messages wsproto compresses, in one or several fragments, cut anywhere, give the same texts."""
+    client = _deflate_client(compression.Deflate())
+    texts, stream = [], b""
+    for piece, repeat, fragments in bodies:
+        text = piece * repeat
+        texts.append(text)
+        step = max(1, len(text) // fragments)
+        parts = [text[i:i + step] for i in range(0, len(text), step)] or [""]
+        for index, part in enumerate(parts):
+            stream += client.send_data(part, fin=index == len(parts) - 1)
+    parser = framing.Parser(max_message_bytes=1 << 20, inflate=True)
+    got: list[Any] = []
+    for chunk in _cut(stream, cuts):
+        got += parser.feed(chunk)
+    assert got == [Message(text) for text in texts]
+
+
+def _cut(stream: bytes, cuts: list[int]) -> list[bytes]:
+    points = sorted({0, len(stream), *(cut for cut in cuts if cut < len(stream))})
+    return [stream[a:b] for a, b in itertools.pairwise(points)]

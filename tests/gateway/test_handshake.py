@@ -143,3 +143,17 @@ def test_after_the_upgrade_only_websocket_frames_follow(gateway: dict[str, str],
         rest += sock.recv(65536)
     sock.close()
     assert b'"pong"' in rest and b"HTTP/1." not in rest
+
+
+def test_ws_answers_only_get_and_plain_requests_get_json(gateway: dict[str, str], world: World) -> None:
+    """The handshake is answered ahead of Flask: other methods get 405, a GET without Upgrade a 400 body."""
+    base = gateway["url"].replace("ws://", "http://", 1)
+    status, headers, body = http_json("POST", base, {}, token=world.admin)
+    assert status == 405 and headers["Allow"] == "GET, HEAD"
+    assert body["error"]["code"] == "method_not_allowed"
+    status, headers, body = http_json("GET", base, token=world.admin)
+    assert status == 400 and headers["Content-Type"] == "application/json"
+    assert "Upgrade" in body["error"]["message"]
+    status, _, body = http_json("GET", base.replace("/ws", "/health"))
+    assert status == 200 and body["status"] == "ok"  # every other path is still Flask's
+

@@ -85,6 +85,52 @@ def test_write_through_sends_at_once_without_a_writer(pair: tuple[gsocket.socket
     assert peer.recv(100) == framing.text("hello")  # already in the kernel, no greenlet had to run
 
 
+class CountingSocket:
+    """A socket that records each `send` (the transport's write-through)."""
+
+    def __init__(self, sock: gsocket.socket) -> None:
+        self.sock = sock
+        self.writes: list[bytes] = []
+
+    def send(self, data: bytes, *args: object) -> int:
+        self.writes.append(bytes(data))
+        return int(self.sock.send(data, *args))
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.sock, name)
+
+
+def test_a_cork_sends_what_it_holds_in_one_write(pair: tuple[gsocket.socket, gsocket.socket]) -> None:
+    ours, peer = pair
+    counting = CountingSocket(ours)
+    writes = counting.writes
+    transport = Transport(counting)  # type: ignore[arg-type]
+    with transport.corked():
+        with transport.corked():  # nested: only the outermost end writes
+            for n in range(3):
+                assert transport.send(framing.text(f"e{n}"))
+        assert writes == [] and transport.queued_frames == 3
+        transport.push()  # what a subscribe does before it waits for the store
+        assert len(writes) == 1 and transport.queued_frames == 0
+        assert transport.send(framing.text("e3"))
+        assert len(writes) == 1
+    assert len(writes) == 2
+    assert transport.send(framing.text("e4"))  # uncorked: written through at once
+    assert len(writes) == 3
+    frames = read_frames(peer, count=5)
+    assert [body for _, body in frames] == [b"e0", b"e1", b"e2", b"e3", b"e4"]
+
+
+def test_a_close_inside_a_cork_follows_the_frames_it_holds(pair: tuple[gsocket.socket, gsocket.socket]) -> None:
+    ours, peer = pair
+    transport = Transport(ours)
+    with transport.corked():
+        transport.send(framing.text("last words"))
+        transport.close(CloseCode.GOING_AWAY, "bye")
+    frames = read_frames(peer, until_close=True)
+    assert [op for op, _ in frames] == [framing.OP_TEXT, framing.OP_CLOSE]
+
+
 def test_partial_sends_lose_and_reorder_nothing(pair: tuple[gsocket.socket, gsocket.socket]) -> None:
     ours, peer = pair
     transport = Transport(ours)
