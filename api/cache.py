@@ -1,7 +1,7 @@
 """Cache-aside in Redis for read endpoints, with namespace generations and stampede protection.
 
-Keys are `dms:cache:<namespace>:g<generation>:<key>`. A write bumps the namespace's generation
-(`dms:cache:gen:<namespace>`) after its transaction commits, so every entry of the old generation,
+Keys are `dms:{api}:cache:<namespace>:g<generation>:<key>`. A write bumps the namespace's generation
+(`dms:{api}:cache:gen:<namespace>`) after its transaction commits, so every entry of the old generation,
 whatever query built it, stops being read at once and expires on its own.
 
 A hit is one round trip: a script reads the generation and the entry and counts the hit, and the

@@ -1,7 +1,7 @@
 """Every Redis key the API's cache and rate limiter use, built in one place.
 
-All of them go through `_key`, so a change of scheme (a Redis Cluster hash tag, say) is a change
-of that one function. Lua scripts never format a key: they receive the keys, or an entry key's
+All of them go through `_key`, so a change of scheme is a change of that one
+function. Lua scripts never format a key: they receive the keys, or an entry key's
 two halves around the generation the script reads (`entry_key_around`).
 """
 
@@ -10,8 +10,17 @@ from __future__ import annotations
 _GAP = "\x00"  # stands for the generation in `entry_key_around`; never part of a real key
 
 
+# One hash tag for every API key: the rate-limit script reads counters, a cache generation, the
+# hit counter and an entry in one call, and on a Redis Cluster one script may only touch one slot.
+# So the API's keys live on one shard of a cluster (pub/sub, the bulk of the traffic, spreads over
+# all of them). Before the tag the keys were `dms:cache:...` and `dms:rl:...`; after an upgrade the
+# old ones are caches, windowed counters and marks that expire by themselves, except the hit/miss
+# counters and `dms:cache:gen:*`, which just stay behind (delete `dms:cache:*` and `dms:rl:*` at will).
+HASH_TAG = "{api}"
+
+
 def _key(*parts: str) -> str:
-    return "dms:" + ":".join(parts)
+    return f"dms:{HASH_TAG}:" + ":".join(parts)
 
 
 CACHE_PREFIX = _key("cache", "")  # `dms:cache:`: every cache key starts with it

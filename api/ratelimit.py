@@ -1,6 +1,6 @@
 """REST rate limits in Redis: fixed windows per client IP and per user, shared by every API process.
 
-Each window is one Redis counter, `dms:rl:<scope>:<who>:<limit>/<period>:<window number>`. One Lua
+Each window is one Redis counter, `dms:{api}:rl:<scope>:<who>:<limit>/<period>:<window number>`. One Lua
 script raises every counter of the request (IP and user) and gives a new counter its expiry, so
 a request costs at most one round trip and a crash between INCR and EXPIRE cannot leave a counter
 that never expires. A process raises a counter by a small lease (a fiftieth of the limit, at

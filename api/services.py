@@ -15,7 +15,7 @@ from api.replicas import ReadPool, Replica, ReplicaRouter
 from common.auth import TokenVerifier, verifier_from_config
 from common.config import Config
 from common.db import Pool, make_pool
-from common.redis_client import make_redis
+from common.redis_client import redis_for
 from common.ttl_cache import TtlCache
 
 PROFILE_SEEN_TTL_S = 300.0
@@ -54,7 +54,7 @@ class Services:
                 make_pool(url, name=f"api-replica-{n}", max_size=pool_size)
                 for n, url in enumerate(config.database_replica_urls)
             ],
-            redis=make_redis(config.redis_url),
+            redis=redis_for(config),
         )
 
     def open(self) -> None:

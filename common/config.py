@@ -62,6 +62,8 @@ class Config:
     database_replica_urls: tuple[str, ...]
     redis_url: str
     jwt_secret: Secret
+    # `host:port` seeds of a Redis Cluster; when set, every process uses the cluster, not REDIS_URL.
+    redis_cluster_nodes: tuple[str, ...] = ()
     jwt_jwks_url: str = ""  # an identity provider's JWKS (RS256/ES256 by kid); "" means HS256 only
     jwt_issuer: str = ""  # checked when set
     jwt_audience: str = ""  # checked when set
@@ -118,6 +120,8 @@ class Config:
         if len(secret) < 16:
             reader.errors.append("JWT_SECRET: must be at least 16 characters")
         dsn = reader.text("SENTRY_DSN", "")
+        cluster_nodes = tuple(reader.host_port("REDIS_CLUSTER_NODES", node)
+                              for node in reader.csv("REDIS_CLUSTER_NODES"))
         retention = read_retention(reader)
         config = cls(
             database_url=database_url,
@@ -128,7 +132,8 @@ class Config:
                 reader.url_item("DATABASE_REPLICA_URLS", item, ("postgresql", "postgres"))
                 for item in reader.csv("DATABASE_REPLICA_URLS")
             ),
-            redis_url=reader.url("REDIS_URL", schemes=("redis", "rediss", "unix"), required=True),
+            redis_url=reader.url("REDIS_URL", schemes=("redis", "rediss", "unix"), required=not cluster_nodes),
+            redis_cluster_nodes=cluster_nodes,
             jwt_secret=Secret(secret),
             jwt_jwks_url=reader.url("JWT_JWKS_URL", schemes=("http", "https")),
             jwt_issuer=reader.text("JWT_ISSUER", ""),
@@ -250,6 +255,12 @@ class _Reader:
     def csv(self, name: str) -> list[str]:
         raw = self._raw(name)
         return [] if raw is None else [item.strip() for item in raw.split(",") if item.strip()]
+
+    def host_port(self, name: str, raw: str) -> str:
+        host, _, port = raw.rpartition(":")
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            self.errors.append(f"{name}: {raw!r} is not host:port")
+        return raw
 
     def choice(self, name: str, allowed: tuple[str, ...], default: str, *, upper: bool = False) -> str:
         raw = self._raw(name)

@@ -92,7 +92,9 @@ def ephemeral_frame(channel: str, event: str, data: dict[str, Any], ts: str) -> 
 
 def publish_ephemeral(client: Any, channel: str, frame: str) -> None:
     """Send a stored-nowhere frame to every gateway; `-` in place of an id marks it ephemeral."""
-    client.publish(REDIS_PREFIX + channel, outbox.encode(None, frame))
+    from common.redis_client import publish_channel  # here, so that frame builders load no Redis driver
+
+    publish_channel(client, REDIS_PREFIX + channel, outbox.encode(None, frame))
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,7 @@ from typing import Any
 import redis
 
 from common.auth import ROLES
+from common.redis_client import get_many
 
 KEY_PREFIX = "dms:gw:"
 TTL_S = 6
@@ -24,7 +25,7 @@ def remove_instance(client: redis.Redis, instance_id: str) -> None:
 def read_all(client: redis.Redis) -> dict[str, Any]:
     """The contract's `GET /api/realtime/connections` body, summed over live gateways."""
     keys = sorted(client.scan_iter(match=KEY_PREFIX + "*", count=500))
-    instances = [json.loads(raw) for raw in client.mget(keys) if raw] if keys else []
+    instances = [json.loads(raw) for raw in get_many(client, keys) if raw] if keys else []
     by_role = {role: 0 for role in ROLES}
     for instance in instances:
         for role, count in instance.get("by_role", {}).items():

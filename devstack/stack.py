@@ -157,7 +157,14 @@ class Stack:
             logger.info("using DATABASE_URL from the environment")
         else:
             self.env["DATABASE_URL"] = self._embedded_postgres()
-        if os.environ.get("REDIS_URL"):
+        if os.environ.get("REDIS_CLUSTER_NODES"):
+            # A Redis Cluster: no embedded Redis. Every process reads REDIS_CLUSTER_NODES first;
+            # REDIS_URL names one seed, for .dms/env readers that expect it (contract section 1).
+            nodes = os.environ["REDIS_CLUSTER_NODES"]
+            self.env["REDIS_CLUSTER_NODES"] = nodes
+            self.env["REDIS_URL"] = os.environ.get("REDIS_URL") or f"redis://{nodes.split(',')[0].strip()}/0"
+            logger.info("using the Redis Cluster of REDIS_CLUSTER_NODES ({})", nodes)
+        elif os.environ.get("REDIS_URL"):
             self.env["REDIS_URL"] = os.environ["REDIS_URL"]
             logger.info("using REDIS_URL from the environment")
         else:

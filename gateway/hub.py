@@ -31,6 +31,9 @@ from gateway.metrics import BURST_MESSAGES, BURSTS, DELIVERY_SAMPLE_EVERY, RECON
 # reader and a connection greenlet (un)subscribing both do, gevent refuses the shared socket
 # (ConcurrentObjectUseError) or one finds it closed under it (ValueError): both mean "connection lost".
 _LOST = (redis.RedisError, OSError, ValueError, ConcurrentObjectUseError)
+# Plain pub/sub on one Redis, sharded pub/sub on a cluster (gateway/cluster_hub.py).
+_CONFIRMATIONS = frozenset(("subscribe", "ssubscribe"))
+_MESSAGES = frozenset(("message", "smessage"))
 
 
 # Messages one burst dispatches before the reader looks at Redis again; bounds a socket's held frames.
@@ -100,11 +103,7 @@ class Hub:
         confirmed = self._confirmed.get(channel)
         if confirmed is None:
             confirmed = self._confirmed[channel] = GEvent()
-            if self.healthy.is_set() and self._pubsub is not None:
-                try:
-                    self._pubsub.subscribe(REDIS_PREFIX + channel)
-                except _LOST as exc:
-                    logger.warning("upstream subscribe failed: {}", exc)
+            self._subscribe_upstream(channel)
         if not confirmed.wait(timeout=self.confirm_timeout_s):
             raise Unavailable("the event stream is unavailable, retry shortly")
 
@@ -132,11 +131,23 @@ class Hub:
             del self.channels[channel]
             self.histories.pop(channel, None)
             self._confirmed.pop(channel, None)
-            if self._pubsub is not None and self.healthy.is_set():
-                try:
-                    self._pubsub.unsubscribe(REDIS_PREFIX + channel)
-                except _LOST as exc:
-                    logger.warning("upstream unsubscribe failed: {}", exc)
+            self._unsubscribe_upstream(channel)
+
+    def _subscribe_upstream(self, channel: str) -> None:
+        """Ask Redis for `channel`; its confirmation arrives through `_dispatch`. While the connection is
+        down nothing is sent: the reconnect subscribes every held channel."""
+        if self.healthy.is_set() and self._pubsub is not None:
+            try:
+                self._pubsub.subscribe(REDIS_PREFIX + channel)
+            except _LOST as exc:
+                logger.warning("upstream subscribe failed: {}", exc)
+
+    def _unsubscribe_upstream(self, channel: str) -> None:
+        if self._pubsub is not None and self.healthy.is_set():
+            try:
+                self._pubsub.unsubscribe(REDIS_PREFIX + channel)
+            except _LOST as exc:
+                logger.warning("upstream unsubscribe failed: {}", exc)
 
     def publish_ephemeral(self, channel: str, frame: str) -> None:
         """Events that are not stored (locations, stats) go straight to Redis with no id."""
@@ -218,12 +229,12 @@ class Hub:
         if not isinstance(raw_channel, str) or not raw_channel.startswith(REDIS_PREFIX):
             return
         channel = raw_channel[len(REDIS_PREFIX):]
-        if kind == "subscribe":
+        if kind in _CONFIRMATIONS:
             confirmed = self._confirmed.get(channel)
             if confirmed is not None:
                 confirmed.set()
             return
-        if kind != "message":
+        if kind not in _MESSAGES:
             return
         self.messages_in += 1
         event_id, frame = outbox.decode(str(message["data"]))

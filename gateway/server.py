@@ -30,15 +30,15 @@ from common.errors import DmsError
 from common.logging import log_context
 from common.presence import GatewayPresence
 from common.profiles import ensure_profile
-from common.redis_client import make_redis
+from common.redis_client import redis_for
 from common.replication import REPLICATION
 from common.roles import Role
 from gateway import closes
 from gateway.admission import Admission, connection_ceiling
 from gateway.app import create_gateway_app
+from gateway.cluster_hub import hub_for
 from gateway.connection import Connection
 from gateway.gps import GpsIntake
-from gateway.hub import Hub
 from gateway.locations import LocationWriter
 from gateway.protocol import Session, welcome
 from gateway.reader import Reader
@@ -70,8 +70,8 @@ class Gateway:
         self.id = config.gateway_id or f"{socket.gethostname()}-{os.getpid()}"
         self.pool = make_pool(config.database_url, name="gateway", max_size=pool_size)
         REPLICATION.watch(config.database_url)  # replica-lag gauges, read from the primary per scrape
-        self.redis = make_redis(config.redis_url)
-        self.hub = Hub(make_redis(config.redis_url, socket_timeout_s=None), history_events=config.ws_history_events)
+        self.redis = redis_for(config)
+        self.hub = hub_for(config, self.redis, history_events=config.ws_history_events)
         self.recovery = Recovery(self.pool, self.redis, self.hub)
         self.admission = Admission(max_connections=connection_ceiling(config.ws_max_connections),
                                    accept_rate_per_s=config.ws_accept_rate_per_s)

@@ -30,7 +30,7 @@ from common.db import connect
 from common.events import NOTIFY_CHANNEL, REDIS_PREFIX, RELAY_WATERMARK_KEY, Event
 from common.outbox import PURGED_CURSOR, RELAY_CURSOR
 from relay.metrics import RECONNECTS, RELAYS, observe_relay_lag
-from relay.publish import publish_batch
+from relay.publisher import publisher_for
 from relay.settle import Gap, settle
 
 __all__ = ["CURSOR_NAME", "LEADER_LOCK_KEY", "PURGED_NAME", "Gap", "Relay", "settle"]
@@ -70,6 +70,7 @@ class Relay:
     ) -> None:
         self.listen_url = listen_url
         self.redis = redis_client
+        self.publisher = publisher_for(redis_client)
         self.poll_interval_s = poll_interval_s
         self.batch_size = batch_size
         self.retention_hours = retention_hours
@@ -200,12 +201,13 @@ class Relay:
         ).fetchall()
 
     def _publish(self, rows: list[dict[str, Any]]) -> None:
-        # One MULTI/EXEC (relay/publish.py): a gateway that subscribes and then reads the watermark
-        # sees either the whole batch live or a watermark that covers it, never neither.
+        # The publisher keeps the watermark promise (relay/publisher.py): a gateway that subscribes
+        # and then reads the watermark gets every event above it live. One Redis: one MULTI/EXEC
+        # (relay/publish.py); a cluster: the watermark first, then SPUBLISH per shard.
         messages = [(REDIS_PREFIX + channel, outbox.encode(event.id, frame))
                     for event in map(Event.from_row, rows) for channel, frame in event.frames()]
         last = int(rows[-1]["id"])
-        publish_batch(self.redis, messages, watermark_key=RELAY_WATERMARK_KEY, watermark=last)
+        self.publisher.publish(messages, watermark=last)
         self.last_id = last
         self.published_total += len(rows)
         observe_relay_lag(rows)

@@ -15,7 +15,7 @@ from loguru import logger
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
 from common.boot import boot
-from common.redis_client import make_redis
+from common.redis_client import redis_for
 from relay.loop import Relay
 
 
@@ -58,7 +58,7 @@ def main() -> int:
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
-    relay = Relay(listen_url=config.database_listen_url, redis_client=make_redis(config.redis_url),
+    relay = Relay(listen_url=config.database_listen_url, redis_client=redis_for(config),
                   retention_hours=config.event_retention_hours, housekeeping_retention=config.retention)
     server = serve_http(relay, config.relay_host, config.relay_port)
     logger.info("relay serving /health and /metrics on http://{}:{}", config.relay_host, config.relay_port)

@@ -1,6 +1,6 @@
 """`GET /api/cache/{key}`: one entry of the application's own cache, personal fields redacted (admin).
 
-A key is either the full Redis key (`dms:cache:<namespace>:g<generation>:<key>`) or
+A key is either the full Redis key (`dms:{api}:cache:<namespace>:g<generation>:<key>`) or
 `<namespace>:<key>`, read in the namespace's current generation. Anything else that lives in
 Redis (rate-limit windows, counters, generations, rebuild locks, other apps' keys) is 404: this is
 a window onto the cache, not onto Redis.
@@ -71,7 +71,7 @@ def cache_entry(key: str) -> Any:
     client = services().redis
     full_key = resolve(client, key)
     if full_key is None:
-        raise NotFound("no such cache key; cache keys are dms:cache:<namespace>:g<n>:<key> or <namespace>:<key>",
+        raise NotFound("no such cache key; cache keys are dms:{api}:cache:<namespace>:g<n>:<key> or <namespace>:<key>",
                        details={"namespaces": list(NAMESPACES)})
     pipe = client.pipeline(transaction=False)
     pipe.get(full_key)

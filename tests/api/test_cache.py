@@ -84,8 +84,8 @@ def test_entries_live_about_an_hour_and_hits_and_misses_are_counted(client: Any,
     assert client.get(f"/api/products/{product_id}", headers=auth(world.admin)).headers["X-Cache"] == "MISS"
     assert client.get(f"/api/products/{product_id}", headers=auth(world.admin)).headers["X-Cache"] == "HIT"
     assert _counter(rds, HITS_KEY) >= hits + 1 and _counter(rds, MISSES_KEY) >= misses + 1
-    (key,) = [k for k in rds.scan_iter(match=f"dms:cache:products:g*:one:{product_id}")
-              if k.startswith(f"dms:cache:products:g{rds.get('dms:cache:gen:products')}:")]
+    (key,) = [k for k in rds.scan_iter(match=f"dms:{{api}}:cache:products:g*:one:{product_id}")
+              if k.startswith(f"dms:{{api}}:cache:products:g{rds.get('dms:{api}:cache:gen:products')}:")]
     assert 3600 * 0.9 - 5 <= rds.ttl(key) <= 3600 * 1.1
 
 
@@ -119,7 +119,7 @@ def test_waiters_fall_back_to_the_database_when_the_rebuild_stalls(rds: redis.Re
     cache = Cache(rds, wait_for_rebuild_s=0.3)
     key = uuid.uuid4().hex
     # Someone else holds the rebuild lock and never finishes.
-    rds.set(f"dms:cache:stalled:g0:{key}:lock", "other", px=5000)
+    rds.set(f"dms:{{api}}:cache:stalled:g0:{key}:lock", "other", px=5000)
     started = time.monotonic()
     found = cache.get_or_load("stalled", key, lambda: {"from": "db"}, ttl_s=60)
     assert found.value == {"from": "db"} and not found.hit

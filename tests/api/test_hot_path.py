@@ -35,7 +35,7 @@ def _client(app: Any) -> Any:
 
 
 def _catalogue_keys(client: redis.Redis) -> list[str]:
-    return [key for key in client.scan_iter("dms:cache:products:*")]
+    return [key for key in client.scan_iter("dms:{api}:cache:products:*")]
 
 
 def test_catalogue_reads_carry_an_etag_and_answer_304_until_the_list_changes(client: Any, world: World) -> None:
@@ -138,8 +138,8 @@ def test_both_rate_limits_cost_one_redis_command_and_still_expire(infra: Infra, 
         # One round trip (the script); Redis counts the two INCRBYs it ran inside; no MULTI/EXEC/EXPIRE.
         # (Limits under 100 lease one request at a time, so every request goes to Redis here.)
         assert used == {"evalsha": 1, "incrby": 2}, used
-        keys = list(store.scan_iter("dms:rl:*"))
-        assert any(key.startswith("dms:rl:ip:") for key in keys) and any(key.startswith("dms:rl:user:")
+        keys = list(store.scan_iter("dms:{api}:rl:*"))
+        assert any(key.startswith("dms:{api}:rl:ip:") for key in keys) and any(key.startswith("dms:{api}:rl:user:")
                                                                          for key in keys)
         assert all(0 < store.ttl(key) <= 3601 for key in keys)
     finally:

@@ -23,7 +23,7 @@ from tests.fix_infra import Infra
 from tests.fix_world import World
 from tests.helpers import Process, http_json, wait_for
 
-HITS = "dms:cache:hits"
+HITS = "dms:{api}:cache:hits"
 
 
 @pytest.fixture

@@ -168,7 +168,8 @@ def test_a_cache_entry_is_shown_with_personal_fields_redacted(client: Any, world
     response = client.get(f"/api/cache/orders:{order['id']}", headers=auth(world.admin))
     assert response.status_code == 200
     entry = response.get_json()
-    assert entry["hit"] is True and entry["key"].startswith("dms:cache:orders:g") and entry["key"].endswith(order["id"])
+    assert entry["hit"] is True
+    assert entry["key"].startswith("dms:{api}:cache:orders:g") and entry["key"].endswith(order["id"])
     assert 0 < entry["ttl"] <= 3600 * 1.2
     assert entry["value"]["customer_name"] == "[redacted]" and entry["value"]["notes"] == "[redacted]"
     assert entry["value"]["id"] == order["id"] and entry["value"]["total_amount"] == order["total_amount"]
@@ -182,9 +183,9 @@ def test_an_absent_entry_is_a_miss_and_other_keys_are_not_found(client: Any, wor
     missing = client.get(f"/api/cache/products:one:{uuid.uuid4()}", headers=auth(world.admin))
     assert missing.status_code == 200
     assert missing.get_json() | {"key": None} == {"key": None, "hit": False, "value": None, "ttl": None}
-    for key in ("dms:cache:hits", "dms:cache:gen:products", "dms:rl:ip:127.0.0.1:60:1", "dms:gw:gw-test",
-                f"dms:profile-seen:{uuid.uuid4()}", "elsewhere:thing", "dms:cache:products:g0:one:x:lock",
-                "sessions:abc", "products"):
+    for key in ("dms:{api}:cache:hits", "dms:{api}:cache:gen:products", "dms:{api}:rl:ip:127.0.0.1:60:1",
+                "dms:gw:gw-test", f"dms:{{api}}:profile-seen:{uuid.uuid4()}", "elsewhere:thing",
+                "dms:{api}:cache:products:g0:one:x:lock", "sessions:abc", "products"):
         response = client.get(f"/api/cache/{key}", headers=auth(world.admin))
         assert response.status_code == 404 and error_code(response) == "not_found", key
 

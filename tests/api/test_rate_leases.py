@@ -52,7 +52,7 @@ def test_one_round_trip_per_lease_and_exact_counts(infra: Infra) -> None:
         counts.append(windows[0].count)
     assert counts == list(range(1, 26))  # the headers count every request, lease or not
     assert store.scripts_run() - before == 3  # requests 1, 11 and 21 went to Redis
-    assert int(store.get(f"dms:rl:{subject}:500/60:{int(NOW // 60)}") or 0) == 30  # three leases taken
+    assert int(store.get(f"dms:{{api}}:rl:{subject}:500/60:{int(NOW // 60)}") or 0) == 30  # three leases taken
 
 
 def test_the_next_window_takes_a_new_lease(infra: Infra) -> None:

@@ -81,4 +81,5 @@ def test_the_stack_runs_under_the_production_redis_settings(infra: Infra, world:
     fail_open = [line for line in scrape.splitlines() if line.startswith("dms_api_redis_fail_open_total{")]
     assert all(line.endswith(" 0.0") for line in fail_open), fail_open
     keys = set(client.scan_iter("dms:*"))
-    assert any(key.startswith("dms:rl:") for key in keys) and any(key.startswith("dms:cache:") for key in keys)
+    assert any(key.startswith("dms:{api}:rl:") for key in keys)
+    assert any(key.startswith("dms:{api}:cache:") for key in keys)
