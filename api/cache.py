@@ -36,7 +36,7 @@ from api.context import services
 from api.headers import add_ready
 from api.near_cache import NearCache, NearEntry, publish_change
 from api.state import request_state
-from common.redis_client import registered_script
+from common.redis_client import is_cluster, registered_script
 
 HITS_KEY = keys.CACHE_HITS
 MISSES_KEY = keys.CACHE_MISSES
@@ -292,6 +292,11 @@ class Cache:
         if self.near is not None:
             self.near.invalidate(namespace)
         try:
+            if is_cluster(self.redis):
+                # A cluster pipeline refuses PUBLISH (it has no key to route by): two round trips.
+                self.redis.incr(keys.generation_key(namespace))
+                publish_change(self.redis, namespace)
+                return
             with self.redis.pipeline(transaction=False) as pipe:
                 pipe.incr(keys.generation_key(namespace))
                 publish_change(pipe, namespace)

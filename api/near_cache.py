@@ -91,6 +91,8 @@ class NearCache:
 
 
 def publish_change(client: redis.Redis, namespace: str) -> None:
+    # Plain PUBLISH also on a Redis Cluster: it reaches every node, so each process's listener may
+    # subscribe wherever its client connects.
     client.publish(CHANNEL, namespace)
 
 

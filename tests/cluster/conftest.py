@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import shutil
 from collections.abc import Iterator
-from dataclasses import dataclass
 from typing import Any
 
 import pytest
@@ -17,21 +16,10 @@ import pytest
 from api.app import create_app
 from common.config import Config
 from devstack import embedded
-from tests.cluster.support import RedisCluster, start_cluster
-from tests.fix_infra import Infra, start_infra
+from tests.cluster.support import ClusterInfra, RedisCluster, start_cluster
+from tests.fix_infra import start_infra
 from tests.fix_servers import SharedGateway
 from tests.helpers import Process
-
-
-@dataclass
-class ClusterInfra(Infra):
-    """PostgreSQL as in `Infra`; Redis is the cluster (`Infra.redis` stays unused by the processes)."""
-
-    cluster: RedisCluster | None = None
-
-    def env(self, **extra: str) -> dict[str, str]:
-        assert self.cluster is not None
-        return super().env(REDIS_CLUSTER_NODES=self.cluster.seeds, **extra)
 
 
 @pytest.fixture(scope="package")
@@ -72,10 +60,10 @@ def api_app(config: Config) -> Iterator[Any]:
 
 @pytest.fixture(scope="package")
 def gateway(infra: ClusterInfra, tmp_path_factory: pytest.TempPathFactory) -> Iterator[SharedGateway]:
-    """One gateway (with its relay) on the cluster, shared by the package."""
+    """One gateway (with its relay) on the cluster, shared by the package; named as the session's is."""
     port = embedded.free_port()
     log = tmp_path_factory.mktemp("cluster-gateway") / "gateway.log"
-    env = infra.env(GATEWAY_PORT=str(port), GATEWAY_ID="gw-cluster", WS_PING_INTERVAL="30",
+    env = infra.env(GATEWAY_PORT=str(port), GATEWAY_ID="gw-test", WS_PING_INTERVAL="30",
                     ALLOWED_ORIGINS=f"http://127.0.0.1:{port},http://allowed.example")
     process = Process("gateway", env, log)
     process.wait_http_ok(f"http://127.0.0.1:{port}/health")

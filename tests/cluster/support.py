@@ -17,6 +17,7 @@ from pathlib import Path
 import redis
 
 from devstack import embedded
+from tests.fix_infra import Infra
 from tests.helpers import wait_for
 
 # Short enough that a killed primary's replica takes over in a second or two, long enough that a
@@ -75,6 +76,10 @@ class RedisCluster:
 
     def by_port(self, port: int) -> ClusterNode:
         return next(node for node in self.nodes if node.port == port)
+
+    def slots(self) -> list[tuple[int, int, int]]:
+        """(first slot, last slot, primary port) of every range, as the first live node sees them."""
+        return _raw_slots(self.live()[0])
 
     def owner_of(self, key: str) -> ClusterNode:
         """The primary serving `key`'s slot, as the first live node sees it."""
@@ -188,3 +193,14 @@ def start_cluster(tmp: Path) -> RedisCluster:
         cluster.stop()
         raise
     return cluster
+
+
+@dataclass
+class ClusterInfra(Infra):
+    """PostgreSQL as in `Infra`; Redis is the cluster (`Infra.redis` stays unused by the processes)."""
+
+    cluster: RedisCluster | None = None
+
+    def env(self, **extra: str) -> dict[str, str]:
+        assert self.cluster is not None
+        return super().env(REDIS_CLUSTER_NODES=self.cluster.seeds, **extra)
