@@ -250,6 +250,7 @@ class ClusterHub(Hub):
             history = self.histories.get(channel)
             if history is not None:
                 history.reset()  # what was published while the channel had no subscription is unknown
+        self._hold(held)
         self._moving.update(held)
         self._moved.set()
 
@@ -266,7 +267,7 @@ class ClusterHub(Hub):
                 self._moved.set()
                 continue
             moving, self._moving = self._moving, set()
-            homed = []
+            homed: list[str] = []
             for channel in moving:
                 owner = self.slots.owner(REDIS_PREFIX + channel)
                 if channel not in self.channels:
@@ -278,6 +279,8 @@ class ClusterHub(Hub):
                 homed.append(channel)
             if self._moving:
                 self._moved.set()
+            if homed:
+                logger.debug("hub subscribing {} moved channel(s) on their owners", len(homed))
             if homed and self.on_reconnect is not None:
                 self._request_resync()
 
@@ -292,6 +295,7 @@ class ClusterHub(Hub):
         while self._resync_wanted and self._running:
             self._resync_wanted = False
             self._await_then_resync()
+            logger.info("hub resubscribed moved channels; resynchronising their subscribers")
 
 
 def hub_for(config: Config, commands: redis.Redis, *, history_events: int) -> Hub:

@@ -236,6 +236,16 @@ class Connection:
         if self.may_see(out):
             self.send_frame(out)
 
+    def hold(self, channel: str) -> None:
+        """The hub lost `channel` upstream: buffer live events until the resync has replayed the gap.
+
+        Without this, a live event arriving between the resubscription and the resync would move
+        `last_id` past the gap, and the replay would skip it. A subscribe in progress buffers already.
+        """
+        sub = self.subscriptions.get(channel)
+        if sub is not None and sub.buffer is None:
+            sub.buffer, sub.held = [], True
+
     def may_see(self, out: Outgoing) -> bool:
         """The visibility rule's per-connection filter (a restaurant on `driver:*`)."""
         return visibility.may_see_event(self.own_restaurant, out.tag)

@@ -10,8 +10,9 @@ within a short window wait for one query, which fetches the newest events below 
 widens it for everyone after them. Only a client further behind than that pays a read of its own.
 
 Completeness rests on the relay publishing a stored event and moving the watermark in one Redis
-transaction: once the hub's subscription to a channel is confirmed, every event above the
-watermark read after that moment arrives on the subscription, in id order (`anchor`).
+transaction (on a cluster: moving the watermark before publishing, relay/publisher.py): once the
+hub's subscription to a channel is confirmed, every event above the watermark read after that moment
+arrives on the subscription, in id order (`anchor`).
 """
 
 from __future__ import annotations

@@ -52,6 +52,8 @@ class Subscriber(Protocol):
 
     def deliver(self, channel: str, out: Outgoing) -> None: ...
 
+    def hold(self, channel: str) -> None: ...
+
 
 class Hub:
     def __init__(self, redis_client: redis.Redis, *, confirm_timeout_s: float = 5.0,
@@ -187,9 +189,16 @@ class Hub:
                         self._dispatch_burst(message)
             except (*_LOST, AttributeError) as exc:
                 self.healthy.clear()
+                self._hold(list(self.channels))
                 RECONNECTS.labels("hub", "redis").inc()
                 logger.warning("hub lost Redis: {}: {}", type(exc).__name__, exc)
                 gevent.sleep(self.reconnect_backoff_s)
+
+    def _hold(self, channels: list[str]) -> None:
+        """These channels lost their upstream subscription: their subscribers buffer until resynced."""
+        for channel in channels:
+            for subscriber in list(self.channels.get(channel, ())):
+                subscriber.hold(channel)
 
     def _await_then_resync(self) -> None:
         for confirmed in list(self._confirmed.values()):

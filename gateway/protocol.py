@@ -140,6 +140,9 @@ class Subscription:
     last_id: int | None = None
     # Live events (the connection's `Outgoing`) that arrived while history was replayed; None once live.
     buffer: list[Any] | None = field(default_factory=list)
+    # Buffering since the hub lost this channel's upstream subscription: the resync that follows the
+    # resubscription replays the gap, then goes live (events arriving before it must wait for it).
+    held: bool = False
 
 
 class TokenBucket:

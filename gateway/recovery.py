@@ -152,9 +152,11 @@ class Recovery:
     def resync(self, conn: Connection) -> None:
         """After Redis came back: refill every live subscription from history and the store, then go live."""
         for channel, sub in list(conn.subscriptions.items()):
-            if sub.buffer is not None:
+            if sub.buffer is not None and not sub.held:
                 continue  # a subscribe in progress replays by itself
-            sub.buffer = []
+            if sub.buffer is None:
+                sub.buffer = []
+            sub.held = False  # the buffer kept since the loss holds only live events after it
             try:
                 watermark = self.anchored_watermark(channel)
                 after = sub.last_id if sub.last_id is not None else watermark
