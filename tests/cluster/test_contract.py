@@ -1,16 +1,19 @@
 """The realtime contract tests, unchanged, against a gateway and API running on a Redis Cluster.
 
-Subscribe, recover with `since`, gap-free delivery under concurrent writers and the privacy rules
-are the single-node suites' own test functions; tests/cluster/conftest.py swaps in the cluster.
+Subscribe, recover with `since`, gap-free delivery under concurrent writers, the privacy rules, live
+locations (ephemeral frames, SPUBLISH from the gateway) and connect tickets are the single-node
+suites' own test functions; tests/cluster/conftest.py swaps in the cluster.
 """
 
 from __future__ import annotations
 
 import pytest
 
+from tests.gateway import test_gps as gps
 from tests.gateway import test_ordering as ordering
 from tests.gateway import test_privacy as privacy
 from tests.gateway import test_subscriptions as subscriptions
+from tests.gateway import test_tickets as tickets
 
 pytestmark = pytest.mark.needs_system("redis-server")
 
@@ -30,3 +33,7 @@ test_a_shared_driver_shows_each_restaurant_only_its_own_orders = \
     privacy.test_a_shared_driver_shows_each_restaurant_only_its_own_orders
 test_a_restaurant_loses_the_driver_channel_when_its_last_order_is_delivered = \
     privacy.test_a_restaurant_loses_the_driver_channel_when_its_last_order_is_delivered
+test_a_location_is_fanned_out_acked_and_stored = gps.test_a_location_is_fanned_out_acked_and_stored
+test_a_ticket_opens_one_connection_as_its_user = tickets.test_a_ticket_opens_one_connection_as_its_user
+test_two_handshakes_racing_with_one_ticket_get_one_connection = \
+    tickets.test_two_handshakes_racing_with_one_ticket_get_one_connection
