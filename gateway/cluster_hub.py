@@ -10,11 +10,13 @@ A channel leaves its connection when
   of that connection moves;
 - the primary sends `sunsubscribe` for a channel nobody asked to drop (the slot moved to another
   node, or the primary was demoted): that channel moves.
-A moving channel's history is reset and its confirmation cleared; the slot map is read again from
-any node that answers (retrying until the slot has a reachable owner), the channel is subscribed on
-its owner, and once every such subscription is confirmed the subscribers are resynchronised from
-PostgreSQL (`on_reconnect`), exactly as after a single Redis came back. redis-py's own cluster
-pub/sub is not used: it resubscribes by itself on failover, which would hide the gap to recover.
+A moving channel's history is reset, its confirmation cleared and its subscribers told to hold its
+live events; the slot map is read again from any node that answers (retrying until the slot has a
+reachable owner), the channel is subscribed on its owner, and once every such subscription is
+confirmed the subscribers are resynchronised from PostgreSQL (`on_reconnect`), exactly as after a
+single Redis came back. redis-py's own cluster pub/sub is not used: it resubscribes by itself on
+failover, which would hide the gap to recover. Messages are dispatched one at a time here (the
+single-node hub's corked bursts read its one connection).
 """
 
 from __future__ import annotations
@@ -239,19 +241,19 @@ class ClusterHub(Hub):
 
         `quiet`: a retry while a dead primary is still named the owner, logged at debug level only.
         """
-        held = [channel for channel in channels if channel in self.channels]
-        if not held:
+        affected = [channel for channel in channels if channel in self.channels]
+        if not affected:
             return
-        (logger.debug if quiet else logger.warning)("hub moving {} channel(s): {}", len(held), why)
-        for channel in held:
+        (logger.debug if quiet else logger.warning)("hub moving {} channel(s): {}", len(affected), why)
+        for channel in affected:
             confirmed = self._confirmed.get(channel)
             if confirmed is not None:
                 confirmed.clear()
             history = self.histories.get(channel)
             if history is not None:
                 history.reset()  # what was published while the channel had no subscription is unknown
-        self._hold(held)
-        self._moving.update(held)
+        self._hold(affected)
+        self._moving.update(affected)
         self._moved.set()
 
     def _move_forever(self) -> None:
