@@ -22,11 +22,14 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any, cast
 
 import gevent
 import redis
 from loguru import logger
+from redis.cluster import RedisCluster
 
+from common.redis_client import is_cluster
 from common.stores import STORE_ERRORS
 from common.ttl_cache import TtlCache
 
@@ -112,7 +115,7 @@ def run_listener(near: NearCache, client: redis.Redis, hits_key: str, *, flush_e
                  retry_s: float = RETRY_S, stopped: Callable[[], bool] = lambda: False) -> None:
     """Follow `CHANNEL` until killed (a greenlet of `python -m api`) or `stopped()`; reconnects by itself."""
     while not stopped():
-        pubsub = client.pubsub(ignore_subscribe_messages=False)
+        pubsub = _change_listener(client)
         try:
             pubsub.subscribe(CHANNEL)
             while not stopped():
@@ -136,3 +139,13 @@ def run_listener(near: NearCache, client: redis.Redis, hits_key: str, *, flush_e
                 pass
         if not stopped():
             gevent.sleep(retry_s)
+
+
+def _change_listener(client: redis.Redis) -> Any:
+    """A pub/sub connection for `CHANNEL`. On a Redis Cluster a plain PUBLISH reaches every node, so
+    any node will do: a random one at each attempt, so that a dead node is not tried again and again
+    while the client's slot map still names it."""
+    if is_cluster(client):
+        cluster = cast(RedisCluster, client)
+        return cluster.get_redis_connection(cluster.get_random_node()).pubsub(ignore_subscribe_messages=False)
+    return client.pubsub(ignore_subscribe_messages=False)

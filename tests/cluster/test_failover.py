@@ -247,3 +247,46 @@ def test_every_node_of_the_map_is_a_seed(redis_cluster: RedisCluster) -> None:
     assert all(owner is not None for owner in slots.owners)
     with pytest.raises(redis.ConnectionError):
         SlotMap(("127.0.0.1:1",)).refresh()
+
+
+def test_the_near_cache_listener_survives_losing_its_node(redis_cluster: RedisCluster, config: Any) -> None:
+    """Its node killed, the listener turns the near cache off, then listens on another node."""
+    from api.near_cache import CHANNEL, NearCache, NearEntry, run_listener
+    from common.redis_client import redis_for
+
+    client, publisher = redis_for(config), redis_for(config)
+    near = NearCache()
+    stop = threading.Event()
+    listener = threading.Thread(target=run_listener, args=(near, client, "dms:{api}:cache:hits"),
+                                kwargs={"flush_every_s": 0.05, "retry_s": 0.1, "stopped": stop.is_set}, daemon=True)
+    try:
+        listener.start()
+        wait_for(lambda: near.listening, timeout_s=5, message="the listener to subscribe")
+        (victim,) = [node for node in redis_cluster.live()
+                     if node.client().execute_command("PUBSUB", "NUMSUB", CHANNEL)[1]]
+        redis_cluster.kill(victim)
+        wait_for(lambda: not near.listening, timeout_s=10, message="the listener to notice its node is gone")
+        wait_for(lambda: near.listening, timeout_s=30, message="the listener back on the promoted replica")
+        near.put("products", "k", NearEntry("text", "e"), epoch=near.epoch("products"))
+        wait_for(lambda: _published(publisher) and not near.peek("products", "k"), timeout_s=10,
+                 message="a change published after the failover to drop the copy")
+    finally:
+        stop.set()
+        listener.join(timeout=10)
+        client.close()
+        publisher.close()
+        for node in redis_cluster.nodes:
+            if node.process is None:
+                redis_cluster.start_node(node)
+        redis_cluster.wait_ok()
+    assert not listener.is_alive()
+
+
+def _published(client: Any) -> bool:
+    from api.near_cache import publish_change
+
+    try:
+        publish_change(client, "products")
+    except redis.RedisError:
+        return False
+    return True
