@@ -1,10 +1,10 @@
-"""How the relay hands a batch of events to Redis: to one node in one MULTI, or to a cluster's shards.
+"""The relay's publisher, chosen by its client: one Redis node, or a Redis Cluster's shards.
 
 Either way a gateway that confirms its subscription to a channel and then reads the watermark gets
 every event of that channel above the watermark live (gateway/history.py rests on it):
 
-- one Redis: the PUBLISHes and the watermark go in one MULTI/EXEC, so a reader sees the whole batch
-  live or a watermark that covers it, never neither;
+- one Redis: the PUBLISHes and the watermark go in one MULTI/EXEC (packed, relay/publish.py), so a
+  reader sees the whole batch live or a watermark that covers it, never neither;
 - a cluster: no transaction spans shards, so the watermark moves first and the SPUBLISHes follow
   (one pipeline, grouped per shard by the client). An event is published only after the watermark
   covers it: whoever read an older watermark is subscribed already and gets the event live; whoever
