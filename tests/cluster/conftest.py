@@ -16,14 +16,14 @@ import pytest
 from api.app import create_app
 from common.config import Config
 from devstack import embedded
-from tests.cluster.support import ClusterInfra, RedisCluster, start_cluster
+from tests.cluster.support import ClusterInfra, LocalCluster, start_cluster
 from tests.fix_infra import start_infra
 from tests.fix_servers import SharedGateway
 from tests.helpers import Process
 
 
 @pytest.fixture(scope="package")
-def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisCluster]:
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
     tmp = tmp_path_factory.mktemp("redis-cluster")
     cluster = start_cluster(tmp)
     try:
@@ -34,7 +34,7 @@ def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisClu
 
 
 @pytest.fixture(scope="package")
-def infra(redis_cluster: RedisCluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ClusterInfra]:
+def infra(redis_cluster: LocalCluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ClusterInfra]:
     tmp = tmp_path_factory.mktemp("cluster-infra")
     base = start_infra(tmp, database="dms_cluster")
     own = ClusterInfra(base.tmp, base.postgres, base.redis, base.database_url, cluster=redis_cluster)

@@ -40,7 +40,7 @@ class ClusterNode:
 
 
 @dataclass
-class RedisCluster:
+class LocalCluster:
     """Six `redis-server` processes forming one cluster; `seeds` is the REDIS_CLUSTER_NODES value."""
 
     program: str
@@ -171,11 +171,11 @@ def quietly(condition: Callable[[], bool]) -> Callable[[], bool]:
     return check
 
 
-def start_cluster(tmp: Path) -> RedisCluster:
+def start_cluster(tmp: Path) -> LocalCluster:
     program = embedded.system_program("redis-server")
     cli = embedded.system_program("redis-cli")
     assert program is not None and cli is not None, "needs redis-server and redis-cli"
-    cluster = RedisCluster(program, tmp)
+    cluster = LocalCluster(program, tmp)
     try:
         for n in range(6):
             node = ClusterNode(_free_port_with_bus(), tmp / f"node{n}")
@@ -199,7 +199,7 @@ def start_cluster(tmp: Path) -> RedisCluster:
 class ClusterInfra(Infra):
     """PostgreSQL as in `Infra`; Redis is the cluster (`Infra.redis` stays unused by the processes)."""
 
-    cluster: RedisCluster | None = None
+    cluster: LocalCluster | None = None
 
     def env(self, **extra: str) -> dict[str, str]:
         assert self.cluster is not None

@@ -22,7 +22,7 @@ from redis.crc import key_slot
 from common.db import connect
 from common.events import REDIS_PREFIX, RELAY_WATERMARK_KEY
 from dms_client import DmsClient
-from tests.cluster.support import ClusterInfra, ClusterNode, RedisCluster, quietly
+from tests.cluster.support import ClusterInfra, ClusterNode, LocalCluster, quietly
 from tests.fix_servers import SharedGateway
 from tests.fix_world import World
 from tests.helpers import WsClient, seconds, wait_for
@@ -79,7 +79,7 @@ class OrderFlow:
             time.sleep(0.01)
 
 
-def _restaurants(infra: ClusterInfra, cluster: RedisCluster, *, on: ClusterNode, count: int,
+def _restaurants(infra: ClusterInfra, cluster: LocalCluster, *, on: ClusterNode, count: int,
                  elsewhere: int) -> list[str]:
     """New restaurants: `count` whose channel lives on `on`'s shard, `elsewhere` on other shards."""
     owners = {slot: node for node in [on] for slot in _slots_of(cluster, node)}
@@ -99,7 +99,7 @@ def _restaurants(infra: ClusterInfra, cluster: RedisCluster, *, on: ClusterNode,
     return mine + others
 
 
-def _slots_of(cluster: RedisCluster, node: ClusterNode) -> set[int]:
+def _slots_of(cluster: LocalCluster, node: ClusterNode) -> set[int]:
     slots: set[int] = set()
     for first, last, port in cluster.slots():
         if port == node.port:
@@ -156,7 +156,7 @@ def _everything_arrived(infra: ClusterInfra, clients: list[Received], channels: 
         raise
 
 
-def test_a_killed_primary_loses_nothing(gateway: SharedGateway, infra: ClusterInfra, redis_cluster: RedisCluster,
+def test_a_killed_primary_loses_nothing(gateway: SharedGateway, infra: ClusterInfra, redis_cluster: LocalCluster,
                                         client: Any, world: World, subscribers: Any,
                                         record_property: Any) -> None:
     # The shard that also holds the relay's watermark: its loss stops every publish, not only its own.
@@ -214,7 +214,7 @@ def test_a_killed_primary_loses_nothing(gateway: SharedGateway, infra: ClusterIn
 
 
 def test_a_slot_moved_while_live_loses_nothing(gateway: SharedGateway, infra: ClusterInfra,
-                                               redis_cluster: RedisCluster, client: Any, world: World,
+                                               redis_cluster: LocalCluster, client: Any, world: World,
                                                subscribers: Any) -> None:
     source = redis_cluster.primaries()[0]
     target = next(node for node in redis_cluster.primaries() if node is not source)
@@ -236,7 +236,7 @@ def test_a_slot_moved_while_live_loses_nothing(gateway: SharedGateway, infra: Cl
     assert f"dropped {REDIS_PREFIX}{channel}" in Path(gateway["log"]).read_text(errors="replace")
 
 
-def test_every_node_of_the_map_is_a_seed(redis_cluster: RedisCluster) -> None:
+def test_every_node_of_the_map_is_a_seed(redis_cluster: LocalCluster) -> None:
     """The hub's slot map learns every node from one seed, so it survives losing that seed."""
     from gateway.cluster_hub import SlotMap
 
@@ -249,7 +249,7 @@ def test_every_node_of_the_map_is_a_seed(redis_cluster: RedisCluster) -> None:
         SlotMap(("127.0.0.1:1",)).refresh()
 
 
-def test_the_near_cache_listener_survives_losing_its_node(redis_cluster: RedisCluster, config: Any) -> None:
+def test_the_near_cache_listener_survives_losing_its_node(redis_cluster: LocalCluster, config: Any) -> None:
     """Its node killed, the listener turns the near cache off, then listens on another node."""
     from api.near_cache import CHANNEL, NearCache, NearEntry, run_listener
     from common.redis_client import redis_for
