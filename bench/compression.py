@@ -47,7 +47,7 @@ from common.auth import mint_token
 from common.events import REDIS_PREFIX, Event
 from common.orders import order_event_data
 from devstack import embedded
-from dms_client._ws import Connection, ConnectionClosed
+from dms_client.ws import Connection, ConnectionClosed
 
 BURST = 10  # events per batch frame
 BATCH_MS = 50

@@ -7,39 +7,86 @@
 The same behaviour as dms-client.js: last id per channel, full-jitter reconnects (base 0.5 s, cap 15 s)
 that wait at least Retry-After, resubscribe with `since`, connect tickets (`?token=` only when the API
 has no ticket endpoint), `auth` refresh through `get_token`, `batch` frames, `unsubscribed` with a reason,
-and a bounded offline buffer for `send_location` flushed in order over REST. One reader per client:
-a thread, or a greenlet when gevent has patched threading, so 20,000 clients need no 20,000 threads.
+and a bounded offline buffer for `send_location` flushed in order over REST. A subscribe the gateway
+answers with a passing error (its replay failed, `rate_limited`) is sent again after a full-jitter wait.
+
+One reader per client: `start()` gives it a thread (a greenlet when gevent has patched threading), or
+the caller runs `run()` in a greenlet of its own, so 20,000 clients need no 20,000 threads. Many
+clients in one process can share a `SharedDecoder` (each event parsed once) and a `dial_gate`
+(handshakes in flight). The layers under it are public: `dms_client.ws` (RFC 6455),
+`dms_client.backoff` (when to reconnect), `dms_client.frames` (bytes to frames).
 """
 
 from __future__ import annotations
 
+import errno
 import json
-import random
 import threading
 import time
 import urllib.error
 import urllib.request
 from collections import deque
 from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote, urlsplit
 
-from dms_client._ws import Connection, ConnectionClosed, HandshakeRefused
+from dms_client.backoff import reconnect_delay
+from dms_client.frames import Frame, SharedDecoder, decode_json
+from dms_client.ws import Connection, ConnectionClosed, HandshakeRefused, dial
 
-__all__ = ["DmsClient", "Frame", "HandshakeRefused"]
+__all__ = ["DmsClient", "Frame", "HandshakeRefused", "SharedDecoder"]
 
-Frame = dict[str, Any]
 Handler = Callable[..., None]
 BATCH_LIMIT = 500  # points per REST request (the endpoint's maximum)
 MAX_POINT_AGE_S = 23 * 3600
+# Subscribe errors that another try cannot change; any other (`unavailable` after a failed replay,
+# `rate_limited`) is tried again on the same connection after a full-jitter wait.
+FINAL_SUBSCRIBE_ERRORS = frozenset({"bad_request", "unknown_type", "invalid_channel", "forbidden",
+                                    "subscription_limit"})
+# Timed work between frames (token refresh, subscribe retries) wakes the reader at least this often.
+MAX_WAKE_S, MIN_WAKE_S = 1.0, 0.05
 
 
-@dataclass
+@dataclass(slots=True)
 class _Channel:
     handler: Callable[[Frame], None] | None
     recover: bool
     last_id: int | None = None
+    ref: str | None = None  # of the last subscribe sent: an error with it is about this channel
+    refusals: int = 0  # subscribe errors in a row: the exponent of the wait before the next try
+
+
+class _Unreachable(Exception):
+    """An attempt that ended before a welcome; `reason` names where (see DmsClient's "state" detail)."""
+
+    def __init__(self, reason: str, retry_after_s: float | None = None) -> None:
+        super().__init__(reason)
+        self.reason, self.retry_after_s = reason, retry_after_s
+
+
+@dataclass(frozen=True, slots=True)
+class _Ended:
+    reason: str
+    dropped: bool  # a welcomed connection ended (else: this attempt never got that far)
+    retry_after_s: float | None = None
+
+
+def _unreachable_reason(stage: str, exc: BaseException) -> str:
+    """Where an attempt failed: `connect_timeout`, `connect_<errno>`, `http_<status>`, `closed_before_answer`,
+    `handshake_timeout`, `reset_during_handshake`, `bad_answer`, `no_welcome`."""
+    if isinstance(exc, HandshakeRefused):
+        return f"http_{exc.status}"
+    if isinstance(exc, TimeoutError):
+        return "connect_timeout" if stage == "connect" else "handshake_timeout"
+    if stage == "connect" and isinstance(exc, OSError):
+        return "connect_" + errno.errorcode.get(exc.errno or 0, "error").lower()
+    if stage == "upgrade" and isinstance(exc, ConnectionClosed):
+        return "closed_before_answer"
+    if isinstance(exc, OSError | ConnectionClosed):
+        return "reset_during_handshake"
+    return "bad_answer" if stage == "upgrade" else "no_welcome"
 
 
 def _claims(token: str) -> dict[str, Any]:
@@ -53,12 +100,28 @@ def _claims(token: str) -> dict[str, Any]:
 
 
 class DmsClient:
-    """One reconnecting WebSocket connection; handlers run on its reader (thread or greenlet)."""
+    """One reconnecting WebSocket connection; handlers run on its reader (thread or greenlet).
+
+    Listeners (`on(kind, handler)`): "state" (state, detail), "error" (frame), "subscribed" (frame,
+    had_since), "unsubscribed" (frame), "welcome" (frame), "frame" (every frame as it arrives, before
+    the client's own handling: load tests count duplicates there). After each failed attempt or lost
+    connection, "state" gets "reconnecting" with `delay_s`, `attempt`, `retry_after_s`, `dropped` (a
+    welcomed connection ended) and `reason`: `closed_<code>` or `lost` when dropped, else where the
+    attempt failed (`connect_timeout`, `connect_<errno>`, `http_<status>`, `closed_before_answer`,
+    `handshake_timeout`, `reset_during_handshake`, `bad_answer`, `no_welcome`, `ticket_failed`).
+    An "error" frame answering a subscribe carries that subscribe's `channel`.
+
+    `compression` offers permessage-deflate (on by default, as browsers do; off asks for plain frames).
+    `decode` turns a frame's bytes into a dict (a `SharedDecoder` parses each event once for many
+    clients); `dial_gate` is held from the TCP connect to the welcome (a `BoundedSemaphore(n)` shared
+    by many clients keeps at most n handshakes in flight)."""
 
     def __init__(self, url: str, *, token: str | None = None, get_token: Callable[[], str] | None = None,
                  api_url: str | None = None, batch_ms: int = 0, base_s: float = 0.5, cap_s: float = 15.0,
                  refresh_before_s: float = 60.0, buffer_limit: int = 5000, origin: str | None = None,
-                 timeout_s: float = 10.0, tickets: bool = True, compression: bool = True) -> None:
+                 timeout_s: float = 10.0, tickets: bool = True, compression: bool = True,
+                 decode: Callable[[bytes], Frame] = decode_json,
+                 dial_gate: AbstractContextManager[Any] | None = None) -> None:
         self.url = url
         self.token = token
         self.get_token = get_token
@@ -73,6 +136,8 @@ class DmsClient:
         # Offer permessage-deflate, as every browser does for dms-client.js: events of 256 bytes or more
         # arrive in about half the bytes, and inflating them costs the client far less than the network.
         self.compression = compression
+        self.decode = decode
+        self.dial_gate = dial_gate
         self.channels: dict[str, _Channel] = {}
         # "frame": every frame as it arrives, before the client's own handling (load tests count duplicates).
         self.listeners: dict[str, list[Handler]] = {k: [] for k in ("state", "error", "subscribed", "unsubscribed",
@@ -82,17 +147,19 @@ class DmsClient:
         self.attempt = 0
         self.reconnects = 0
         self._conn: Connection | None = None
-        self._lock = threading.Lock()
         self._closed = threading.Event()
         self._connected = threading.Event()
         self._refs = 0
         self._refresh_at = float("inf")
         self._reader: threading.Thread | None = None
         self._unacked: dict[str, dict[str, Any]] = {}
+        self._subscribe_refs: dict[str, str] = {}  # ref -> channel, for the subscribes of this connection
+        self._retry_at: dict[str, float] = {}  # channel -> when its refused subscribe goes out again
 
     # -- public API ----------------------------------------------------------------------------------------
     def start(self) -> DmsClient:
-        self._reader = threading.Thread(target=self._run, name="dms-client", daemon=True)
+        """Run the client on a thread of its own (a greenlet when gevent has patched threading)."""
+        self._reader = threading.Thread(target=self.run, name="dms-client", daemon=True)
         self._reader.start()
         return self
 
@@ -104,6 +171,7 @@ class DmsClient:
             self._send_subscribe(channel)
 
     def unsubscribe(self, channel: str) -> None:
+        self._retry_at.pop(channel, None)
         if self.channels.pop(channel, None) is not None:
             self._send({"type": "unsubscribe", "channel": channel, "ref": self._ref("u")})
 
@@ -153,44 +221,78 @@ class DmsClient:
         return "buffered"
 
     # -- the reader: connect, read, reconnect ------------------------------------------------------------
-    def _run(self) -> None:
+    def run(self) -> None:
+        """Connect, read and reconnect until `close()`, in the calling thread or greenlet."""
         while not self._closed.is_set():
-            retry_after = 0.0
-            try:
-                self._set_state("reconnecting" if self.attempt else "connecting")
-                # Only a client that refreshes its token needs a timer; the others block in recv.
-                self._conn = Connection.open(self._handshake_url(), timeout_s=self.timeout_s, origin=self.origin,
-                                             wake_s=1.0 if self.get_token is not None else None,
-                                             compress=self.compression)
-                self._read(self._conn)
-            except HandshakeRefused as exc:
-                retry_after = exc.retry_after_s or 0.0
-                if exc.status == 401 and self.get_token is not None:
-                    self.token = None
-                self._emit("error", {"code": "handshake_refused", "message": str(exc), "status": exc.status})
-            except ConnectionClosed as exc:
-                if exc.code == 4001:
-                    if self.get_token is None:
-                        self._closed.set()
-                        self._set_state("closed", reason="the token expired")
-                        break
-                    self.token = None
-            except (OSError, ValueError) as exc:
-                self._emit("error", {"code": "connect_failed", "message": str(exc)})
-            finally:
-                self._connected.clear()
-                if self._unacked:  # sent but not acknowledged: they go first, in the order they were taken
-                    self.buffer.extendleft(reversed(list(self._unacked.values())))
-                    self._unacked.clear()
-                conn, self._conn = self._conn, None
-                if conn is not None:
-                    conn.close()
-            if self._closed.is_set():
+            self._set_state("reconnecting" if self.attempt else "connecting")
+            ended = self._session()
+            if ended is None or self._closed.is_set():
                 break
-            delay = max(random.uniform(0, min(self.cap_s, self.base_s * 2 ** self.attempt)), retry_after)
+            delay = reconnect_delay(self.attempt, base_s=self.base_s, cap_s=self.cap_s,
+                                    retry_after_s=ended.retry_after_s)
             self.attempt += 1
-            self._set_state("reconnecting", delay_s=delay, attempt=self.attempt, retry_after_s=retry_after)
+            self._set_state("reconnecting", delay_s=delay, attempt=self.attempt,
+                            retry_after_s=ended.retry_after_s or 0.0, reason=ended.reason, dropped=ended.dropped)
             self._closed.wait(delay)
+
+    def _session(self) -> _Ended | None:
+        """One attempt and, once welcomed, the connection until it ends; None: closed for good."""
+        try:
+            conn, welcome = self._dial()
+            self._conn = conn
+            self._on_frame(welcome)
+            self._read(conn)
+            return _Ended("closed_by_client", dropped=True)
+        except _Unreachable as exc:
+            return _Ended(exc.reason, dropped=False, retry_after_s=exc.retry_after_s)
+        except ConnectionClosed as exc:
+            if exc.code == 4001:
+                if self.get_token is None:
+                    self._closed.set()
+                    self._set_state("closed", reason="the token expired")
+                    return None
+                self.token = None
+            return _Ended(f"closed_{exc.code}" if exc.code is not None else "lost", dropped=True)
+        except OSError:
+            return _Ended("lost", dropped=True)
+        finally:
+            self._connected.clear()
+            if self._unacked:  # sent but not acknowledged: they go first, in the order they were taken
+                self.buffer.extendleft(reversed(list(self._unacked.values())))
+                self._unacked.clear()
+            ended_conn, self._conn = self._conn, None
+            if ended_conn is not None:
+                ended_conn.close()
+
+    def _dial(self) -> tuple[Connection, Frame]:
+        """Ticket, TCP connect, upgrade and welcome; raises _Unreachable naming where it failed."""
+        try:
+            url = self._handshake_url()
+        except (OSError, ValueError) as exc:
+            self._emit("error", {"code": "connect_failed", "message": str(exc)})
+            raise _Unreachable("ticket_failed") from exc
+        stage = "connect"
+        conn: Connection | None = None
+        try:
+            with self.dial_gate if self.dial_gate is not None else nullcontext():
+                sock = dial(url, timeout_s=self.timeout_s)
+                stage = "upgrade"
+                conn = Connection.upgrade(sock, url, origin=self.origin, compress=self.compression)
+                stage = "welcome"  # still under timeout_s: a gateway that never welcomes does not hold us
+                welcome = self.decode(conn.recv_bytes())
+            if welcome.get("type") != "welcome":
+                raise ValueError("the first frame is not a welcome")
+            return conn, welcome
+        except HandshakeRefused as exc:
+            if exc.status == 401 and self.get_token is not None:
+                self.token = None
+            self._emit("error", {"code": "handshake_refused", "message": str(exc), "status": exc.status})
+            raise _Unreachable(_unreachable_reason(stage, exc), exc.retry_after_s) from exc
+        except (OSError, ConnectionClosed, ValueError, IndexError) as exc:
+            if conn is not None:
+                conn.close()
+            self._emit("error", {"code": "connect_failed", "message": str(exc)})
+            raise _Unreachable(_unreachable_reason(stage, exc)) from exc
 
     def _current_token(self) -> str:
         if self.get_token is not None and (not self.token or _claims(self.token).get("exp", 1e18) - time.time() < 5):
@@ -216,17 +318,34 @@ class DmsClient:
 
     def _read(self, conn: Connection) -> None:
         while not self._closed.is_set():
-            if time.time() >= self._refresh_at:
-                self._refresh()
+            conn.settimeout(self._timed_work())
             try:
-                text = conn.recv()
+                payload = conn.recv_bytes()
             except TimeoutError:
                 continue
             try:
-                frame = json.loads(text)
+                frame = self.decode(payload)
             except ValueError:
                 continue
             self._on_frame(frame)
+
+    def _timed_work(self) -> float | None:
+        """Do what is due (token refresh, subscribe retries); how long the next read may wait (None: no limit,
+        the usual case, so a socket costs no timer)."""
+        if not self._retry_at and self._refresh_at == float("inf"):
+            return None  # checked once per frame: the common case costs two lookups
+        now = time.time()
+        if now >= self._refresh_at:
+            self._refresh()
+        for channel, due in list(self._retry_at.items()):
+            if now >= due:
+                del self._retry_at[channel]
+                if channel in self.channels:
+                    self._send_subscribe(channel)
+        next_at = min([self._refresh_at, *self._retry_at.values()])
+        if next_at == float("inf"):
+            return None
+        return min(MAX_WAKE_S, max(MIN_WAKE_S, next_at - time.time()))
 
     def send(self, frame: Frame) -> bool:
         """Send one protocol frame as it is (False when not connected)."""
@@ -239,6 +358,8 @@ class DmsClient:
             self.attempt = 0
             if self.reconnects or self.state == "reconnecting":
                 self.reconnects += 1
+            self._subscribe_refs.clear()
+            self._retry_at.clear()  # every channel goes out again below
             self._connected.set()
             self._set_state("connected")
             for channel in list(self.channels):
@@ -251,6 +372,7 @@ class DmsClient:
             if state is None:
                 return
             had_since = state.recover and state.last_id is not None
+            state.refusals = 0
             if not frame.get("recovered"):
                 state.last_id = frame.get("last_event_id")
             self._emit("subscribed", frame, had_since)
@@ -268,7 +390,23 @@ class DmsClient:
         elif kind == "ack":
             self._unacked.pop(frame.get("ref") or "", None)
         elif kind == "error":
-            self._emit("error", frame)
+            subscribing = self._subscribe_refs.get(frame.get("ref") or "")
+            if subscribing is None:
+                self._emit("error", frame)
+            else:
+                self._subscribe_refused(subscribing, frame)
+
+    def _subscribe_refused(self, channel: str, frame: Frame) -> None:
+        """An error with a subscribe's ref: refused, or its replay failed after `subscribed` (the gateway
+        then dropped the subscription). Either way the channel is not held; a passing error is tried
+        again after a full-jitter wait, as a reconnect would be."""
+        self._emit("error", {**frame, "channel": channel})  # a copy: frames may be shared (SharedDecoder)
+        state = self.channels.get(channel)
+        if state is None or state.ref != frame.get("ref") or frame.get("code") in FINAL_SUBSCRIBE_ERRORS:
+            return
+        state.refusals += 1
+        self._retry_at[channel] = time.time() + reconnect_delay(state.refusals, base_s=self.base_s,
+                                                                cap_s=self.cap_s)
 
     def _deliver(self, frame: Frame) -> None:
         state = self.channels.get(frame.get("channel", ""))
@@ -309,6 +447,10 @@ class DmsClient:
         frame: Frame = {"type": "subscribe", "channel": channel, "ref": self._ref("s")}
         if state.recover and state.last_id is not None:
             frame["since"] = state.last_id
+        if state.ref is not None:
+            self._subscribe_refs.pop(state.ref, None)
+        state.ref = frame["ref"]
+        self._subscribe_refs[frame["ref"]] = channel
         self._send(frame)
 
     def _send(self, frame: Frame) -> bool:
@@ -316,8 +458,7 @@ class DmsClient:
         if conn is None or not self.connected:
             return False
         try:
-            with self._lock:
-                conn.send(json.dumps(frame).encode())
+            conn.send(json.dumps(frame).encode())
             return True
         except OSError:
             return False
