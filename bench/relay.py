@@ -3,7 +3,7 @@
 `python -m bench.relay [--quick] [--label NAME]` starts its own embedded PostgreSQL and Redis, one
 API process and one gateway process (with its relay), all on 127.0.0.1. One gevent process here
 runs 64 concurrent REST writers (`POST /api/orders`, open loop at rising rates) and an admin
-subscriber of the `orders` channel, so send, response and arrival times share one clock.
+`DmsClient` subscribed to `orders`, so send, response and arrival times share one clock.
 
 Commit-to-client latency is the wall-clock arrival of an event frame minus the commit time of
 the transaction that wrote it (`pg_xact_commit_timestamp` of the row's xmin, with
@@ -27,7 +27,7 @@ from dataclasses import dataclass, field  # noqa: E402
 from typing import Any  # noqa: E402
 
 import gevent  # noqa: E402
-import websocket  # noqa: E402
+from gevent.event import Event  # noqa: E402
 from gevent.pool import Pool  # noqa: E402
 from geventhttpclient import HTTPClient  # noqa: E402
 
@@ -46,6 +46,7 @@ from bench.common import (  # noqa: E402
 )
 from common.auth import mint_token  # noqa: E402
 from devstack.seed import DEMO, RESTAURANTS, demo_id  # noqa: E402
+from dms_client import DmsClient, Frame  # noqa: E402
 
 CONCURRENCY = 64
 HELD_EVENT = "bench.held"
@@ -54,7 +55,8 @@ SETTLE_S = 15.0  # how long to wait for the last events of a step before countin
 
 @dataclass
 class Subscriber:
-    """An admin WebSocket client on `orders`: arrival time per order id, and the id order it saw."""
+    """An admin DmsClient on `orders`: arrival time per order id, and the id order it saw (every event
+    frame as it arrives, before the client drops one it has seen, so disorder is still counted)."""
 
     url: str
     token: str
@@ -66,25 +68,19 @@ class Subscriber:
     out_of_order: int = 0
 
     def start(self) -> None:
-        self.ws = websocket.create_connection(f"{self.url}?token={self.token}", timeout=30)
-        json.loads(self.ws.recv())  # welcome
-        self.ws.send(json.dumps({"type": "subscribe", "channel": "orders"}))
-        reply = json.loads(self.ws.recv())
-        if reply.get("type") != "subscribed":
-            raise RuntimeError(f"subscribe failed: {reply}")
-        self.ws.settimeout(None)
-        self.reader = gevent.spawn(self._read)
+        subscribed = Event()
+        self.client = DmsClient(self.url, token=self.token, tickets=False, compression=False, timeout_s=30)
+        self.client.on("frame", self._on_frame).on("subscribed", lambda *_: subscribed.set())
+        self.client.on("error", lambda frame: log(f"subscriber error: {frame}"))
+        self.client.subscribe("orders")
+        self.reader = gevent.spawn(self.client.run)
+        if not subscribed.wait(30):
+            self.close()
+            raise RuntimeError("the subscriber did not get `subscribed` on orders within 30 s")
 
-    def _read(self) -> None:
-        while True:
-            try:
-                raw = self.ws.recv()
-            except (websocket.WebSocketException, OSError):
-                return
-            now = time.time()
-            frame = json.loads(raw)
-            if frame.get("type") != "event" or frame.get("id") is None:
-                continue
+    def _on_frame(self, frame: Frame) -> None:
+        now = time.time()
+        if frame.get("type") == "event" and frame.get("id") is not None:
             if self.ids and frame["id"] <= self.ids[-1]:
                 self.out_of_order += 1
             self.ids.append(frame["id"])
@@ -96,8 +92,8 @@ class Subscriber:
                 self.order_of[frame["id"]] = frame["data"]["order_id"]
 
     def close(self) -> None:
+        self.client.close()
         self.reader.kill()
-        self.ws.close()
 
 
 @dataclass

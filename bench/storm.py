@@ -3,14 +3,15 @@
 `python -m bench.storm [--clients 20000] [--mode kill|drain|handshakes]` (`make bench-storm`).
 The stack is built like `dms up --api 1 --gateways 2`: embedded PostgreSQL (pg_stat_statements)
 and Redis, one API, two gateways, nginx in front sized by `devstack.nginx.fleet_site` for the
-clients. Subscribers (raw-socket gevent clients in several processes, `bench.stormclients`) spread
-over 10 restaurant channels; orders go through POST /api/orders at 20/s. Then the gateway holding
-most connections gets `kill -9` (`--mode kill`) or SIGTERM and drains (`--mode drain`), and the
-benchmark restarts it on the same port 0.5 s after it exited, as `dms up`'s supervision does
-(first backoff 0.5 s). Clients back off with full jitter (base 0.5 s, cap 15 s), honour
-Retry-After and resubscribe with `since`. Report: dropped clients, time until each is subscribed
-again, refusals by kind, lost and duplicated events per subscriber, PostgreSQL statements and
-Redis commands during the storm, gateway CPU, and a chart of connected clients per gateway.
+clients. Subscribers (one `DmsClient` each, in greenlets, in several processes,
+`bench.stormclients`) spread over 10 restaurant channels; orders go through POST /api/orders at
+20/s. Then the gateway holding most connections gets `kill -9` (`--mode kill`) or SIGTERM and
+drains (`--mode drain`), and the benchmark restarts it on the same port 0.5 s after it exited, as
+`dms up`'s supervision does (first backoff 0.5 s). Clients back off as dms_client does, with full
+jitter (base 0.5 s, cap 15 s), honour Retry-After and resubscribe with `since`. Report: dropped
+clients, time until each is subscribed again, refusals by kind, lost and duplicated events per
+subscriber, PostgreSQL statements and Redis commands during the storm, gateway CPU, and a chart of
+connected clients per gateway.
 `--mode handshakes` instead opens connections as fast as it can against one gateway directly
 (no nginx) and reports handshakes admitted per second and gateway CPU per handshake.
 """
