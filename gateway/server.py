@@ -62,6 +62,14 @@ def raise_fd_limit() -> int:
     return hard
 
 
+MIN_DRAIN_SPREAD_S = 3.0
+
+
+def drain_spread_s(clients: int, *, rate_per_s: float, max_s: float) -> float:
+    """How long a drain spreads its closes: `clients / rate_per_s`, at least MIN_DRAIN_SPREAD_S, at most `max_s`."""
+    return min(max_s, max(MIN_DRAIN_SPREAD_S, clients / rate_per_s))
+
+
 class Gateway:
     """Everything one gateway process owns; built once and passed to the app factory."""
 
@@ -114,11 +122,20 @@ class Gateway:
     def running(self) -> bool:
         return self._running
 
-    def drain(self, *, spread_s: float = 3.0) -> None:
-        """Close clients with 1001 spread over `spread_s`, flush GPS, give up the relay, stop."""
+    def drain(self) -> None:
+        """Close clients with 1001 at a pace the other gateways can take, flush GPS, give up the relay, stop.
+
+        Every closed client reconnects at once (within its first backoff of at most 0.5 s), so the
+        pace of the closes is the pace of the handshakes the rest of the fleet must take: at most
+        `WS_DRAIN_RATE` a second (the default is half a gateway's accept rate), never over less
+        than MIN_DRAIN_SPREAD_S, and never longer than `WS_DRAIN_MAX_S`. Each client is then blind
+        for about its backoff and one handshake, instead of queueing behind the whole crowd.
+        """
         self.draining = True
         clients = list(self.connections)
-        logger.info("draining {} connections over {}s", len(clients), spread_s)
+        spread_s = drain_spread_s(len(clients), rate_per_s=self.config.ws_drain_rate_per_s,
+                                  max_s=self.config.ws_drain_max_s)
+        logger.info("draining {} connections over {:.1f}s", len(clients), spread_s)
         for index, conn in enumerate(clients):
             gevent.spawn_later(spread_s * index / max(len(clients), 1), conn.close, closes.SHUTDOWN)
         deadline = time.monotonic() + spread_s + self.config.ws_close_timeout_s + 1
