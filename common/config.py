@@ -89,7 +89,7 @@ class Config:
     ws_max_connections: int = 20_000  # admission: one gateway's ceiling (a descriptor each; see docs)
     ws_accept_rate_per_s: float = 1000.0  # admission: new handshakes a second (token bucket, burst the same)
     ws_history_events: int = 2000  # recent stored events a gateway keeps per held channel for replays
-    ws_drain_rate_per_s: float = 500.0  # a draining gateway closes at most this many clients a second ...
+    ws_drain_rate_per_s: float = 250.0  # a draining gateway closes at most this many clients a second ...
     ws_drain_max_s: float = 20.0  # ... unless that would take longer than this (with the close timeout, under 30 s)
     ws_compression: bool = True  # accept permessage-deflate when a client offers it (contract 6)
     event_retention_hours: float = 24.0
@@ -166,7 +166,7 @@ class Config:
             ws_max_connections=reader.integer("WS_MAX_CONNECTIONS", 20_000, low=1),
             ws_accept_rate_per_s=reader.number("WS_ACCEPT_RATE", 1000.0, low=1.0),
             ws_history_events=reader.integer("WS_HISTORY_EVENTS", 2000, low=2),
-            ws_drain_rate_per_s=reader.number("WS_DRAIN_RATE", 500.0, low=1.0),
+            ws_drain_rate_per_s=reader.number("WS_DRAIN_RATE", 250.0, low=1.0),
             ws_drain_max_s=reader.number("WS_DRAIN_MAX_S", 20.0, low=0.0),
             ws_compression=reader.flag("WS_COMPRESSION", True),
             event_retention_hours=reader.number("EVENT_RETENTION_HOURS", 24.0, low=0.001),

@@ -127,7 +127,7 @@ class Gateway:
 
         Every closed client reconnects at once (within its first backoff of at most 0.5 s), so the
         pace of the closes is the pace of the handshakes the rest of the fleet must take: at most
-        `WS_DRAIN_RATE` a second (the default is half a gateway's accept rate), never over less
+        `WS_DRAIN_RATE` a second (default 250; see docs/FLEET.md), never over less
         than MIN_DRAIN_SPREAD_S, and never longer than `WS_DRAIN_MAX_S`. Each client is then blind
         for about its backoff and one handshake, instead of queueing behind the whole crowd.
         """

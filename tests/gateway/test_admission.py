@@ -95,6 +95,6 @@ def test_a_drain_paces_its_closes_to_what_the_other_gateways_can_take() -> None:
     from gateway.server import MIN_DRAIN_SPREAD_S, drain_spread_s
 
     assert drain_spread_s(10, rate_per_s=500, max_s=20) == MIN_DRAIN_SPREAD_S  # a few clients: the floor
-    assert drain_spread_s(5_000, rate_per_s=500, max_s=20) == 10.0  # 500 closes a second
+    assert drain_spread_s(2_500, rate_per_s=250, max_s=20) == 10.0  # 250 closes a second
     assert drain_spread_s(19_900, rate_per_s=500, max_s=20) == 20.0  # never past WS_DRAIN_MAX_S
     assert drain_spread_s(5_000, rate_per_s=500, max_s=0) == 0.0  # 0: close everyone at once
