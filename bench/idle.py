@@ -41,12 +41,20 @@ from common.auth import mint_token  # noqa: E402
 from dms_client.ws import Connection, ConnectionClosed, HandshakeRefused  # noqa: E402
 
 
-def open_idle(url: str) -> Connection | None:
-    """A connection that has read its welcome, or None when the gateway did not take it."""
+def open_idle(url: str, *, tries: int = 10) -> Connection | None:
+    """A connection that has read its welcome, or None when the gateway did not take it.
+
+    A handshake refused by admission (503) is tried again after its Retry-After, as a client would.
+    """
     try:
         conn = Connection.open(url, timeout_s=30, wake_s=30)
         welcome = conn.recv_bytes()
-    except (OSError, ConnectionClosed, HandshakeRefused):
+    except HandshakeRefused as refused:
+        if refused.status != 503 or tries <= 1:
+            return None
+        gevent.sleep(refused.retry_after_s or 1.0)
+        return open_idle(url, tries=tries - 1)
+    except (OSError, ConnectionClosed):
         return None
     if b'"welcome"' not in welcome:
         conn.close()
