@@ -15,6 +15,14 @@ from tests.helpers import ROOT, seconds
 CHANNEL = "restaurant:r1"
 
 
+
+def _one_client(kind: str, url: str) -> subprocess.Popen[str]:
+    """A `bench.wsclients` process with one client of `kind` on CHANNEL, talking JSON lines."""
+    config = {"kind": kind, "url": url, "secret": "x" * 32, "count": 1, "channels": [CHANNEL],
+              "offset": 0, "connect_timeout_s": seconds(10)}
+    return subprocess.Popen([sys.executable, "-m", "bench.wsclients", json.dumps(config)], cwd=ROOT,
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+
 def test_events_are_timed_and_accounted() -> None:
     def gateway_script(peer: Peer) -> None:
         peer.welcome()
@@ -28,10 +36,7 @@ def test_events_are_timed_and_accounted() -> None:
             peer.read_frame()
 
     gateway = FakeGateway(gateway_script)
-    config = {"kind": "dms", "url": gateway.url, "secret": "x" * 32, "count": 1, "channels": [CHANNEL],
-              "offset": 0, "connect_timeout_s": seconds(10)}
-    proc = subprocess.Popen([sys.executable, "-m", "bench.wsclients", json.dumps(config)], cwd=ROOT,
-                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    proc = _one_client("dms", gateway.url)
     try:
         assert proc.stdout is not None and proc.stdin is not None
         ready = json.loads(proc.stdout.readline())  # within connect_timeout_s, by the process's own deadline
@@ -71,10 +76,7 @@ def test_socketio_clients_run_over_the_same_websocket_layer() -> None:
             peer.read_frame()
 
     gateway = FakeGateway(engine_io)
-    config = {"kind": "socketio", "url": gateway.url, "secret": "x" * 32, "count": 1, "channels": [CHANNEL],
-              "offset": 0, "connect_timeout_s": seconds(10)}
-    proc = subprocess.Popen([sys.executable, "-m", "bench.wsclients", json.dumps(config)], cwd=ROOT,
-                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    proc = _one_client("socketio", gateway.url)
     try:
         assert proc.stdout is not None
         assert json.loads(proc.stdout.readline())["ready"] == 1

@@ -100,7 +100,9 @@ def test_a_client_without_deflate_gets_the_plain_frame() -> None:
     assert out.frame_for(None) is out.frame
 
 
-def test_an_event_is_compressed_once_per_publication(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.fixture
+def deflate_calls(monkeypatch: pytest.MonkeyPatch) -> list[bytes]:
+    """Every payload `framing.deflated` compresses from now on, in order."""
     calls: list[bytes] = []
     real = framing.deflated
 
@@ -109,6 +111,11 @@ def test_an_event_is_compressed_once_per_publication(monkeypatch: pytest.MonkeyP
         return real(payload, deflate)
 
     monkeypatch.setattr(framing, "deflated", counting)
+    return calls
+
+
+def test_an_event_is_compressed_once_per_publication(deflate_calls: list[bytes]) -> None:
+    calls = deflate_calls
     body = json.dumps({"type": "event", "channel": "orders", "id": 7, "data": {"note": "z" * 300}})
     out = Outgoing.of(7, body)
     frames = {id(out.frame_for(Deflate())) for _ in range(100)}
@@ -123,17 +130,10 @@ def test_an_event_is_compressed_once_per_publication(monkeypatch: pytest.MonkeyP
     assert tiny.frame_for(Deflate()) is tiny.frame and len(calls) == 2
 
 
-def test_subscribers_with_the_same_batch_share_its_compressed_frame(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_subscribers_with_the_same_batch_share_its_compressed_frame(deflate_calls: list[bytes]) -> None:
     outs = [Outgoing.of(n, json.dumps({"type": "event", "id": n, "data": {"n": n, "pad": "p" * 40}}))
             for n in range(10)]
-    calls: list[bytes] = []
-    real = framing.deflated
-
-    def counting(payload: bytes, deflate: Deflate) -> bytes:
-        calls.append(payload)
-        return real(payload, deflate)
-
-    monkeypatch.setattr(framing, "deflated", counting)
+    calls = deflate_calls
     first = batch_frame(list(outs), Deflate())
     assert batch_frame(list(outs), Deflate()) is first and len(calls) == 1
     assert inflate(server_frame(first)[1]).decode() == batch_text([out.text for out in outs])
