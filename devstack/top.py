@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
 import time
 import urllib.error
@@ -223,6 +224,10 @@ def render(rows: Iterable[dict[str, Any]], relay: list[str]) -> str:
 
 def run(home: Path, *, once: bool, out: TextIO = sys.stdout, every_s: float = 1.0) -> int:
     """Print frames every `every_s` until Ctrl-C; `once`: one frame (two scrapes `every_s` apart) and exit."""
+    # Ctrl-C ends it however it was started: a shell's background job inherits SIGINT ignored (and
+    # Python then installs no handler), a parent may have left it blocked.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
     sampler = Sampler(home)
     try:
         sampler.frame()  # the first scrape: rates need two
