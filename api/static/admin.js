@@ -284,6 +284,8 @@
   // -- the fleet: drivers, their positions and active orders, live from `drivers` and `orders` ------
   const fleet = new Map(); // driver id -> {id, display_name, status, last_seen_at, last_location, active_order_ids}
   const awaiting = new Map(); // order id -> order event data (assignable and without a driver)
+  // Orders an event changed while the waiting list was being read: the read must not undo them.
+  let changedWhileLoading = null;
   const chosen = new Map(); // order id -> driver id picked in its select, kept across re-renders
   const rowErrors = new Map(); // order id -> last assignment error
   const staleWarned = new Set(); // order ids whose Assign already warned about a stale driver
@@ -558,6 +560,7 @@
   function applyOrder(token, data) {
     const waiting = ASSIGNABLE.includes(data.status) && !data.driver_id;
     const before = awaiting.has(data.order_id);
+    if (changedWhileLoading) changedWhileLoading.add(data.order_id);
     if (waiting) awaiting.set(data.order_id, data);
     else awaiting.delete(data.order_id);
     let fleetChanged = false;
@@ -628,19 +631,26 @@
   }
 
   async function loadAwaiting(token) {
+    const changed = new Set();
+    changedWhileLoading = changed;
     try {
       const pagesRead = await Promise.all(ASSIGNABLE.map((status) => api(token, "/api/orders?limit=200&status=" + status)));
+      // An event newer than the read keeps its word: an order it added stays, one it removed stays out.
+      const live = new Map([...changed].filter((id) => awaiting.has(id)).map((id) => [id, awaiting.get(id)]));
       awaiting.clear();
       for (const order of pagesRead.flatMap((body) => body.items)) {
-        if (!order.driver_id) {
+        if (!order.driver_id && !changed.has(order.id)) {
           awaiting.set(order.id, { order_id: order.id, restaurant_id: order.restaurant_id, status: order.status,
                                    driver_id: null, total_amount: order.total_amount, updated_at: order.updated_at });
         }
       }
+      for (const [id, data] of live) awaiting.set(id, data);
       renderAwaiting(token);
     } catch (error) {
       $("#awaiting tbody").replaceChildren(el("tr", {}, el("td", { colspan: "6", class: "unavailable",
         text: "unavailable · " + error.message })));
+    } finally {
+      if (changedWhileLoading === changed) changedWhileLoading = null;
     }
   }
 
