@@ -22,7 +22,7 @@ import gevent
 import psycopg
 import psycopg_pool
 import redis
-from flask import Flask, g
+from flask import Flask
 from loguru import logger
 from prometheus_client import REGISTRY
 from prometheus_client.core import GaugeMetricFamily, Metric
@@ -33,6 +33,7 @@ from api import alerts as alerting
 from api.cache import HITS_KEY, MISSES_KEY
 from api.metrics import POOLS, observe_query
 from api.services import Pool, Services
+from api.state import request_state
 from common import gateway_stats
 from common.db import SERVICE, claims, time_queries
 from common.errors import Unavailable
@@ -110,8 +111,8 @@ def init_app(app: Flask, svc: Services) -> Performance:
 
     @app.after_request
     def _request_done(response: Any) -> Any:
-        started = g.get("metrics_started")  # set by api.metrics for every request
-        if started is not None:
+        started = request_state().started  # set by the first hook of every request (api/context.py)
+        if started:
             took = time.perf_counter() - started
             perf.requests.observe(took)
             if response.status_code >= 500:

@@ -265,3 +265,15 @@ def test_slow_consumer_storms_count_the_growth_within_a_minute() -> None:
     assert delta.update({"gw-a": 20, "gw-b": 3}) == 11  # baseline: the sample 61 s ago (gw-a at 9)
     now[0] += 61
     assert delta.update({"gw-a": 2, "gw-b": 3}) == 2  # gw-a restarted: its counter began again
+
+
+def test_every_request_counts_in_the_operators_request_figures(client: Any, api_app: Any, world: World) -> None:
+    """The sampled API p95 and request count come from the requests this process answered."""
+    svc, perf = api_app.extensions["dms"], api_app.extensions["dms_performance"]
+    before = perf.requests.percentiles()["samples"]
+    for _ in range(3):
+        assert client.get("/api/products", headers=auth(world.restaurant)).status_code == 200
+    assert client.get("/api/orders/not-a-uuid", headers=auth(world.restaurant)).status_code == 404
+    assert perf.requests.percentiles()["samples"] >= before + 4
+    ops = performance.operators(svc, perf)
+    assert ops.api_requests >= 4 and ops.api_p95_ms is not None and ops.api_p95_ms > 0
