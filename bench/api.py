@@ -5,8 +5,9 @@ with 1, 2 and 3 API processes, in one run.
 the demo catalogue and historical orders, and for each process count:
 
 1. **closed loop** (`wrk`, 32 connections, a few seconds per workload): the most each workload
-   gets through, the bare-Flask server (`bench.bare_flask`, as many processes) first, so every
-   ratio compares numbers taken minutes apart on the same machine;
+   gets through, the bare-Flask server (`bench.bare_flask`, as many processes, answering the same
+   catalogue pages with `jsonify`) first, so every ratio compares numbers taken minutes apart on
+   the same machine;
 2. **open loop** (`bench.loadgen`, a separate process): rising offered rates, latency counted
    from each request's scheduled start, until p95 passes 1 s or errors pass 5%.
 
@@ -81,7 +82,7 @@ def _lua_list(values: list[str]) -> str:
 def wrk_script(mode: str, ports: list[int], tokens: list[str], products: list[str]) -> str:
     """A wrk script: one thread per API port, the mode's requests, percentiles as one JSON line."""
     if mode == "bare_flask":
-        request = 'return wrk.format("GET", "/items")'
+        request = 'return wrk.format("GET", "/items?limit=50&category=" .. pick(categories))'
     elif mode == "catalog_cached":
         request = ('return wrk.format("GET", "/api/products?limit=50&category=" .. pick(categories), '
                    '{Authorization = "Bearer " .. pick(tokens)})')
@@ -162,11 +163,28 @@ def start_apis(stack: Stack, count: int) -> tuple[list[subprocess.Popen[bytes]],
     return apis, ports
 
 
-def start_bare(count: int, tmp: Path) -> tuple[list[subprocess.Popen[bytes]], list[int]]:
+def catalogue_pages(base_url: str, token: str, tmp: Path) -> Path:
+    """The page the cached read answers for each category, saved for the bare-Flask server to serve the
+    same products: the ratio then compares like with like (50 products, not 20 short items)."""
+    import urllib.request
+
+    pages = {}
+    for category in CATEGORIES:
+        url = f"{base_url}/api/products?limit=50&category={category}"
+        request = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"})  # noqa: S310 - loopback
+        with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310 - loopback URL we built
+            pages[category] = json.loads(response.read())
+    path = tmp / "catalogue-pages.json"
+    path.write_text(json.dumps(pages))
+    return path
+
+
+def start_bare(count: int, tmp: Path, pages: Path) -> tuple[list[subprocess.Popen[bytes]], list[int]]:
     from devstack.embedded import free_port
 
     ports = [free_port() for _ in range(count)]
-    procs = [python_module("bench.bare_flask", str(port), log=tmp / f"bare-{n}.log") for n, port in enumerate(ports)]
+    procs = [python_module("bench.bare_flask", str(port), str(pages), log=tmp / f"bare-{n}.log")
+             for n, port in enumerate(ports)]
     for proc, port in zip(procs, ports, strict=True):
         wait_http(f"http://127.0.0.1:{port}/items", proc=proc)
     return procs, ports
@@ -175,8 +193,8 @@ def start_bare(count: int, tmp: Path) -> tuple[list[subprocess.Popen[bytes]], li
 def run_processes(count: int, stack: Stack, args: argparse.Namespace, tokens: dict[str, list[str]],
                   products: list[str], admin: str) -> dict[str, Any]:
     apis, ports = start_apis(stack, count)
-    bare, bare_ports = start_bare(count, stack.tmp)
     base_urls = [f"http://127.0.0.1:{port}" for port in ports]
+    bare, bare_ports = start_bare(count, stack.tmp, catalogue_pages(base_urls[0], tokens["catalog"][0], stack.tmp))
     meter = CpuMeter({"api": [api.pid for api in apis], "bare_flask": [proc.pid for proc in bare], **stack.pids})
     out: dict[str, Any] = {"processes": count, "closed_loop": {}, "open_loop": {mode: [] for mode in MODES}}
     try:
