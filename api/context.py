@@ -16,7 +16,7 @@ from loguru import logger
 from api import keys, replicas
 from api.headers import REQUEST_ID_KEY
 from api.services import Services
-from api.state import begin, request_state
+from api.state import begin, end, request_state
 from common.auth import Identity, bearer_token, claims_of
 from common.db import ANONYMOUS, set_claims
 from common.errors import Forbidden, Unauthorized
@@ -124,7 +124,9 @@ def init_app(app: Flask) -> None:
 
     @app.teardown_request
     def _end(_exc: BaseException | None) -> None:
-        state = request_state()
+        state = end()
+        if state is None:
+            return
         entered, state.log_context = state.log_context, None
         if entered is not None:
             entered.__exit__(None, None, None)

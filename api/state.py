@@ -1,12 +1,17 @@
-"""What one request's hooks and views hand each other: one typed object on `flask.g`.
+"""What one request's hooks and views hand each other: one typed object per request.
 
-`api/context.py` creates it first thing in every request; the rate limiter, the cache, the metrics
-and the views read and fill it. One attribute lookup on `g`, as each value used to cost.
+`api/context.py` creates it first thing in every request (`begin`) and lets it go at teardown
+(`end`); the rate limiter, the cache, the metrics and the views read and fill it. It lives in a
+context variable, not on `flask.g`: a request reads it six times or more, and each read through
+Flask's proxies cost more than the hook that asked (a sixteenth of a cached read). Every greenlet
+has its own context, as Flask's own request context relies on. Where the hooks did not run (a bare
+request context in a test), the state is made on first use and kept on `g` for that context.
 """
 
 from __future__ import annotations
 
 from contextlib import AbstractContextManager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -29,15 +34,29 @@ class RequestState:
     list_entry: tuple[str, str] | None = None  # the catalogue list's cache entry (api/routes/products.py)
 
 
+_CURRENT: ContextVar[RequestState | None] = ContextVar("dms_request_state", default=None)
+
+
 def request_state() -> RequestState:
     """This request's state; made on first use where the hooks did not run (a bare request context)."""
-    found: RequestState | None = g.get("dms")
+    found = _CURRENT.get()
     if found is None:
-        found = g.dms = RequestState()
+        found = g.get("dms")
+        if found is None:
+            found = g.dms = RequestState()
     return found
 
 
 def begin(request_id: str, started: float) -> RequestState:
     """A fresh state for a request that starts now (the first hook)."""
-    g.dms = fresh = RequestState(request_id, started)
+    fresh = RequestState(request_id, started)
+    _CURRENT.set(fresh)
     return fresh
+
+
+def end() -> RequestState | None:
+    """Let go of the request's state (its teardown): the next request on this greenlet, or a bare
+    context, must not find it."""
+    found = _CURRENT.get()
+    _CURRENT.set(None)
+    return found
