@@ -74,6 +74,8 @@ class Config:
     gateway_host: str = "127.0.0.1"
     gateway_port: int = 8001
     gateway_id: str = ""
+    # SO_REUSEPORT on the listening socket: several gateway processes (each its own GATEWAY_ID) share one port.
+    gateway_reuse_port: bool = False
     public_gateway_url: str = ""  # what browsers connect to; "" means ws://GATEWAY_HOST:GATEWAY_PORT/ws
     allowed_origins: tuple[str, ...] = ("*",)
     sentry_dsn: Secret | None = None
@@ -147,6 +149,7 @@ class Config:
             gateway_host=reader.text("GATEWAY_HOST", "127.0.0.1"),
             gateway_port=reader.port("GATEWAY_PORT", 8001),
             gateway_id=reader.text("GATEWAY_ID", ""),
+            gateway_reuse_port=reader.flag("GATEWAY_REUSE_PORT", False),
             public_gateway_url=reader.url("PUBLIC_GATEWAY_URL", schemes=("ws", "wss")),
             allowed_origins=tuple(reader.csv("ALLOWED_ORIGINS") or ["*"]),
             sentry_dsn=Secret(dsn) if dsn else None,

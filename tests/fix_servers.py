@@ -67,9 +67,9 @@ def start_gateway(infra: Infra, tmp_path: Path) -> Iterator[Any]:
     """Start extra gateway processes with their own settings; all are stopped after the test."""
     started: list[Process] = []
 
-    def start(*, name: str = "gw", wait: bool = True, base: dict[str, str] | None = None,
+    def start(*, name: str = "gw", wait: bool = True, base: dict[str, str] | None = None, port: int | None = None,
               **settings: str) -> tuple[Process, StartedGateway]:
-        port = embedded.free_port()
+        port = port or embedded.free_port()  # a given port: gateways sharing one (GATEWAY_REUSE_PORT)
         env = {**(base if base is not None else infra.env()), "GATEWAY_PORT": str(port),
                "GATEWAY_ID": f"{name}-{port}", **settings}
         process = Process("gateway", env, tmp_path / f"{name}-{port}.log")

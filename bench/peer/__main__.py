@@ -5,9 +5,11 @@ them), the same rooms and the same events: orders created through POST /api/orde
 rows reach each system through its own Redis path (our relay; a feeder emitting through the peer's
 Redis queue or adapter). `--source redis` skips the API and outbox and publishes straight to Redis.
 Measured per step: server CPU-seconds per 1,000 delivered frames (/proc/PID/stat of the server
-process only), commit-to-client p50/p99, lost and duplicated frames, and the client processes' CPU;
-per server: memory per connection on a fresh server. The 10,000-connection step weighs one server
-process idle and at 2,000 deliveries/s. The report and charts land in bench/reports/ and docs/perf/.
+processes only, summed when a system runs several, as `dms-2` does), commit-to-client p50/p99,
+lost and duplicated frames, and the client processes' CPU; per server: memory per connection on a
+fresh server. The 10,000-connection step weighs the server idle and at 2,000 deliveries/s. The
+summary gives each system's highest offered deliveries/s whose p99 stayed under 20 ms with every
+frame delivered. The report and charts land in bench/reports/ and docs/perf/.
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ from bench.peer.sources import DirectSource, RestSource
 CLIENT_BUSY_PERCENT = 85.0  # a client process above this share of a core may have been the limit
 STALL_S = 3.0  # drain ends when no frame arrived for this long
 GIVE_UP_P99_MS = 15_000.0  # past this a system is saturated: higher steps are skipped, not run
+HEADLINE_P99_MS = 20.0  # the summary's capacity: the highest step with p99 under this and nothing lost
 
 
 @dataclass
@@ -68,6 +71,15 @@ class Plan:
 
 def _cpu(pids: list[int]) -> list[float]:
     return [proc_cpu_s(pid) for pid in pids]
+
+
+def _server_cpu_s(pids: list[int]) -> float:
+    """CPU-seconds of a system's server processes, summed (one for most, two for `dms-2`)."""
+    return sum(_cpu(pids))
+
+
+def _server_rss_kib(pids: list[int]) -> float:
+    return sum(proc_rss_kib(pid) for pid in pids)
 
 
 def _drain(pool: ClientPool, before: int, expected: int, max_s: float) -> tuple[int, float]:
@@ -103,10 +115,10 @@ def run_system(system: str, stack: Stack, plan: Plan, *, source_kind: str, api_u
             first = RestSource(api_url=api_url, token=token, channels=channels, products=products,
                                database_url=stack.database_url).mark() + 1
             source = DirectSource(emitter=make_emitter(system, stack.redis_url), channels=channels, first_id=first)
-        server_pid = running.server.pid
+        server_pids = running.pids
         time.sleep(1.0)  # let a fresh interpreter finish its imports before weighing it
-        rss_before = proc_rss_kib(server_pid)
-        server_cpu_before_connect = proc_cpu_s(server_pid)
+        rss_before = _server_rss_kib(server_pids)
+        server_cpu_before_connect = _server_cpu_s(server_pids)
         started = time.monotonic()
         profile = Profile(clients=clients, channels=plan.rooms, processes=plan.processes, rates=list(rates),
                           phase_s=phase_s, fixed_rate=rates[0])
@@ -119,21 +131,25 @@ def run_system(system: str, stack: Stack, plan: Plan, *, source_kind: str, api_u
             connected, failed = pool.ready()
             connect_s = time.monotonic() - started
             # Who was busy while connecting: a slow connect is the server's only if the clients were not.
-            connect_cpu = {"server_percent": round(100 * (proc_cpu_s(server_pid) - server_cpu_before_connect)
+            connect_cpu = {"server_percent": round(100 * (_server_cpu_s(server_pids) - server_cpu_before_connect)
                                                    / max(connect_s, 1e-6), 1),
                            "client_percent": [round(100 * cpu / max(connect_s, 1e-6), 1) for cpu in _cpu(pool.pids)]}
             time.sleep(2.0)  # buffers and lazily built state settle before the server is weighed
-            rss_after = proc_rss_kib(server_pid)
+            rss_after = _server_rss_kib(server_pids)
             per_conn = round((rss_after - rss_before) / connected, 1) if connected else None
             log(f"{name}: {connected}/{clients} connected ({failed} failed) in {connect_s:.1f}s (CPU {connect_cpu}); "
                 f"server RSS {rss_before / 1024:.0f} -> {rss_after / 1024:.0f} MiB = {per_conn} KiB per connection")
+            split = (systems.connection_split(stack.redis_url, running.gateway_ids, connected)
+                     if running.gateway_ids else None)
+            if split is not None:
+                log(f"{name}: connections per gateway process (the kernel's SO_REUSEPORT spread): {split}")
             result: dict[str, Any] = {
                 "system": system, "step": step, "clients": clients, "connected": connected,
                 "connect_failures": failed, "connect_s": round(connect_s, 1), "connect_cpu": connect_cpu,
-                "rooms": plan.rooms, "client_processes": plan.processes,
+                "rooms": plan.rooms, "client_processes": plan.processes, "server_processes": len(server_pids),
                 "memory": {"rss_mb_fresh": round(rss_before / 1024, 1), "rss_mb_connected": round(rss_after / 1024, 1),
                            "kib_per_connection": per_conn},
-                "held_all_connections": connected == clients, "phases": [],
+                "held_all_connections": connected == clients, "connections_per_process": split, "phases": [],
             }
             if connected == 0:
                 result["note"] = "no client could connect"
@@ -155,12 +171,12 @@ def run_system(system: str, stack: Stack, plan: Plan, *, source_kind: str, api_u
                 phase = f"{step}-r{rate}"
                 pool.send(f"phase {phase}")
                 meter.reset()
-                server0, clients0, wall0 = proc_cpu_s(server_pid), _cpu(pool.pids), time.monotonic()
+                server0, clients0, wall0 = _server_cpu_s(server_pids), _cpu(pool.pids), time.monotonic()
                 sent = source.run(rate, phase_s)
                 expected = frames_for(sent["per_channel"])
                 delivered, drain_s = _drain(pool, frames_before, expected, plan.drain_max_s)
                 wall = time.monotonic() - wall0
-                server_cpu = proc_cpu_s(server_pid) - server0
+                server_cpu = _server_cpu_s(server_pids) - server0
                 client_pct = [round(100 * (b - a) / wall, 1) for a, b in zip(clients0, _cpu(pool.pids), strict=True)]
                 _, _, hists = pool.report()
                 hist = hists.get(phase, Histogram())
@@ -175,7 +191,7 @@ def run_system(system: str, stack: Stack, plan: Plan, *, source_kind: str, api_u
                     "server_cpu_ms_per_1000_frames": _ms_per_1000(server_cpu, delivered),
                     "client_cpu_percent": client_pct, "clients_may_be_limit": max(client_pct) > CLIENT_BUSY_PERCENT,
                     "support_cpu_percent": meter.percent(),
-                    "server_rss_mb": round(proc_rss_kib(server_pid) / 1024, 1),
+                    "server_rss_mb": round(_server_rss_kib(server_pids) / 1024, 1),
                 }
                 result["phases"].append(row)
                 log(f"{name}: {rate} ev/s ({row['target_deliveries_per_s']}/s) -> {delivered}/{expected} frames, "
@@ -204,13 +220,34 @@ def run_system(system: str, stack: Stack, plan: Plan, *, source_kind: str, api_u
         running.stop()
 
 
+def capacity(result: dict[str, Any], p99_ms: float = HEADLINE_P99_MS) -> dict[str, Any] | None:
+    """The highest step whose p99 stayed under `p99_ms` with every expected frame delivered (None: no such step).
+
+    Offered deliveries/s is the step's target (events/s x subscribers per room); every frame of the
+    step arrived, so it was carried. The answer is only as fine as the steps in --rates.
+    """
+    passed = [p for p in result.get("phases", [])
+              if p["latency"]["p99_ms"] is not None and p["latency"]["p99_ms"] < p99_ms
+              and p["delivered_frames"] >= p["expected_frames"] > 0]
+    if not passed:
+        return None
+    best = max(passed, key=lambda p: p["target_deliveries_per_s"])
+    return {"deliveries_per_s": best["target_deliveries_per_s"], "events_per_s": best["events_per_s"],
+            "delivered_per_s": best["delivered_per_s"], "p99_ms": best["latency"]["p99_ms"],
+            "cpu_ms_per_1000_frames": best["server_cpu_ms_per_1000_frames"],
+            "server_cpu_percent": best["server_cpu_percent"]}
+
+
 def compare(results: list[dict[str, Any]]) -> dict[str, Any]:
     """Headline ratios against ours; for cost and latency, > 1 means ours is better."""
     main = {r["system"]: r for r in results if r.get("step") == "main" and r.get("phases")}
     ours = main.get("dms")
+    ours_capacity = capacity(ours) if ours is not None else None
     out: dict[str, Any] = {}
     for system, result in main.items():
         entry: dict[str, Any] = {
+            "server_processes": result.get("server_processes", 1),
+            f"capacity_p99_under_{HEADLINE_P99_MS:g}ms": capacity(result),
             "kib_per_connection": result["memory"]["kib_per_connection"],
             "cpu_ms_per_1000_frames": {str(p["target_deliveries_per_s"]): p["server_cpu_ms_per_1000_frames"]
                                        for p in result["phases"]},
@@ -224,6 +261,12 @@ def compare(results: list[dict[str, Any]]) -> dict[str, Any]:
             entry["cpu_theirs_over_ours"] = round(theirs / mine, 2) if mine and theirs else None
             mem_ours, mem = ours["memory"]["kib_per_connection"], entry["kib_per_connection"]
             entry["memory_theirs_over_ours"] = round(mem / mem_ours, 2) if mem and mem_ours and mem_ours > 0 else None
+        if result.get("connections_per_process"):
+            entry["connections_per_process"] = result["connections_per_process"]
+        if system == systems.DMS_TWO:
+            mine = entry[f"capacity_p99_under_{HEADLINE_P99_MS:g}ms"]
+            entry["capacity_over_dms"] = (round(mine["deliveries_per_s"] / ours_capacity["deliveries_per_s"], 2)
+                                          if mine and ours_capacity else None)
         out[system] = entry
     for result in results:
         if result.get("step") == "big" and result.get("phases") is not None:
@@ -235,6 +278,30 @@ def compare(results: list[dict[str, Any]]) -> dict[str, Any]:
                 if result["phases"] else None,
                 "lost": result.get("delivery", {}).get("missing")}
     return out
+
+
+def summary_lines(comparison: dict[str, Any]) -> list[str]:
+    """One line per system: its capacity at p99 under 20 ms, what that cost, and dms-2 against dms."""
+    lines = []
+    key = f"capacity_p99_under_{HEADLINE_P99_MS:g}ms"
+    for system, entry in comparison.items():
+        if key not in entry:
+            continue
+        best = entry[key]
+        processes = entry.get("server_processes", 1)
+        head = f"{system} ({processes} server process{'es' if processes != 1 else ''})"
+        if best is None:
+            lines.append(f"summary: {head}: no step had p99 under {HEADLINE_P99_MS:g} ms with every frame delivered; "
+                         f"lost {entry['lost']}")
+            continue
+        line = (f"summary: {head}: {best['deliveries_per_s']} deliveries/s ({best['events_per_s']} events/s) "
+                f"with p99 {best['p99_ms']} ms < {HEADLINE_P99_MS:g} ms, server CPU "
+                f"{best['cpu_ms_per_1000_frames']} ms per 1,000 frames ({best['server_cpu_percent']}% of a core); "
+                f"all steps {entry['cpu_ms_per_1000_frames_all_steps']} ms per 1,000 frames; lost {entry['lost']}")
+        if "capacity_over_dms" in entry:
+            line += f"; {entry['capacity_over_dms']}x dms's deliveries/s"
+        lines.append(line)
+    return lines
 
 
 def charts(results: list[dict[str, Any]]) -> list[tuple[str, dict[str, Any]]]:
@@ -275,9 +342,11 @@ def main(argv: list[str] | None = None) -> int:
                              "redis: publish straight to each system's Redis channel")
     parser.add_argument("--systems", default=",".join(systems.SYSTEMS),
                         help="comma list of systems to run; dms-relay-inside runs ours as `dms up` does, "
-                             "the relay inside the gateway")
+                             "the relay inside the gateway; dms-2 runs two gateway processes sharing one port "
+                             "(GATEWAY_REUSE_PORT), CPU and memory summed over both")
     parser.add_argument("--clients", type=int, help="subscribers in the main steps (default 2000)")
-    parser.add_argument("--rates", help="comma list of events/s (default 10,25,50,100)")
+    parser.add_argument("--rates", help="comma list of events/s (default 10,25,50,100); deliveries/s are "
+                                        "events/s x subscribers per room (200 with the defaults)")
     parser.add_argument("--big", type=int, help="clients in the big step; 0 skips it (default 10000, quick 0)")
     parser.add_argument("--publish", default=None,
                         help="name under docs/perf/ (default peer3, quick peer3-quick; 'none' to skip)")
@@ -291,7 +360,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.big is not None:
         plan.big_clients = args.big
     wanted = [s for s in args.systems.split(",") if s]
-    unknown = set(wanted) - set(systems.SYSTEMS) - {systems.DMS_RELAY_INSIDE}
+    unknown = set(wanted) - set(systems.SYSTEMS) - set(systems.EXTRA)
     if unknown:
         parser.error(f"unknown systems: {', '.join(sorted(unknown))}")
     nofile = raise_nofile()
@@ -325,12 +394,13 @@ def main(argv: list[str] | None = None) -> int:
         support = {**stack.pids, "api": api.pid}
         for system in wanted:
             relay = None
-            if system == "dms" and args.source == "rest":
+            if system in systems.SEPARATE_RELAY and args.source == "rest":
                 relay = systems.start_relay(stack)
                 support["relay"] = relay.pid
             try:
                 common = {"source_kind": args.source, "api_url": api_url, "token": token, "products": products,
-                          "support": {k: v for k, v in support.items() if k != "relay" or system == "dms"}}
+                          "support": {k: v for k, v in support.items()
+                                      if k != "relay" or system in systems.SEPARATE_RELAY}}
                 results.append(run_system(system, stack, plan, clients=plan.clients, rates=plan.rates,
                                           phase_s=plan.phase_s, step="main", **common))
                 if plan.big_clients:
@@ -353,6 +423,8 @@ def main(argv: list[str] | None = None) -> int:
             "loadavg_after": [round(x, 2) for x in os.getloadavg()], "duration_s": round(time.monotonic() - started),
             "skipped": skipped, "comparison": compare(results), "results": results}
     log(f"comparison: {json.dumps(body['comparison'])}")
+    for line in summary_lines(body["comparison"]):
+        log(line)
     paths = write_report("peer3", body, charts(results))
     for path in paths:
         log(f"wrote {path.relative_to(ROOT)}")

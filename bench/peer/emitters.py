@@ -88,7 +88,7 @@ class NodeAdapterEmitter:
 def make_emitter(system: str, redis_url: str) -> Emitter:
     from common.redis_client import make_redis
 
-    if system in ("dms", "dms-relay-inside"):
+    if system in ("dms", "dms-relay-inside", "dms-2"):
         return DmsEmitter(make_redis(redis_url))
     if system == "flask-socketio":
         return SocketIOEmitter(redis_url)

@@ -18,6 +18,8 @@ def test_defaults_follow_the_contract() -> None:
     assert config.database_listen_url == BASE["DATABASE_URL"]
     assert config.jwt_secret.value == DEV_JWT_SECRET
     assert config.log_format == "text"
+    assert config.gateway_reuse_port is False
+    assert Config.from_env({**BASE, "GATEWAY_REUSE_PORT": "true"}).gateway_reuse_port is True
 
 
 def test_every_bad_value_is_reported_at_once() -> None:
