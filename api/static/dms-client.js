@@ -8,7 +8,8 @@
 //
 // It keeps the last event id per channel and, after any disconnect, waits a random time in
 // [0, min(cap, base * 2^attempt)] (full jitter), at least Retry-After when a gateway refused it, then
-// reconnects and resubscribes every channel with `since`. It connects with a single-use ticket
+// reconnects and resubscribes every channel with `since`; a subscribe refused with a passing error
+// (`rate_limited`, `unavailable`) goes out again after such a wait. It connects with a single-use ticket
 // (POST /api/realtime/ticket), so the bearer token never appears in a URL; only an API without that
 // endpoint (404) gets `?token=`. With `getToken` it sends `auth` with a fresh token before the old
 // one expires. Drivers call `sendLocation(point)`: over the socket when connected; while offline the
@@ -30,6 +31,11 @@ function claims(token) {
 function httpUrl(wsUrl) {
   return wsUrl.replace(/^ws(s?):/, "http$1:");
 }
+
+// Subscribe errors another try cannot change; any other (`unavailable` when the replay after
+// `subscribed` failed, `rate_limited`) is sent again on the same connection after a full-jitter wait.
+const FINAL_SUBSCRIBE_ERRORS = new Set(["bad_request", "unknown_type", "invalid_channel", "forbidden",
+  "subscription_limit"]);
 
 export class DmsClient {
   /**
@@ -65,6 +71,7 @@ export class DmsClient {
     this.tickets = true; // false once the API answered 404 for the ticket endpoint
     this.refs = 0;
     this.pendingRefs = new Map(); // ref -> channel of a subscribe, so an error names its channel
+    this.subscribeRetries = new Map(); // channel -> timer of a refused subscribe's next try
     this.state = "idle";
     this.buffer = this.loadBuffer();
     this.unacked = new Map(); // ref -> location point sent over the socket, not yet acknowledged
@@ -78,12 +85,13 @@ export class DmsClient {
   // -- public API -------------------------------------------------------------------------------------
   subscribe(channel, handler, { recover = true } = {}) {
     const known = this.channels.get(channel);
-    this.channels.set(channel, { handler, recover, lastId: known ? known.lastId : null });
+    this.channels.set(channel, { handler, recover, lastId: known ? known.lastId : null, refusals: 0 });
     if (!known) this.sendSubscribe(channel);
     return this;
   }
 
   unsubscribe(channel) {
+    this.cancelSubscribeRetry(channel);
     if (!this.channels.delete(channel)) return;
     this.send({ type: "unsubscribe", channel, ref: "u" + ++this.refs });
   }
@@ -98,6 +106,7 @@ export class DmsClient {
     this.closed = true;
     clearTimeout(this.timer);
     clearTimeout(this.refreshTimer);
+    for (const channel of [...this.subscribeRetries.keys()]) this.cancelSubscribeRetry(channel);
     if (this.ws) this.ws.close(1000, "closed by the client");
     this.ws = null;
     this.setState("closed");
@@ -235,6 +244,7 @@ export class DmsClient {
         this.pendingRefs.delete(frame.ref);
         const state = this.channels.get(frame.channel);
         if (!state) return;
+        state.refusals = 0;
         const hadSince = state.recover && state.lastId !== null;
         // Not recovered (first subscribe, or `since` past retention): live events start after this id.
         if (!frame.recovered) state.lastId = frame.last_event_id;
@@ -262,6 +272,7 @@ export class DmsClient {
         frame.channel = this.pendingRefs.get(frame.ref) || null;
         this.pendingRefs.delete(frame.ref);
         this.emit("error", frame);
+        if (frame.channel) this.subscribeRefused(frame.channel, frame);
         break;
       default:
         break;
@@ -280,6 +291,8 @@ export class DmsClient {
     if (ws !== this.ws) return;
     this.ws = null;
     clearTimeout(this.refreshTimer);
+    // Every channel goes out again after the next welcome.
+    for (const channel of [...this.subscribeRetries.keys()]) this.cancelSubscribeRetry(channel);
     if (this.unacked.size) {
       // Sent but not acknowledged: they go first, in the order they were taken.
       this.buffer = [...this.unacked.values(), ...this.buffer];
@@ -319,6 +332,25 @@ export class DmsClient {
     const offline = typeof navigator !== "undefined" && navigator.onLine === false;
     this.setState(offline ? "offline" : "reconnecting", { delayMs: Math.round(delay), attempt: this.attempt, retryAfterMs });
     this.timer = setTimeout(() => this.connect(), delay);
+  }
+
+  // A subscribe refused, or dropped after `subscribed` because its replay failed: the channel is not
+  // held. A passing error is tried again after a full-jitter wait, as a reconnect would be.
+  subscribeRefused(channel, frame) {
+    const state = this.channels.get(channel);
+    if (!state || FINAL_SUBSCRIBE_ERRORS.has(frame.code)) return;
+    state.refusals += 1;
+    const delay = Math.random() * Math.min(this.cap, this.base * 2 ** Math.min(state.refusals, 32));
+    this.cancelSubscribeRetry(channel);
+    this.subscribeRetries.set(channel, setTimeout(() => {
+      this.subscribeRetries.delete(channel);
+      if (this.channels.has(channel)) this.sendSubscribe(channel);
+    }, delay));
+  }
+
+  cancelSubscribeRetry(channel) {
+    clearTimeout(this.subscribeRetries.get(channel));
+    this.subscribeRetries.delete(channel);
   }
 
   fail(message) {

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import signal
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -125,6 +126,39 @@ def test_a_subscription_ended_by_the_server_says_why(page: Any, stack: Stack, cl
     ended = page.wait_for_function("window.seen.unsubscribed[0]", timeout=seconds(10) * MS).json_value()
     assert ended == {"type": "unsubscribed", "channel": channel, "ref": None, "reason": "forbidden"}
     assert not page.evaluate(f"window.client.channels.has('{channel}')")  # not resubscribed after a reconnect
+
+
+def test_a_rate_limited_subscribe_is_sent_again_and_a_forbidden_one_is_not(page: Any, stack: Stack, infra: Infra,
+                                                                            world: World) -> None:
+    sent: list[dict[str, Any]] = []
+    page.on("websocket", lambda ws: ws.on("framesent", lambda payload: sent.append(json.loads(str(payload)))))
+    channel, forbidden = f"restaurant:{world.restaurant_id}", f"restaurant:{world.other_restaurant_id}"
+    _start(page, stack.gateway_url, token=world.restaurant, base=50, cap=400)
+    # Past the gateway's frame burst at once: the subscribe behind the pings is refused with rate_limited.
+    page.evaluate("""([channel, forbidden]) => {
+      for (let n = 0; n < 60; n++) window.client.send({ type: "ping", ref: "p" + n });
+      window.client.subscribe(channel, (e) => window.seen.events.push(e));
+      window.client.subscribe(forbidden, () => {});
+    }""", [channel, forbidden])
+    page.wait_for_function(f"window.client.lastId('{channel}') !== null", timeout=seconds(15) * MS)
+    errors = page.evaluate("window.seen.errors")
+    assert ("rate_limited", channel) in [(e["code"], e["channel"]) for e in errors], errors
+    subscribes = [f for f in sent if f.get("type") == "subscribe" and f["channel"] == channel]
+    assert len(subscribes) >= 2 and len({f["ref"] for f in subscribes}) == len(subscribes)  # sent again, same socket
+    write_events(infra.database_url, channel, 1, event="test.after_retry")
+    wait_for(lambda: any(e["event"] == "test.after_retry" for e in _events(page)), message="an event after the retry")
+    # The forbidden one was refused (as rate_limited first, maybe, then as forbidden) and never sent after that.
+    page.wait_for_function(f"window.seen.errors.some((e) => e.code === 'forbidden' && e.channel === '{forbidden}')",
+                           timeout=seconds(15) * MS)
+    refused_at = len([f for f in sent if f.get("type") == "subscribe" and f["channel"] == forbidden])
+    # A retry would leave within the client's cap (0.4 s) of the refusal; a ping sent once that window is
+    # over leaves after it, so the frames before the ping say whether one went.
+    window_over = time.monotonic() + 0.4
+    wait_for(lambda: time.monotonic() > window_over, message="the retry window to pass")
+    assert page.evaluate("window.client.send({ type: 'ping', ref: 'probe' })")
+    wait_for(lambda: any(f.get("ref") == "probe" for f in sent), message="the probe ping")
+    before_probe = sent[: next(n for n, f in enumerate(sent) if f.get("ref") == "probe")]
+    assert len([f for f in before_probe if f.get("type") == "subscribe" and f["channel"] == forbidden]) == refused_at
 
 
 def test_locations_sent_offline_reach_rest_in_order(page: Any, stack: Stack, client: Any, infra: Infra,
