@@ -15,6 +15,7 @@ import pytest
 
 from common.auth import mint_token
 from devstack import embedded
+from gateway.protocol import MAX_RATE_VIOLATIONS, RATE_BURST
 from tests.browser.support import Stack
 from tests.fix_infra import JWT_SECRET, Infra
 from tests.fix_world import World, stored_latitudes, write_events
@@ -135,16 +136,19 @@ def test_a_rate_limited_subscribe_is_sent_again_and_a_forbidden_one_is_not(page:
     channel, forbidden = f"restaurant:{world.restaurant_id}", f"restaurant:{world.other_restaurant_id}"
     _start(page, stack.gateway_url, token=world.restaurant, base=50, cap=400)
     # Past the gateway's frame burst at once: the subscribe behind the pings is refused with rate_limited.
-    page.evaluate("""([channel, forbidden]) => {
-      for (let n = 0; n < 60; n++) window.client.send({ type: "ping", ref: "p" + n });
+    # Ten over it, well under the refusals that close a connection.
+    assert MAX_RATE_VIOLATIONS > 10 + 5
+    page.evaluate("""([channel, forbidden, pings]) => {
+      for (let n = 0; n < pings; n++) window.client.send({ type: "ping", ref: "p" + n });
       window.client.subscribe(channel, (e) => window.seen.events.push(e));
       window.client.subscribe(forbidden, () => {});
-    }""", [channel, forbidden])
+    }""", [channel, forbidden, int(RATE_BURST) + 10])
     page.wait_for_function(f"window.client.lastId('{channel}') !== null", timeout=seconds(15) * MS)
     errors = page.evaluate("window.seen.errors")
     assert ("rate_limited", channel) in [(e["code"], e["channel"]) for e in errors], errors
     subscribes = [f for f in sent if f.get("type") == "subscribe" and f["channel"] == channel]
-    assert len(subscribes) >= 2 and len({f["ref"] for f in subscribes}) == len(subscribes)  # sent again, same socket
+    assert len(subscribes) >= 2 and len({f["ref"] for f in subscribes}) == len(subscribes)  # sent again
+    assert not [s for s, _ in page.evaluate("window.seen.states") if s == "reconnecting"]  # on the same socket
     write_events(infra.database_url, channel, 1, event="test.after_retry")
     wait_for(lambda: any(e["event"] == "test.after_retry" for e in _events(page)), message="an event after the retry")
     # The forbidden one was refused (as rate_limited first, maybe, then as forbidden) and never sent after that.
