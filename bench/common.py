@@ -227,6 +227,16 @@ def proc_cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS
 
 
+def proc_system_cpu_s(pid: int) -> float:
+    """stime alone: the kernel's share of `proc_cpu_s` (on loopback a send() also runs the receiving
+    side's TCP processing, and that is charged to the sender)."""
+    try:
+        fields = _stat_fields(pid)
+    except (FileNotFoundError, ProcessLookupError):
+        return 0.0
+    return int(fields[12]) / _CLOCK_TICKS
+
+
 def proc_rss_kib(pid: int) -> float:
     """Resident set of one process in KiB, from /proc/PID/stat."""
     return int(_stat_fields(pid)[21]) * _PAGE / 1024

@@ -33,6 +33,7 @@ from bench.common import (
     machine,
     proc_cpu_s,
     proc_rss_kib,
+    proc_system_cpu_s,
     raise_nofile,
     stop,
     write_report,
@@ -166,22 +167,25 @@ def run_system(system: str, stack: Stack, plan: Plan, *, source_kind: str, api_u
             _drain(pool, warm_from, frames_for(warm["per_channel"]), plan.drain_max_s)
             frames_before = pool.report()[0]
             meter = CpuMeter({**support, **{f"feeder{n}": p.pid for n, p in enumerate(running.helpers)}})
-            total_cpu, total_frames = 0.0, 0
+            total_cpu, total_kernel, total_frames = 0.0, 0.0, 0
             for rate in rates:
                 phase = f"{step}-r{rate}"
                 pool.send(f"phase {phase}")
                 meter.reset()
                 server0, clients0, wall0 = _server_cpu_s(server_pids), _cpu(pool.pids), time.monotonic()
+                kernel0 = sum(proc_system_cpu_s(pid) for pid in server_pids)
                 sent = source.run(rate, phase_s)
                 expected = frames_for(sent["per_channel"])
                 delivered, drain_s = _drain(pool, frames_before, expected, plan.drain_max_s)
                 wall = time.monotonic() - wall0
                 server_cpu = _server_cpu_s(server_pids) - server0
+                server_kernel = sum(proc_system_cpu_s(pid) for pid in server_pids) - kernel0
                 client_pct = [round(100 * (b - a) / wall, 1) for a, b in zip(clients0, _cpu(pool.pids), strict=True)]
                 _, _, hists = pool.report()
                 hist = hists.get(phase, Histogram())
                 frames_before += delivered
                 total_cpu, total_frames = total_cpu + server_cpu, total_frames + delivered
+                total_kernel += server_kernel
                 row = {
                     "events_per_s": rate, "target_deliveries_per_s": round(rate * connected / plan.rooms),
                     "achieved_events_per_s": sent["achieved_events_per_s"], "post_failures": sent["post_failures"],
@@ -189,6 +193,8 @@ def run_system(system: str, stack: Stack, plan: Plan, *, source_kind: str, api_u
                     "delivered_per_s": round(delivered / wall, 1), "drain_s": drain_s, "latency": hist.summary(),
                     "server_cpu_s": round(server_cpu, 3), "server_cpu_percent": round(100 * server_cpu / wall, 1),
                     "server_cpu_ms_per_1000_frames": _ms_per_1000(server_cpu, delivered),
+                    # The kernel's part (system time): sends, wake-ups, epoll; the rest is the server's own code.
+                    "server_kernel_ms_per_1000_frames": _ms_per_1000(server_kernel, delivered),
                     "client_cpu_percent": client_pct, "clients_may_be_limit": max(client_pct) > CLIENT_BUSY_PERCENT,
                     "support_cpu_percent": meter.percent(),
                     "server_rss_mb": round(_server_rss_kib(server_pids) / 1024, 1),
@@ -196,7 +202,8 @@ def run_system(system: str, stack: Stack, plan: Plan, *, source_kind: str, api_u
                 result["phases"].append(row)
                 log(f"{name}: {rate} ev/s ({row['target_deliveries_per_s']}/s) -> {delivered}/{expected} frames, "
                     f"p50/p99 {hist.percentile(50)}/{hist.percentile(99)} ms, server "
-                    f"{row['server_cpu_ms_per_1000_frames']} ms CPU per 1,000 frames ({row['server_cpu_percent']}%), "
+                    f"{row['server_cpu_ms_per_1000_frames']} ms CPU per 1,000 frames, "
+                    f"{row['server_kernel_ms_per_1000_frames']} of it in the kernel ({row['server_cpu_percent']}%), "
                     f"clients {client_pct}%")
                 p99 = hist.percentile(99)
                 if p99 is None or p99 > GIVE_UP_P99_MS or delivered < 0.5 * expected:
@@ -204,6 +211,7 @@ def run_system(system: str, stack: Stack, plan: Plan, *, source_kind: str, api_u
                     log(f"{name}: saturated at {rate} events/s; higher steps skipped")
                     break
             result["server_cpu_ms_per_1000_frames_all_steps"] = _ms_per_1000(total_cpu, total_frames)
+            result["server_kernel_ms_per_1000_frames_all_steps"] = _ms_per_1000(total_kernel, total_frames)
             expected_ids = source.written_since(mark)
             owed = frames_for({channel: len(ids) for channel, ids in expected_ids.items()})
             # A last bounded wait for frames still queued. `missing` counts ids not received by its
@@ -252,6 +260,7 @@ def compare(results: list[dict[str, Any]]) -> dict[str, Any]:
             "cpu_ms_per_1000_frames": {str(p["target_deliveries_per_s"]): p["server_cpu_ms_per_1000_frames"]
                                        for p in result["phases"]},
             "cpu_ms_per_1000_frames_all_steps": result["server_cpu_ms_per_1000_frames_all_steps"],
+            "kernel_ms_per_1000_frames_all_steps": result.get("server_kernel_ms_per_1000_frames_all_steps"),
             "p50_ms": {str(p["target_deliveries_per_s"]): p["latency"]["p50_ms"] for p in result["phases"]},
             "p99_ms": {str(p["target_deliveries_per_s"]): p["latency"]["p99_ms"] for p in result["phases"]},
             "lost": result["delivery"]["missing"], "duplicated": result["delivery"]["duplicated"],
