@@ -171,9 +171,13 @@ class Stack:
             stream.stop_all()
         for cleanup in self.cleanups:
             cleanup()
+        # Signal every process first, then wait: a gateway's drain takes seconds, and draining the
+        # gateways one after the other made each test's teardown wait for the sum.
+        running = [process for process in reversed(self._processes) if process.proc.poll() is None]
+        for process in running:
+            process.proc.send_signal(signal.SIGCONT)  # in case a test left it stopped
+            process.proc.send_signal(signal.SIGTERM)
         for process in reversed(self._processes):
-            if process.proc.poll() is None:
-                process.proc.send_signal(signal.SIGCONT)  # in case a test left it stopped
             process.stop(timeout_s=15)
 
 

@@ -43,6 +43,10 @@ class ChaosProxy:
     def stop(self) -> None:
         self._stop.set()
         self._chaos.set()  # wake the chaos thread
+        try:
+            self._listener.shutdown(socket.SHUT_RDWR)  # wakes the accept() in progress; close() alone does not
+        except OSError:
+            pass
         self._listener.close()
         with self._lock:
             pairs = list(self._pairs)
