@@ -35,9 +35,13 @@ def main() -> int:
     done = gevent.event.Event()
 
     def shut_down() -> None:
-        # Keep listening while draining: new handshakes get 503 and /health says "draining",
-        # so a load balancer moves on; then stop.
+        # Alone on its port, keep listening while draining: new handshakes get 503 with Retry-After
+        # and /health says "draining", so a load balancer moves on. Sharing the port, close the
+        # listening socket first: the kernel then hands every new connection to the other processes,
+        # instead of a share of them to one that can only refuse.
         logger.info("gateway draining")
+        if config.gateway_reuse_port:
+            server.close()
         gateway.drain()
         server.stop(timeout=1)
         done.set()

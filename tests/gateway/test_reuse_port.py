@@ -6,12 +6,14 @@ which process holds how many connections; /health on the shared port reaches eit
 
 from __future__ import annotations
 
+import signal
 import socket
 import uuid
 from typing import Any
 
 import pytest
 import redis
+import websocket
 
 from common.gateway_stats import read_all
 from devstack import embedded
@@ -70,6 +72,46 @@ def test_two_gateways_share_a_port_and_both_deliver(infra: Infra, start_gateway:
             assert ws.events(1, channel=channel, timeout_s=15)[0]["id"] == event_id
     finally:
         for ws in clients:
+            ws.close()
+
+
+def test_a_draining_gateway_leaves_new_connections_to_the_other(infra: Infra, start_gateway: Any) -> None:
+    """Sharing the port, a draining process closes its listening socket: every handshake made during
+    its drain is welcomed by the other process, none is refused with 503."""
+    port = embedded.free_port()
+    draining, first = start_gateway(name="drain-a", port=port, GATEWAY_REUSE_PORT="true")
+    other_process, other = start_gateway(name="drain-b", port=port, wait=False, GATEWAY_REUSE_PORT="true")
+    seen: set[str] = set()
+
+    def both_answer() -> bool:
+        assert other_process.proc.poll() is None, f"second gateway exited: {other_process.log()[-2000:]}"
+        if (answered := _health_id(first["http"])) is not None:
+            seen.add(answered)
+        return seen >= {first["id"], other["id"]}
+
+    wait_for(both_answer, timeout_s=30, interval_s=0.05, message="/health on the shared port from both gateways")
+    # Clients on both, so the draining one's drain lasts its minimum spread (seconds), not an instant.
+    clients = [_welcomed(first["url"]) for _ in range(CLIENTS)]
+    fresh: list[WsClient] = []
+    try:
+        draining.proc.send_signal(signal.SIGTERM)
+        wait_for(lambda: "gateway draining" in draining.log(), timeout_s=15, message="the drain to start")
+        refused: list[str] = []
+        for _ in range(CLIENTS):
+            try:
+                fresh.append(_welcomed(first["url"]))
+            except (OSError, websocket.WebSocketException) as exc:
+                refused.append(f"{type(exc).__name__}: {exc}")
+        still_draining = draining.proc.poll() is None
+        assert not refused, f"{len(refused)} of {CLIENTS} handshakes refused during the drain: {refused[:3]}"
+        assert still_draining, "the drain ended before the handshakes were made: the test proved nothing"
+        stats = redis.Redis.from_url(infra.redis_url, decode_responses=True)
+        for ws in fresh:
+            assert ws.request({"type": "ping"})["type"] == "pong"
+        wait_for(lambda: {i["id"]: int(i["connections"]) for i in read_all(stats)["instances"]}.get(other["id"], 0)
+                 >= CLIENTS, timeout_s=15, message="the new connections counted on the other gateway")
+    finally:
+        for ws in [*clients, *fresh]:
             ws.close()
 
 
