@@ -12,7 +12,9 @@ from typing import TYPE_CHECKING, Any, cast
 
 import redis
 from prometheus_client import Counter
+from redis.backoff import NoBackoff
 from redis.cluster import ClusterNode, RedisCluster
+from redis.retry import Retry
 
 if TYPE_CHECKING:
     from common.config import Config
@@ -29,9 +31,13 @@ class _CountingConnection(redis.Connection):
         super().send_packed_command(command, check_health)
 
 
-def make_redis(url: str, *, socket_timeout_s: float | None = 2.0, max_connections: int = 200) -> redis.Redis:
-    """Replies decoded to str; `socket_timeout_s=None` for blocking pub/sub readers."""
+def make_redis(url: str, *, socket_timeout_s: float | None = 2.0, max_connections: int = 200,
+               retries: int | None = None) -> redis.Redis:
+    """Replies decoded to str; `socket_timeout_s=None` for blocking pub/sub readers. `retries`
+    replaces redis-py's own retry of a failed command (reconnecting inside the call) when set."""
     counting: dict[str, Any] = {"connection_class": _CountingConnection} if url.startswith("redis://") else {}
+    if retries is not None:
+        counting["retry"] = Retry(NoBackoff(), retries)
     return redis.Redis.from_url(
         url,
         **counting,

@@ -40,6 +40,8 @@ from gateway.metrics import RECONNECTS
 
 Node = tuple[str, int]
 SLOTS = 16384
+# The single-node hub's pub/sub reads: long enough for any message that has started to arrive.
+HUB_SOCKET_TIMEOUT_S = 5.0
 
 
 class SlotMap:
@@ -304,4 +306,11 @@ def hub_for(config: Config, commands: redis.Redis, *, history_events: int) -> Hu
     """The single-node hub on `REDIS_URL`, or the sharded one when `REDIS_CLUSTER_NODES` is set."""
     if config.redis_cluster_nodes:
         return ClusterHub(commands, config.redis_cluster_nodes, history_events=history_events)
-    return Hub(make_redis(config.redis_url, socket_timeout_s=None), history_events=history_events)
+    # No retry inside redis-py: a lost pub/sub connection must reach the hub's own loop, which holds
+    # the channels and resynchronises their subscribers from PostgreSQL after reconnecting, instead
+    # of redis-py reconnecting and resubscribing inside get_message, up to ten times, unseen. And a
+    # read timeout: the handshake of such a reconnect (after Redis dropped the connection for its
+    # output buffer) sometimes goes unanswered, and without a timeout the reader waited for good.
+    # A read starts only once get_message has seen bytes, so the timeout never ends a quiet line.
+    return Hub(make_redis(config.redis_url, socket_timeout_s=HUB_SOCKET_TIMEOUT_S, retries=0),
+               history_events=history_events)

@@ -79,7 +79,8 @@ def test_a_draining_gateway_leaves_new_connections_to_the_other(infra: Infra, st
     """Sharing the port, a draining process closes its listening socket: every handshake made during
     its drain is welcomed by the other process, none is refused with 503."""
     port = embedded.free_port()
-    draining, first = start_gateway(name="drain-a", port=port, GATEWAY_REUSE_PORT="true")
+    # Closing 2 clients a second, its drain outlasts the handshakes below even on a loaded machine.
+    draining, first = start_gateway(name="drain-a", port=port, GATEWAY_REUSE_PORT="true", WS_DRAIN_RATE="2")
     other_process, other = start_gateway(name="drain-b", port=port, wait=False, GATEWAY_REUSE_PORT="true")
     seen: set[str] = set()
 
@@ -90,7 +91,7 @@ def test_a_draining_gateway_leaves_new_connections_to_the_other(infra: Infra, st
         return seen >= {first["id"], other["id"]}
 
     wait_for(both_answer, timeout_s=30, interval_s=0.05, message="/health on the shared port from both gateways")
-    # Clients on both, so the draining one's drain lasts its minimum spread (seconds), not an instant.
+    # Clients on both, so the draining one has some to close.
     clients = [_welcomed(first["url"]) for _ in range(CLIENTS)]
     fresh: list[WsClient] = []
     try:
