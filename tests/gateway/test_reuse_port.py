@@ -33,6 +33,19 @@ def _health_id(http: str) -> str | None:
     return body["id"] if status == 200 else None
 
 
+def _wait_until_both_answer(first: dict[str, str], second: dict[str, str], second_process: Any) -> None:
+    """Every /health is a new connection, hashed to either process: the second is up once one reaches it."""
+    seen: set[str] = set()
+
+    def both_answer() -> bool:
+        assert second_process.proc.poll() is None, f"second gateway exited: {second_process.log()[-2000:]}"
+        if (answered := _health_id(first["http"])) is not None:
+            seen.add(answered)
+        return seen >= {first["id"], second["id"]}
+
+    wait_for(both_answer, timeout_s=30, interval_s=0.05, message="/health on the shared port from both gateways")
+
+
 def _welcomed(url: str) -> WsClient:
     ws = WsClient.connect(url, token=World.token("admin"))
     assert ws.recv()["type"] == "welcome"
@@ -43,16 +56,7 @@ def test_two_gateways_share_a_port_and_both_deliver(infra: Infra, start_gateway:
     port = embedded.free_port()
     _, first = start_gateway(name="reuse-a", port=port, GATEWAY_REUSE_PORT="true")
     second_process, second = start_gateway(name="reuse-b", port=port, wait=False, GATEWAY_REUSE_PORT="true")
-    # Every /health is a new connection, hashed to either process: the second is up once one reaches it.
-    seen: set[str] = set()
-
-    def both_answer() -> bool:
-        assert second_process.proc.poll() is None, f"second gateway exited: {second_process.log()[-2000:]}"
-        if (answered := _health_id(first["http"])) is not None:
-            seen.add(answered)
-        return seen >= {first["id"], second["id"]}
-
-    wait_for(both_answer, timeout_s=30, interval_s=0.05, message="/health on the shared port from both gateways")
+    _wait_until_both_answer(first, second, second_process)
     channel = f"restaurant:{uuid.uuid4()}"
     clients = [_welcomed(first["url"]) for _ in range(CLIENTS)]
     try:
@@ -82,15 +86,7 @@ def test_a_draining_gateway_leaves_new_connections_to_the_other(infra: Infra, st
     # Closing 2 clients a second, its drain outlasts the handshakes below even on a loaded machine.
     draining, first = start_gateway(name="drain-a", port=port, GATEWAY_REUSE_PORT="true", WS_DRAIN_RATE="2")
     other_process, other = start_gateway(name="drain-b", port=port, wait=False, GATEWAY_REUSE_PORT="true")
-    seen: set[str] = set()
-
-    def both_answer() -> bool:
-        assert other_process.proc.poll() is None, f"second gateway exited: {other_process.log()[-2000:]}"
-        if (answered := _health_id(first["http"])) is not None:
-            seen.add(answered)
-        return seen >= {first["id"], other["id"]}
-
-    wait_for(both_answer, timeout_s=30, interval_s=0.05, message="/health on the shared port from both gateways")
+    _wait_until_both_answer(first, other, other_process)
     # Clients on both, so the draining one has some to close.
     clients = [_welcomed(first["url"]) for _ in range(CLIENTS)]
     fresh: list[WsClient] = []
