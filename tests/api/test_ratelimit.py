@@ -90,7 +90,8 @@ def test_forwarded_for_is_believed_only_from_trusted_proxies(make_app: AppFactor
     app = make_app(RATE_LIMIT_IP="2/minute", TRUSTED_PROXIES="127.0.0.1,10.0.0.0/8")
     proxy = _client(app, "127.0.0.1")
     clear_of_window_edge(60)
-    first, second = (f"203.0.113.{uuid.uuid4().int % 250 + 1}" for _ in range(2))
+    # Two documentation networks, so the two clients can never draw the same address.
+    first, second = (f"{net}.{uuid.uuid4().int % 250 + 1}" for net in ("203.0.113", "198.51.100"))
     # The left-most entry is whatever the client sent; the proxy appended the real peer last.
     spoofed = {"X-Forwarded-For": f"1.1.1.1, {first}, 10.1.2.3"}
     assert [proxy.get("/api/openapi.json", headers=spoofed).status_code for _ in range(3)] == [200, 200, 429]
