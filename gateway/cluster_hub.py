@@ -21,6 +21,7 @@ single-node hub's corked bursts read its one connection).
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 import gevent
@@ -37,6 +38,7 @@ from common.redis_client import make_redis
 from gateway.history import MAX_EVENTS_PER_CHANNEL
 from gateway.hub import _LOST, Hub
 from gateway.metrics import RECONNECTS
+from gateway.pubsub_changes import PendingChanges
 
 Node = tuple[str, int]
 SLOTS = 16384
@@ -98,6 +100,7 @@ class ShardLink:
         self.pubsub: Any = None
         self.connected = False  # reached its primary at least once (a refused connect is not news)
         self.greenlet: gevent.Greenlet | None = None
+        self.changes = PendingChanges()  # applied by `_run` only (gateway.pubsub_changes)
 
     def start(self) -> None:
         self.greenlet = gevent.spawn(self._run)
@@ -109,19 +112,11 @@ class ShardLink:
 
     def add(self, channel: str) -> None:
         self.channels.add(channel)
-        if self.pubsub is not None:
-            try:
-                self.pubsub.ssubscribe(REDIS_PREFIX + channel)
-            except _LOST as exc:
-                logger.warning("upstream ssubscribe on {}:{} failed: {}", *self.node, exc)
+        self.changes.mark(channel)
 
     def discard(self, channel: str) -> None:
         self.channels.discard(channel)
-        if self.pubsub is not None:
-            try:
-                self.pubsub.sunsubscribe(REDIS_PREFIX + channel)
-            except _LOST as exc:
-                logger.warning("upstream sunsubscribe on {}:{} failed: {}", *self.node, exc)
+        self.changes.mark(channel)
 
     def _run(self) -> None:
         host, port = self.node
@@ -134,17 +129,19 @@ class ShardLink:
             pubsub.ping()
             self.pubsub = pubsub
             self.connected = True
-            # One SSUBSCRIBE per slot: a command naming channels of several slots is refused (CROSSSLOT).
-            by_slot: dict[int, list[str]] = {}
-            for channel in self.channels:
-                by_slot.setdefault(key_slot((REDIS_PREFIX + channel).encode()), []).append(REDIS_PREFIX + channel)
-            for names in by_slot.values():
+            self.changes.take()  # every channel is subscribed now, marked or not
+            for names in _by_slot(self.channels):
                 pubsub.ssubscribe(*names)
             while True:
-                message = pubsub.get_sharded_message(timeout=1.0)
+                changed = self.changes.take()
+                for names in _by_slot(channel for channel in changed if channel in self.channels):
+                    pubsub.ssubscribe(*names)
+                for names in _by_slot(channel for channel in changed if channel not in self.channels):
+                    pubsub.sunsubscribe(*names)
+                message = pubsub.get_sharded_message(timeout=0.0)
                 if message is None:
-                    continue
-                if message.get("type") == "sunsubscribe":
+                    self.changes.wait(pubsub, timeout_s=1.0)
+                elif message.get("type") == "sunsubscribe":
                     self._dropped_by_server(message)
                 else:
                     self.hub._dispatch(message)
@@ -166,6 +163,15 @@ class ShardLink:
                 pubsub.close()
             except (redis.RedisError, OSError):
                 pass
+
+
+def _by_slot(channels: Iterable[str]) -> list[list[str]]:
+    """Hub channels as Redis names, grouped by slot: a command naming several slots is refused (CROSSSLOT)."""
+    groups: dict[int, list[str]] = {}
+    for channel in channels:
+        name = REDIS_PREFIX + channel
+        groups.setdefault(key_slot(name.encode()), []).append(name)
+    return list(groups.values())
 
 
 def host_port(node: Node) -> str:
@@ -309,8 +315,8 @@ def hub_for(config: Config, commands: redis.Redis, *, history_events: int) -> Hu
     # No retry inside redis-py: a lost pub/sub connection must reach the hub's own loop, which holds
     # the channels and resynchronises their subscribers from PostgreSQL after reconnecting, instead
     # of redis-py reconnecting and resubscribing inside get_message, up to ten times, unseen. And a
-    # read timeout: the handshake of such a reconnect (after Redis dropped the connection for its
-    # output buffer) sometimes goes unanswered, and without a timeout the reader waited for good.
-    # A read starts only once get_message has seen bytes, so the timeout never ends a quiet line.
+    # read timeout, so a reply that never comes (a Redis stalled mid-handshake) ends in the hub's
+    # own reconnect rather than a wait for good. The reader reads only once bytes have arrived, so
+    # the timeout never ends a quiet line.
     return Hub(make_redis(config.redis_url, socket_timeout_s=HUB_SOCKET_TIMEOUT_S, retries=0),
                history_events=history_events)

@@ -2,11 +2,13 @@
 
 Channels are reference-counted: the first local subscriber subscribes upstream (and waits for
 Redis to confirm, so nothing published after that point can be missed), the last one
-unsubscribes. Each message becomes one `Outgoing` (id, text, frame bytes built once: server frames
-are unmasked, so the same bytes serve every subscriber) handed to every local subscriber, which
-writes it through to its socket or queues it; nobody waits on a slow socket here. On `driver:*`
-an order event is tagged here once per message (common.visibility), so each subscriber only
-compares ids. Messages arrive in the outbox wire format (common.outbox).
+unsubscribes. Only the reader greenlet uses the pub/sub connection: the others mark channels for
+it to (un)subscribe (gateway.pubsub_changes). Each message becomes one `Outgoing` (id, text,
+frame bytes built once: server frames are unmasked, so the same bytes serve every subscriber)
+handed to every local subscriber, which writes it through to its socket or queues it; nobody
+waits on a slow socket here. On `driver:*` an order event is tagged here once per message
+(common.visibility), so each subscriber only compares ids. Messages arrive in the outbox wire
+format (common.outbox).
 """
 
 from __future__ import annotations
@@ -17,7 +19,6 @@ from typing import Any, Protocol
 import gevent
 import redis
 from gevent.event import Event as GEvent
-from gevent.exceptions import ConcurrentObjectUseError
 from loguru import logger
 
 from common import outbox, visibility
@@ -26,11 +27,11 @@ from common.events import REDIS_PREFIX, publish_ephemeral
 from gateway.connection import Outgoing
 from gateway.history import MAX_EVENTS_PER_CHANNEL, ChannelHistory
 from gateway.metrics import BURST_MESSAGES, BURSTS, DELIVERY_SAMPLE_EVERY, RECONNECTS, observe_delivery
+from gateway.pubsub_changes import PendingChanges
 
-# redis-py reconnects a dropped pub/sub connection inside whichever greenlet notices first. When the
-# reader and a connection greenlet (un)subscribing both do, gevent refuses the shared socket
-# (ConcurrentObjectUseError) or one finds it closed under it (ValueError): both mean "connection lost".
-_LOST = (redis.RedisError, OSError, ValueError, ConcurrentObjectUseError)
+# How a lost pub/sub connection shows in its reader: redis-py's errors, the socket's, or a read of a
+# socket already closed (ValueError).
+_LOST = (redis.RedisError, OSError, ValueError)
 # Plain pub/sub on one Redis, sharded pub/sub on a cluster (gateway/cluster_hub.py).
 _CONFIRMATIONS = frozenset(("subscribe", "ssubscribe"))
 _MESSAGES = frozenset(("message", "smessage"))
@@ -67,6 +68,7 @@ class Hub:
         self.histories: dict[str, ChannelHistory] = {}
         self._confirmed: dict[str, GEvent] = {}
         self._pubsub: Any = None
+        self._changes = PendingChanges()
         self._reader: gevent.Greenlet | None = None
         self._running = False
         self.healthy = GEvent()
@@ -136,20 +138,21 @@ class Hub:
             self._unsubscribe_upstream(channel)
 
     def _subscribe_upstream(self, channel: str) -> None:
-        """Ask Redis for `channel`; its confirmation arrives through `_dispatch`. While the connection is
-        down nothing is sent: the reconnect subscribes every held channel."""
-        if self.healthy.is_set() and self._pubsub is not None:
-            try:
-                self._pubsub.subscribe(REDIS_PREFIX + channel)
-            except _LOST as exc:
-                logger.warning("upstream subscribe failed: {}", exc)
+        """Have the reader ask Redis for `channel`; the confirmation arrives through `_dispatch`."""
+        self._changes.mark(channel)
 
     def _unsubscribe_upstream(self, channel: str) -> None:
-        if self._pubsub is not None and self.healthy.is_set():
-            try:
-                self._pubsub.unsubscribe(REDIS_PREFIX + channel)
-            except _LOST as exc:
-                logger.warning("upstream unsubscribe failed: {}", exc)
+        self._changes.mark(channel)
+
+    def _apply_changes(self) -> None:
+        """In the reader: (un)subscribe the marked channels as `self.channels` now wants them."""
+        changed = self._changes.take()
+        wanted = [REDIS_PREFIX + channel for channel in changed if channel in self.channels]
+        unwanted = [REDIS_PREFIX + channel for channel in changed if channel not in self.channels]
+        if wanted:
+            self._pubsub.subscribe(*wanted)
+        if unwanted:
+            self._pubsub.unsubscribe(*unwanted)
 
     def publish_ephemeral(self, channel: str, frame: str) -> None:
         """Events that are not stored (locations, stats) go straight to Redis with no id."""
@@ -166,11 +169,10 @@ class Hub:
             confirmed.clear()
         for history in self.histories.values():
             history.reset()  # what was published while the subscription was down is unknown
-        if self.channels:
-            pubsub.subscribe(*[REDIS_PREFIX + channel for channel in self.channels])
-        else:
-            # redis-py needs one subscription before it will read; a private no-op channel.
-            pubsub.subscribe(REDIS_PREFIX + "-hub-idle")
+        self._changes.take()  # every held channel is subscribed now, marked or not
+        # redis-py reads only while subscribed to something: a private no-op channel keeps it so
+        # when the last client channel goes.
+        pubsub.subscribe(REDIS_PREFIX + "-hub-idle", *[REDIS_PREFIX + channel for channel in self.channels])
         self.healthy.set()
 
     def _read_forever(self) -> None:
@@ -184,8 +186,11 @@ class Hub:
                         gevent.spawn(self._await_then_resync)
                 first = False
                 while self._running:
-                    message = self._pubsub.get_message(timeout=1.0)
-                    if message is not None:
+                    self._apply_changes()
+                    message = self._pubsub.get_message(timeout=0.0)
+                    if message is None:
+                        self._changes.wait(self._pubsub, timeout_s=1.0)
+                    else:
                         self._dispatch_burst(message)
             except (*_LOST, AttributeError) as exc:
                 self.healthy.clear()
