@@ -35,12 +35,13 @@ def make_redis(url: str, *, socket_timeout_s: float | None = 2.0, max_connection
                retries: int | None = None) -> redis.Redis:
     """Replies decoded to str; `socket_timeout_s=None` for blocking pub/sub readers. `retries`
     replaces redis-py's own retry of a failed command (reconnecting inside the call) when set."""
-    counting: dict[str, Any] = {"connection_class": _CountingConnection} if url.startswith("redis://") else {}
+    # Counted connections on plain TCP only: TLS (rediss://) and unix sockets keep their own classes.
+    options: dict[str, Any] = {"connection_class": _CountingConnection} if url.startswith("redis://") else {}
     if retries is not None:
-        counting["retry"] = Retry(NoBackoff(), retries)
+        options["retry"] = Retry(NoBackoff(), retries)
     return redis.Redis.from_url(
         url,
-        **counting,
+        **options,
         decode_responses=True,
         socket_timeout=socket_timeout_s,
         socket_connect_timeout=2.0,
