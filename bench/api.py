@@ -31,6 +31,7 @@ from bench.common import (
     BENCH_SECRET,
     CpuMeter,
     Stack,
+    catalogue_pages,
     install_cleanup,
     log,
     machine,
@@ -169,19 +170,19 @@ def start_apis(stack: Stack, count: int) -> tuple[list[subprocess.Popen[bytes]],
     return apis, ports
 
 
-def catalogue_pages(base_url: str, token: str, tmp: Path) -> Path:
-    """The page the cached read answers for each category, saved for the bare-Flask server to serve the
-    same products: the ratio then compares like with like (50 products, not 20 short items)."""
+def save_catalogue_pages(base_url: str, token: str, tmp: Path) -> Path:
+    """The cached read's page per category, saved for the bare-Flask server to serve the same products:
+    the ratio then compares like with like (50 products, not 20 short items)."""
     import urllib.request
 
-    pages = {}
-    for category in CATEGORIES:
-        url = f"{base_url}/api/products?limit=50&category={category}"
-        request = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"})  # noqa: S310 - loopback
+    def get_page(query: str) -> Any:
+        request = urllib.request.Request(f"{base_url}/api/products?{query}",  # noqa: S310 - loopback
+                                         headers={"Authorization": f"Bearer {token}"})
         with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310 - loopback URL we built
-            pages[category] = json.loads(response.read())
+            return json.loads(response.read())
+
     path = tmp / "catalogue-pages.json"
-    path.write_text(json.dumps(pages))
+    path.write_text(json.dumps(catalogue_pages(get_page)))
     return path
 
 
@@ -200,7 +201,7 @@ def run_processes(count: int, stack: Stack, args: argparse.Namespace, tokens: di
                   products: list[str], admin: str) -> dict[str, Any]:
     apis, ports = start_apis(stack, count)
     base_urls = [f"http://127.0.0.1:{port}" for port in ports]
-    bare, bare_ports = start_bare(count, stack.tmp, catalogue_pages(base_urls[0], tokens["catalog"][0], stack.tmp))
+    bare, bare_ports = start_bare(count, stack.tmp, save_catalogue_pages(base_urls[0], tokens["catalog"][0], stack.tmp))
     meter = CpuMeter({"api": [api.pid for api in apis], "bare_flask": [proc.pid for proc in bare], **stack.pids})
     out: dict[str, Any] = {"processes": count, "closed_loop": {}, "open_loop": {mode: [] for mode in MODES}}
     try:

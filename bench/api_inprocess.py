@@ -30,7 +30,17 @@ from gevent import monkey
 
 monkey.patch_all()
 
-from bench.common import BENCH_SECRET, Stack, install_cleanup, log, machine, proc_cpu_s, write_report  # noqa: E402
+from bench.common import (  # noqa: E402
+    BENCH_SECRET,
+    Stack,
+    catalogue_page_query,
+    catalogue_pages,
+    install_cleanup,
+    log,
+    machine,
+    proc_cpu_s,
+    write_report,
+)
 from common.auth import mint_token  # noqa: E402
 from devstack.seed import CATEGORIES, RESTAURANTS  # noqa: E402
 
@@ -112,17 +122,14 @@ def main(argv: list[str] | None = None) -> int:
         auth = {"Authorization": f"Bearer {token}"}
         with psycopg.connect(stack.database_url) as conn:
             products = [str(row[0]) for row in conn.execute("SELECT id FROM products WHERE active LIMIT 50")]
-        pages = {}
-        for category in CATEGORIES:
-            environ = EnvironBuilder(path="/api/products", query_string=f"limit=50&category={category}",
-                                     headers=auth).get_environ()
-            out: list[bytes] = []
-            out.extend(app(environ, lambda *_: None))
-            pages[category] = json.loads(b"".join(out))
-        bare = make_app(pages)
+        def get_page(query: str) -> Any:
+            environ = EnvironBuilder(path="/api/products", query_string=query, headers=auth).get_environ()
+            return json.loads(b"".join(app(environ, lambda *_: None)))
+
+        bare = make_app(catalogue_pages(get_page))
 
         def reads(count: int, path: str) -> list[dict[str, Any]]:
-            return [EnvironBuilder(path=path, query_string=f"limit=50&category={CATEGORIES[n % len(CATEGORIES)]}",
+            return [EnvironBuilder(path=path, query_string=catalogue_page_query(CATEGORIES[n % len(CATEGORIES)]),
                                    headers=auth).get_environ() for n in range(count)]
 
         def orders(count: int) -> list[dict[str, Any]]:

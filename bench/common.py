@@ -14,7 +14,7 @@ import sys
 import tempfile
 import time
 import urllib.request
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -218,23 +218,38 @@ def _stat_fields(pid: int) -> list[str]:
         return handle.read().rsplit(")", 1)[1].split()
 
 
-def proc_cpu_s(pid: int) -> float:
-    """utime + stime of one process (all its threads, none of its children), from /proc/PID/stat."""
+def catalogue_page_query(category: str) -> str:
+    """The query of the catalogue page a cached read answers (and bare Flask serves) per category."""
+    return f"limit=50&category={category}"
+
+
+def catalogue_pages(get_page: Callable[[str], Any]) -> dict[str, Any]:
+    """Each category's `GET /api/products` page, as `get_page(query string)` fetches it: the pages the
+    bare-Flask peer (bench.bare_flask) serves, so its ratio compares like with like."""
+    from devstack.seed import CATEGORIES
+
+    return {category: get_page(catalogue_page_query(category)) for category in CATEGORIES}
+
+
+def proc_cpu_times(pid: int) -> tuple[float, float]:
+    """(utime, stime) of one process in seconds (all its threads, none of its children), from
+    /proc/PID/stat; zeros once it has gone."""
     try:
         fields = _stat_fields(pid)
     except (FileNotFoundError, ProcessLookupError):
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS
+        return 0.0, 0.0
+    return int(fields[11]) / _CLOCK_TICKS, int(fields[12]) / _CLOCK_TICKS
+
+
+def proc_cpu_s(pid: int) -> float:
+    """User plus kernel CPU of one process."""
+    return sum(proc_cpu_times(pid))
 
 
 def proc_system_cpu_s(pid: int) -> float:
-    """stime alone: the kernel's share of `proc_cpu_s` (on loopback a send() also runs the receiving
-    side's TCP processing, and that is charged to the sender)."""
-    try:
-        fields = _stat_fields(pid)
-    except (FileNotFoundError, ProcessLookupError):
-        return 0.0
-    return int(fields[12]) / _CLOCK_TICKS
+    """The kernel's share of `proc_cpu_s` (on loopback a send() also runs the receiving side's TCP
+    processing, and that is charged to the sender)."""
+    return proc_cpu_times(pid)[1]
 
 
 def proc_rss_kib(pid: int) -> float:
