@@ -16,7 +16,7 @@ from loguru import logger
 from api import keys, replicas
 from api.headers import REQUEST_ID_KEY
 from api.services import Services
-from api.state import begin, end, request_state
+from api.state import begin, end, hooked_state, request_state
 from common.auth import Identity, bearer_token, claims_of
 from common.db import ANONYMOUS, set_claims
 from common.errors import Forbidden, Unauthorized
@@ -29,6 +29,11 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 
 def services() -> Services:
+    """The app's services: from the request's state inside a request (a cached read asks several
+    times, and each trip through `current_app`'s proxy costs), else from the app context."""
+    state = hooked_state()
+    if state is not None and state.services is not None:
+        return state.services
     return cast(Services, current_app.extensions["dms"])
 
 
@@ -115,7 +120,7 @@ def init_app(app: Flask) -> None:
         incoming = environ.get("HTTP_X_REQUEST_ID", "")
         rid = incoming if _VALID_REQUEST_ID.match(incoming) else os.urandom(16).hex()
         environ[REQUEST_ID_KEY] = rid  # for the response headers (api/headers.py)
-        state = begin(rid, time.perf_counter())
+        state = begin(rid, time.perf_counter(), app.extensions.get("dms"))
         # Every line of this request, warnings and deeper modules included, carries its id.
         state.log_context = entered = log_context(request_id=rid)
         entered.__enter__()

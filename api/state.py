@@ -21,6 +21,7 @@ from common.auth import Identity
 
 if TYPE_CHECKING:
     from api.cache import Prefetched
+    from api.services import Services
 
 
 @dataclass(slots=True)
@@ -32,6 +33,7 @@ class RequestState:
     identity: Identity | None = None  # set by authenticate(): the caller of this request
     prefetched: Prefetched | None = None  # the view's cache entry, read in the rate limiter's round trip
     list_entry: tuple[str, str] | None = None  # the catalogue list's cache entry (api/routes/products.py)
+    services: Services | None = None  # the app's, for `api.context.services()` without Flask's proxy
 
 
 _CURRENT: ContextVar[RequestState | None] = ContextVar("dms_request_state", default=None)
@@ -47,9 +49,14 @@ def request_state() -> RequestState:
     return found
 
 
-def begin(request_id: str, started: float) -> RequestState:
+def hooked_state() -> RequestState | None:
+    """The state the first hook made, or None outside a hooked request (no fallback to `g`)."""
+    return _CURRENT.get()
+
+
+def begin(request_id: str, started: float, services: Services | None) -> RequestState:
     """A fresh state for a request that starts now (the first hook)."""
-    fresh = RequestState(request_id, started)
+    fresh = RequestState(request_id, started, services=services)
     _CURRENT.set(fresh)
     return fresh
 
