@@ -130,12 +130,10 @@ class ShardLink:
             self.pubsub = pubsub
             self.connected = True
             self.changes.take()  # every channel is subscribed now, marked or not
-            for names in _by_slot(self.channels):
-                pubsub.ssubscribe(*names)
+            self._subscribe(pubsub, list(self.channels))
             while True:
                 changed = self.changes.take()
-                for names in _by_slot(channel for channel in changed if channel in self.channels):
-                    pubsub.ssubscribe(*names)
+                self._subscribe(pubsub, [channel for channel in changed if channel in self.channels])
                 for names in _by_slot(channel for channel in changed if channel not in self.channels):
                     pubsub.sunsubscribe(*names)
                 message = pubsub.get_sharded_message(timeout=0.0)
@@ -148,6 +146,11 @@ class ShardLink:
         except (*_LOST, AttributeError) as exc:
             self._close()
             self.hub._link_lost(self, exc)
+
+    def _subscribe(self, pubsub: Any, channels: list[str]) -> None:
+        self.hub._sent_subscribe(channels)
+        for names in _by_slot(channels):
+            pubsub.ssubscribe(*names)
 
     def _dropped_by_server(self, message: dict[str, Any]) -> None:
         raw = str(message.get("channel") or "")
@@ -225,6 +228,9 @@ class ClusterHub(Hub):
             if channel in link.channels:
                 link.discard(channel)
 
+    def _change_pending(self, channel: str) -> bool:
+        return channel in self._moving or any(channel in link.changes for link in self.links.values())
+
     def _link(self, node: Node) -> ShardLink:
         link = self.links.get(node)
         if link is None:
@@ -254,6 +260,7 @@ class ClusterHub(Hub):
             return
         (logger.debug if quiet else logger.warning)("hub moving {} channel(s): {}", len(affected), why)
         for channel in affected:
+            self._unanswered.pop(channel, None)  # a lost or dropped subscription answers no more
             confirmed = self._confirmed.get(channel)
             if confirmed is not None:
                 confirmed.clear()

@@ -67,6 +67,9 @@ class Hub:
         # The stored events of each held channel, complete over a known range (gateway.history).
         self.histories: dict[str, ChannelHistory] = {}
         self._confirmed: dict[str, GEvent] = {}
+        # SUBSCRIBEs sent per channel and not answered yet: only the reply to the last one confirms
+        # (an older reply may precede an UNSUBSCRIBE that a quick resubscribe then undoes).
+        self._unanswered: dict[str, int] = {}
         self._pubsub: Any = None
         self._changes = PendingChanges()
         self._reader: gevent.Greenlet | None = None
@@ -147,12 +150,31 @@ class Hub:
     def _apply_changes(self) -> None:
         """In the reader: (un)subscribe the marked channels as `self.channels` now wants them."""
         changed = self._changes.take()
-        wanted = [REDIS_PREFIX + channel for channel in changed if channel in self.channels]
+        wanted = [channel for channel in changed if channel in self.channels]
         unwanted = [REDIS_PREFIX + channel for channel in changed if channel not in self.channels]
         if wanted:
-            self._pubsub.subscribe(*wanted)
+            self._sent_subscribe(wanted)
+            self._pubsub.subscribe(*[REDIS_PREFIX + channel for channel in wanted])
         if unwanted:
             self._pubsub.unsubscribe(*unwanted)
+
+    def _sent_subscribe(self, channels: list[str]) -> None:
+        for channel in channels:
+            self._unanswered[channel] = self._unanswered.get(channel, 0) + 1
+
+    def _answered(self, channel: str) -> bool:
+        """A subscribe reply for `channel` came: is the subscription Redis holds now the one wanted?
+
+        Yes when it answers the last SUBSCRIBE sent and no change to the channel waits to be sent.
+        """
+        left = self._unanswered.pop(channel, 0) - 1
+        if left > 0:
+            self._unanswered[channel] = left
+            return False
+        return not self._change_pending(channel)
+
+    def _change_pending(self, channel: str) -> bool:
+        return channel in self._changes
 
     def publish_ephemeral(self, channel: str, frame: str) -> None:
         """Events that are not stored (locations, stats) go straight to Redis with no id."""
@@ -170,6 +192,7 @@ class Hub:
         for history in self.histories.values():
             history.reset()  # what was published while the subscription was down is unknown
         self._changes.take()  # every held channel is subscribed now, marked or not
+        self._unanswered = dict.fromkeys(self.channels, 1)  # the old connection's replies never come
         # redis-py reads only while subscribed to something: a private no-op channel keeps it so
         # when the last client channel goes.
         pubsub.subscribe(REDIS_PREFIX + "-hub-idle", *[REDIS_PREFIX + channel for channel in self.channels])
@@ -245,7 +268,7 @@ class Hub:
         channel = raw_channel[len(REDIS_PREFIX):]
         if kind in _CONFIRMATIONS:
             confirmed = self._confirmed.get(channel)
-            if confirmed is not None:
+            if self._answered(channel) and confirmed is not None:
                 confirmed.set()
             return
         if kind not in _MESSAGES:

@@ -18,6 +18,7 @@ from gevent import get_hub
 from gevent.event import Event as GEvent
 
 _READ = 1  # libev/libuv's read-readiness flag for an io watcher
+_NONE: frozenset[str] = frozenset()
 
 
 class PendingChanges:
@@ -30,8 +31,13 @@ class PendingChanges:
         self._channels.add(channel)
         self._wake.set()
 
-    def take(self) -> set[str]:
+    def __contains__(self, channel: object) -> bool:
+        return channel in self._channels
+
+    def take(self) -> set[str] | frozenset[str]:
         """The marked channels, unmarked: for the reader to apply (or to drop, when it subscribes all)."""
+        if not self._channels:
+            return _NONE  # the reader asks once per message: no new set when nothing is marked
         channels, self._channels = self._channels, set()
         return channels
 
@@ -43,11 +49,14 @@ class PendingChanges:
         """
         if self._channels:
             return
+        if not pubsub.subscribed:  # redis-py reads nothing then: only a mark can change that
+            self._wake.wait(timeout_s)
+            self._wake.clear()
+            return
         sock = getattr(pubsub.connection, "_sock", None)  # redis-py keeps its socket private
         if sock is None:
             raise redis.ConnectionError("the pub/sub connection is closed")
-        loop = get_hub().loop
-        watcher = loop.io(sock.fileno(), _READ)
+        watcher = get_hub().loop.io(sock.fileno(), _READ)
         try:
             watcher.start(self._wake.set)
             self._wake.wait(timeout_s)
