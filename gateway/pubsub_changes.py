@@ -2,8 +2,9 @@
 
 redis-py reconnects a dropped connection inside whichever greenlet notices the drop first. On a
 pub/sub connection both the reader and a client's greenlet (un)subscribing on it could notice:
-two greenlets then reconnect and read one socket, gevent refuses the second reader
-(ConcurrentObjectUseError), or one waits for good on a handshake the other's reconnect replaced.
+two greenlets then reconnected and read one socket, and gevent refused the second reader
+(ConcurrentObjectUseError) or the reader was left waiting inside a reconnect's handshake for tens
+of seconds (fault 6, docs/FAULTS.md).
 So other greenlets only mark the channels whose upstream subscription may have to change; the
 reader applies the marks between reads, bringing each channel in line with what is wanted at that
 moment, and a mark wakes it from its wait for Redis. A burst of subscribes becomes one command.
