@@ -17,6 +17,7 @@ from gevent import socket as gsocket
 
 from common.auth import Identity
 from gateway.connection import Connection, Subscription
+from gateway.history import ChannelHistory
 from gateway.hub import Hub
 from gateway.protocol import Session
 from gateway.transport import Transport
@@ -32,6 +33,7 @@ def main() -> None:
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     hub = Hub(None)  # type: ignore[arg-type]  # _dispatch never touches Redis
+    hub.histories[CHANNEL] = ChannelHistory()  # what hub.add makes for a held channel
     peers = []
     for n in range(args.subscribers):
         ours, peer = gsocket.socketpair()
