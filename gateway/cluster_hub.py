@@ -101,6 +101,7 @@ class ShardLink:
         self.connected = False  # reached its primary at least once (a refused connect is not news)
         self.greenlet: gevent.Greenlet | None = None
         self.changes = PendingChanges()  # applied by `_run` only (gateway.pubsub_changes)
+        self.sent: set[str] = set()  # channels it sent SSUBSCRIBE for, held or dropped since
 
     def start(self) -> None:
         self.greenlet = gevent.spawn(self._run)
@@ -148,6 +149,7 @@ class ShardLink:
             self.hub._link_lost(self, exc)
 
     def _subscribe(self, pubsub: Any, channels: list[str]) -> None:
+        self.sent.update(channels)
         self.hub._sent_subscribe(channels)
         for names in _by_slot(channels):
             pubsub.ssubscribe(*names)
@@ -246,6 +248,8 @@ class ClusterHub(Hub):
             return
         if link.connected:
             RECONNECTS.labels("hub", "redis").inc()
+        for channel in link.sent:  # its unanswered SSUBSCRIBEs never will be, held or not
+            self._unanswered.pop(channel, None)
         self._move(sorted(link.channels), why=f"lost {host_port(link.node)}: {type(exc).__name__}: {exc}",
                    quiet=not link.connected)
         link.channels.clear()
