@@ -207,7 +207,7 @@ def test_confirmation_and_delivery_times_are_stamped(client: Any, world: World, 
 
 
 def _analytics_world(client: Any, world: World, infra: Infra) -> datetime:
-    """Five orders on two days of a quiet year: three of ours (one cancelled, two delivered), two of the other."""
+    """Five orders on two days of a quiet week: three of ours (one cancelled, two delivered), two of the other."""
     driver_id = _driver(client, world)
     day = _quiet_week()
     price = Decimal(str(world.products[0]["price"]))
