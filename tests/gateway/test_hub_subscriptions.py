@@ -7,16 +7,12 @@ from typing import Any
 
 import redis
 
+from tests.api.support import redis_commands
 from tests.fix_infra import Infra
 from tests.fix_world import World
 from tests.helpers import WsClient
 
 CLIENTS = 30
-
-
-def _subscribe_commands(client: redis.Redis) -> int:
-    stats = client.info("commandstats").get("cmdstat_subscribe", {})
-    return int(stats.get("calls", 0))
 
 
 def test_a_burst_of_first_subscribers_reaches_redis_in_fewer_commands(private_infra: Infra,
@@ -30,12 +26,12 @@ def test_a_burst_of_first_subscribers_reaches_redis_in_fewer_commands(private_in
         for ws in clients:
             assert ws.recv()["type"] == "welcome"
         channels = [f"restaurant:{uuid.uuid4()}" for _ in clients]
-        before = _subscribe_commands(admin)
-        for n, (ws, channel) in enumerate(zip(clients, channels, strict=True)):
-            ws.send({"type": "subscribe", "channel": channel, "ref": f"s{n}"})
-        replies = [ws.recv_until(lambda f, n=n: f.get("ref") == f"s{n}") for n, ws in enumerate(clients)]
+        with redis_commands(admin) as used:
+            for n, (ws, channel) in enumerate(zip(clients, channels, strict=True)):
+                ws.send({"type": "subscribe", "channel": channel, "ref": f"s{n}"})
+            replies = [ws.recv_until(lambda f, n=n: f.get("ref") == f"s{n}") for n, ws in enumerate(clients)]
         assert [reply["type"] for reply in replies] == ["subscribed"] * CLIENTS
-        sent = _subscribe_commands(admin) - before
+        sent = used.get("subscribe", 0)
         assert 1 <= sent < CLIENTS, f"{sent} SUBSCRIBE commands for {CLIENTS} channels"
         assert set(admin.pubsub_channels("dms:ch:restaurant:*")) >= {f"dms:ch:{c}".encode() for c in channels}
     finally:
