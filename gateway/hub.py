@@ -150,6 +150,8 @@ class Hub:
     def _apply_changes(self) -> None:
         """In the reader: (un)subscribe the marked channels as `self.channels` now wants them."""
         changed = self._changes.take()
+        if not changed:
+            return
         wanted = [channel for channel in changed if channel in self.channels]
         unwanted = [REDIS_PREFIX + channel for channel in changed if channel not in self.channels]
         if wanted:
@@ -211,10 +213,9 @@ class Hub:
                 while self._running:
                     self._apply_changes()
                     message = self._pubsub.get_message(timeout=0.0)
-                    if message is None:
+                    if message is None or self._dispatch_burst(message):
+                        # Nothing left in redis-py's buffer: wait for bytes or a mark.
                         self._changes.wait(self._pubsub, timeout_s=1.0)
-                    else:
-                        self._dispatch_burst(message)
             except (*_LOST, AttributeError) as exc:
                 self.healthy.clear()
                 self._hold(list(self.channels))
@@ -234,26 +235,32 @@ class Hub:
         assert self.on_reconnect is not None
         self.on_reconnect()
 
-    def _dispatch_burst(self, first: dict[str, Any]) -> None:
+    def _dispatch_burst(self, first: dict[str, Any]) -> bool:
         """Dispatch `first` and every message already read behind it, each socket written once.
 
         When events arrive faster than one loop turn (a relay's pipelined burst, a hub catching
         up), each subscriber's frames of the burst are corked and leave in one send: one syscall
         and one wake-up of the proxy and the client per burst instead of per event, which is when
-        it matters. A lone message goes out at once, as before.
+        it matters. A lone message goes out at once, as before. True when the burst ended on an
+        empty read (the reader may wait without reading again), False when it stopped at MAX_BURST.
         """
         more = self._pubsub.get_message(timeout=0.0)
         if more is None:
             self._dispatch(first)
-            return
+            return True
         corked: dict[int, Subscriber] = {}
         count = 2
+        drained = True
         try:
             self._dispatch(first, corked)
             while more is not None:
                 self._dispatch(more, corked)
-                more = self._pubsub.get_message(timeout=0.0) if count < MAX_BURST else None
+                if count < MAX_BURST:
+                    more = self._pubsub.get_message(timeout=0.0)
+                else:
+                    more, drained = None, False
                 count += 1
+            return drained
         finally:
             for subscriber in corked.values():
                 subscriber.transport.uncork()
